@@ -1,0 +1,58 @@
+"""The one home of the BraTS conventions: channel order, label values and regions.
+
+Everything else (code, tests and bundle configs) imports these names instead of
+repeating the literals.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Input channel order of every network: ``[t1c, t1n, t2w, t2f]`` (BraTS-2023 file suffixes).
+MODALITIES: tuple[str, ...] = ("t1c", "t1n", "t2w", "t2f")
+#: File suffix of the segmentation in a BraTS-2023 case folder.
+SEG_SUFFIX: str = "seg"
+#: Accepted NIfTI file extensions, most common first.
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+
+#: Output channel order of every network: three sigmoid channels.
+REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
+
+#: BraTS label values (BraTS-2023 convention).
+BACKGROUND_LABEL: int = 0
+NETC_LABEL: int = 1  #: non-enhancing / necrotic tumour core (TC minus ET)
+SNFH_LABEL: int = 2  #: surrounding non-enhancing FLAIR hyperintensity, i.e. oedema (WT minus TC)
+ET_LABEL: int = 3  #: enhancing tumour, BraTS 2023
+LEGACY_ET_LABEL: int = 4  #: enhancing tumour in BraTS 2018-2022 and MONAI's defaults
+LABEL_NAMES: dict[int, str] = {BACKGROUND_LABEL: "background", NETC_LABEL: "NETC", SNFH_LABEL: "SNFH", ET_LABEL: "ET"}
+
+
+def allowed_labels(et_label: int = ET_LABEL) -> frozenset[int]:
+    """The label values a segmentation may contain when ET is marked with ``et_label`` (3 or 4)."""
+    if et_label not in (ET_LABEL, LEGACY_ET_LABEL):
+        raise ValueError(
+            f"et_label must be {ET_LABEL} (BraTS 2023) or {LEGACY_ET_LABEL} (BraTS 2018-2022), got {et_label}"
+        )
+    return frozenset({BACKGROUND_LABEL, NETC_LABEL, SNFH_LABEL, et_label})
+
+
+#: BraTS-2023 task prefixes, and ``SYN`` for the phantoms this project generates.
+TASK_PREFIXES: tuple[str, ...] = ("GLI", "MEN", "MET", "PED", "SSA", "SYN")
+#: Task prefix of the synthetic phantoms.
+PHANTOM_TASK: str = "SYN"
+#: A BraTS-2023 case id: ``BraTS-<TASK>-<5 digits>-<3 digits>``, e.g. ``BraTS-GLI-00000-000``.
+CASE_ID_PATTERN: re.Pattern[str] = re.compile(
+    r"^BraTS-(?P<task>" + "|".join(TASK_PREFIXES) + r")-(?P<subject>\d{5})-(?P<timepoint>\d{3})$"
+)
+
+
+def case_id(task: str, subject: int, timepoint: int = 0) -> str:
+    """Format a BraTS-2023 case id, e.g. ``case_id("SYN", 7) == "BraTS-SYN-00007-000"``."""
+    if task not in TASK_PREFIXES:
+        raise ValueError(f"unknown BraTS task prefix {task!r}; expected one of {TASK_PREFIXES}")
+    return f"BraTS-{task}-{subject:05d}-{timepoint:03d}"
+
+
+def case_file_name(cid: str, suffix: str, extension: str = ".nii.gz") -> str:
+    """File name of one volume of a case: ``<case_id>-<suffix><extension>`` (suffix: a modality or ``seg``)."""
+    return f"{cid}-{suffix}{extension}"

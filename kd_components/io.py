@@ -1,0 +1,64 @@
+"""Atomic file output: a reader never sees a half-written file, even if the writer is killed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on error delete it.
+
+    The temporary name keeps the file's extensions (``.nii.gz``, ``.json``) so writers that
+    choose a format from the name (nibabel, torch) behave as for the final path.
+
+    Example::
+
+        with atomic_path("out/case.nii.gz") as tmp:
+            nib.save(img, tmp)
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes)
+    stem = final.name.removesuffix(suffix)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_json_atomic(data: Any, path: str | os.PathLike[str], indent: int = 2) -> None:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=indent) + "\n")
+
+
+def save_nifti_atomic(
+    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: np.dtype | type | None = None
+) -> None:
+    """Write a 3D ``array`` (H, W, D) with ``affine`` (4, 4) to a NIfTI file atomically.
+
+    ``dtype`` sets the on-disk data type (default: the array's). The header's q- and s-form
+    both carry ``affine`` so every reader (nibabel, ITK, MONAI's LoadImage) agrees on it.
+    """
+    data = np.asarray(array if dtype is None else array.astype(dtype))
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_data_dtype(data.dtype)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)

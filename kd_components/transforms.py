@@ -1,0 +1,182 @@
+"""BraTS label maps <-> the three overlapping region channels ``[TC, WT, ET]``.
+
+Regions (BraTS convention):
+
+- TC, tumour core      = NETC | ET
+- WT, whole tumour     = NETC | SNFH | ET
+- ET, enhancing tumour = ET
+
+BraTS 2023 marks ET with 3; BraTS 2018-2022 and MONAI's defaults use 4. Every function here
+takes ``et_label`` explicitly (default :data:`~kd_components.constants.ET_LABEL` = 3) and, in
+strict mode, refuses label values outside the chosen convention instead of silently dropping
+them (a 4 in BraTS-2023 data would otherwise vanish from every region).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
+
+from kd_components.constants import BACKGROUND_LABEL, ET_LABEL, NETC_LABEL, REGIONS, SNFH_LABEL, allowed_labels
+
+TC_INDEX, WT_INDEX, ET_INDEX = (REGIONS.index(r) for r in ("TC", "WT", "ET"))
+
+
+def _unique_values(label: NdarrayOrTensor) -> set[int | float]:
+    values = torch.unique(label).tolist() if isinstance(label, torch.Tensor) else np.unique(np.asarray(label)).tolist()
+    return {int(v) if float(v).is_integer() else float(v) for v in values}
+
+
+def unknown_label_values(label: NdarrayOrTensor, et_label: int = ET_LABEL) -> list[int | float]:
+    """Sorted label values in ``label`` that are not BraTS labels under ``et_label`` (empty if all known)."""
+    allowed = allowed_labels(et_label)
+    return sorted(v for v in _unique_values(label) if v not in allowed)
+
+
+class BratsLabelsToRegions(Transform):
+    """Convert a BraTS label map to region channels ``[TC, WT, ET]``.
+
+    Wraps MONAI's :class:`~monai.transforms.ConvertToMultiChannelBasedOnBratsClasses` (which
+    implements the region definitions) with the BraTS-2023 default ``et_label=3`` and a strict
+    check of the label values.
+
+    Args:
+        et_label: label value of the enhancing tumour: 3 (BraTS 2023) or 4 (BraTS 2018-2022).
+        strict: raise ``ValueError`` when the map holds values other than 0, 1, 2 and ``et_label``.
+
+    Input: ``(H, W, D)`` or ``(1, H, W, D)`` integer-valued labels. Output: ``(3, H, W, D)`` bool.
+    """
+
+    backend = ConvertToMultiChannelBasedOnBratsClasses.backend
+
+    def __init__(self, et_label: int = ET_LABEL, strict: bool = True) -> None:
+        allowed_labels(et_label)  # validates et_label
+        self.et_label = et_label
+        self.strict = strict
+        self._convert = ConvertToMultiChannelBasedOnBratsClasses(et_label=et_label)
+
+    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        if self.strict:
+            unknown = unknown_label_values(label, self.et_label)
+            if unknown:
+                raise ValueError(
+                    f"unknown label values {unknown}: with et_label={self.et_label} the BraTS labels are "
+                    f"{sorted(allowed_labels(self.et_label))}"
+                )
+        return self._convert(label)
+
+
+class BratsLabelsToRegionsd(MapTransform):
+    """Dictionary version of :class:`BratsLabelsToRegions`; the error names the offending key."""
+
+    backend = BratsLabelsToRegions.backend
+
+    def __init__(
+        self, keys: KeysCollection, et_label: int = ET_LABEL, strict: bool = True, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = BratsLabelsToRegions(et_label=et_label, strict=strict)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = self.converter(d[key])
+            except ValueError as err:
+                source = getattr(d[key], "meta", {}).get("filename_or_obj", key)
+                raise ValueError(f"{source}: {err}") from err
+        return d
+
+
+def regions_to_labels(regions: NdarrayOrTensor, et_label: int = ET_LABEL) -> NdarrayOrTensor:
+    """Convert binary region channels ``(3, H, W, D)`` ``[TC, WT, ET]`` to a label map ``(1, H, W, D)``.
+
+    Predicted regions need not be nested; precedence follows the BraTS definitions:
+    ET wins over TC, TC over WT. So ``ET -> et_label``, ``TC and not ET -> NETC (1)``,
+    ``WT and not TC/ET -> SNFH (2)``, else background (0). Returns ``uint8`` (NumPy) or ``torch.uint8``.
+    """
+    allowed_labels(et_label)
+    if regions.shape[0] != len(REGIONS):
+        raise ValueError(f"expected {len(REGIONS)} region channels {REGIONS} in dim 0, got {tuple(regions.shape)}")
+    if isinstance(regions, torch.Tensor):
+        r = regions.bool()
+        out = torch.full(r.shape[1:], BACKGROUND_LABEL, dtype=torch.uint8, device=r.device)
+    else:
+        r = np.asarray(regions).astype(bool)
+        out = np.full(r.shape[1:], BACKGROUND_LABEL, dtype=np.uint8)
+    out[r[WT_INDEX]] = SNFH_LABEL
+    out[r[TC_INDEX]] = NETC_LABEL
+    out[r[ET_INDEX]] = et_label
+    return out[None]
+
+
+class RegionsToBratsLabels(Transform):
+    """Post-processing: binary ``[TC, WT, ET]`` channels ``(3, H, W, D)`` -> one BraTS label map ``(1, H, W, D)``.
+
+    Args:
+        et_label: value written for enhancing tumour: 3 (BraTS 2023, default) or 4 (legacy).
+    """
+
+    backend = BratsLabelsToRegions.backend
+
+    def __init__(self, et_label: int = ET_LABEL) -> None:
+        allowed_labels(et_label)
+        self.et_label = et_label
+
+    def __call__(self, regions: NdarrayOrTensor) -> NdarrayOrTensor:
+        out = regions_to_labels(regions, self.et_label)
+        meta = getattr(regions, "meta", None)
+        if meta is not None and isinstance(out, torch.Tensor):
+            from monai.data import MetaTensor
+
+            out = MetaTensor(out, meta=dict(meta), applied_operations=list(getattr(regions, "applied_operations", [])))
+        return out
+
+
+class RegionsToBratsLabelsd(MapTransform):
+    """Dictionary version of :class:`RegionsToBratsLabels`."""
+
+    backend = RegionsToBratsLabels.backend
+
+    def __init__(self, keys: KeysCollection, et_label: int = ET_LABEL, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = RegionsToBratsLabels(et_label=et_label)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+def convert_et_label(label: NdarrayOrTensor, source_et: int, target_et: int) -> NdarrayOrTensor:
+    """Relabel enhancing tumour from ``source_et`` to ``target_et`` (e.g. legacy 4 -> BraTS-2023 3).
+
+    Raises ``ValueError`` on values outside the source convention, so nothing is relabelled by accident.
+    """
+    unknown = unknown_label_values(label, source_et)
+    if unknown:
+        raise ValueError(f"unknown label values {unknown} for source et_label={source_et}")
+    allowed_labels(target_et)
+    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label, copy=True)
+    out[label == source_et] = target_et
+    return out
+
+
+__all__ = [
+    "ET_INDEX",
+    "TC_INDEX",
+    "WT_INDEX",
+    "BratsLabelsToRegions",
+    "BratsLabelsToRegionsd",
+    "RegionsToBratsLabels",
+    "RegionsToBratsLabelsd",
+    "convert_et_label",
+    "regions_to_labels",
+    "unknown_label_values",
+]

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Validate a BraTS-2023-layout data set and write a MONAI decathlon-style datalist with folds.
+
+    python scripts/prepare_datalist.py --dataset-dir D --output F [--num-folds 5] [--seed 0]
+                                       [--et-label 3] [--skip-invalid] [--workers N]
+
+Cases with a segmentation go to ``training`` (with a ``fold``), cases without one to ``testing``.
+Every case is checked first (modalities, readability, 3D, shapes, affines, finite voxels, label
+values). Any invalid case stops the run with one line per problem, unless ``--skip-invalid``:
+then the valid cases are written and the invalid ones are listed (on stderr and under ``invalid``
+in the JSON). Exit status: 0 on success, 1 when invalid cases stop the run, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+from kd_components.data.brats import AFFINE_ATOL, InvalidCaseError, discover_cases, validate_cases
+from kd_components.data.datalist import build_datalist
+from kd_components.io import save_json_atomic
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset-dir", required=True, help="root of the BraTS-2023-layout case folders")
+    parser.add_argument("--output", required=True, help="datalist JSON to write")
+    parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    parser.add_argument(
+        "--et-label",
+        type=int,
+        default=ET_LABEL,
+        choices=(ET_LABEL, LEGACY_ET_LABEL),
+        help="label of enhancing tumour: 3 for BraTS 2023 (default), 4 for BraTS 2018-2022",
+    )
+    parser.add_argument("--affine-atol", type=float, default=AFFINE_ATOL, help="affine tolerance within a case (mm)")
+    parser.add_argument("--skip-invalid", action="store_true", help="write the valid cases and list the others")
+    parser.add_argument("--workers", type=int, default=None, help="validation processes (default: all cores)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cases = discover_cases(args.dataset_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not cases:
+        print(
+            f"error: no BraTS case folders (named like BraTS-GLI-00000-000) under {args.dataset_dir}", file=sys.stderr
+        )
+        return 1
+    reports = validate_cases(
+        cases, et_label=args.et_label, affine_atol=args.affine_atol, workers=args.workers, progress=not args.quiet
+    )
+    try:
+        datalist = build_datalist(
+            reports, args.dataset_dir, args.num_folds, args.seed, args.et_label, skip_invalid=args.skip_invalid
+        )
+    except InvalidCaseError as err:
+        bad = sorted({p.case_id for p in err.problems})
+        print(f"error: {len(bad)} of {len(cases)} cases are invalid:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        print("fix them, or pass --skip-invalid to write the valid cases and list these", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    save_json_atomic(datalist, args.output)
+    if datalist["invalid"]:
+        skipped = sorted({p["case_id"] for p in datalist["invalid"]})
+        print(f"warning: skipped {len(skipped)} invalid case(s):", file=sys.stderr)
+        for p in datalist["invalid"]:
+            print(f"  {p['case_id']}: {p['file']}: {p['problem']}", file=sys.stderr)
+    fold_sizes = Counter(e["fold"] for e in datalist["training"])
+    folds = ", ".join(f"{k}:{fold_sizes[k]}" for k in sorted(fold_sizes))
+    print(
+        f"wrote {args.output}: {datalist['numTraining']} labelled cases (fold sizes {folds}), "
+        f"{datalist['numTest']} unlabelled, {len({p['case_id'] for p in datalist['invalid']})} skipped"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

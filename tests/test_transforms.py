@@ -1,0 +1,97 @@
+"""Label <-> region conversions on hand-made volumes, both ET conventions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+
+from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL, REGIONS
+from kd_components.transforms import (
+    BratsLabelsToRegions,
+    BratsLabelsToRegionsd,
+    RegionsToBratsLabels,
+    RegionsToBratsLabelsd,
+    convert_et_label,
+    regions_to_labels,
+    unknown_label_values,
+)
+from tests.conftest import tiny_label
+
+
+def test_region_definitions_per_label() -> None:
+    labels = np.array([0, 1, 2, 3]).reshape(1, 1, 4)
+    regions = BratsLabelsToRegions()(labels)
+    assert REGIONS == ("TC", "WT", "ET")
+    expected = np.array(
+        [
+            [0, 1, 0, 1],  # TC = NETC | ET
+            [0, 1, 1, 1],  # WT = NETC | SNFH | ET
+            [0, 0, 0, 1],  # ET
+        ],
+        dtype=bool,
+    )
+    np.testing.assert_array_equal(regions[:, 0, 0], expected)
+
+
+@pytest.mark.parametrize("et", [ET_LABEL, LEGACY_ET_LABEL])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_round_trip_on_nested_lesion(et: int, as_tensor: bool) -> None:
+    seg = tiny_label(et=et)
+    assert set(np.unique(seg)) == {0, 1, 2, et}
+    data = torch.as_tensor(seg)[None] if as_tensor else seg[None]
+    regions = BratsLabelsToRegions(et_label=et)(data)
+    assert tuple(regions.shape) == (3, *seg.shape)
+    back = RegionsToBratsLabels(et_label=et)(regions)
+    assert tuple(back.shape) == (1, *seg.shape)
+    np.testing.assert_array_equal(np.asarray(back)[0], seg)
+
+
+def test_regions_to_labels_precedence_for_unnested_predictions() -> None:
+    # voxel 0: ET only -> ET; voxel 1: TC only -> NETC; voxel 2: WT only -> SNFH; voxel 3: none
+    regions = np.zeros((3, 4, 1, 1), bool)
+    regions[2, 0] = True
+    regions[0, 1] = True
+    regions[1, 2] = True
+    np.testing.assert_array_equal(regions_to_labels(regions)[0, :, 0, 0], [3, 1, 2, 0])
+    np.testing.assert_array_equal(regions_to_labels(regions, et_label=4)[0, :, 0, 0], [4, 1, 2, 0])
+
+
+@pytest.mark.parametrize("bad, et", [(4, ET_LABEL), (3, LEGACY_ET_LABEL), (7, ET_LABEL)])
+def test_unknown_labels_are_refused(bad: int, et: int) -> None:
+    seg = tiny_label()
+    seg[0, 0, 0] = bad
+    if et == LEGACY_ET_LABEL:
+        seg = np.where(seg == 3, 4, seg)
+        seg[0, 0, 0] = bad
+    assert unknown_label_values(seg, et) == [bad]
+    with pytest.raises(ValueError, match=rf"unknown label values \[{bad}\]"):
+        BratsLabelsToRegions(et_label=et)(seg)
+
+
+def test_invalid_et_label_and_channel_count() -> None:
+    with pytest.raises(ValueError, match="et_label must be 3"):
+        BratsLabelsToRegions(et_label=2)
+    with pytest.raises(ValueError, match="expected 3 region channels"):
+        regions_to_labels(np.zeros((2, 4, 4, 4)))
+
+
+def test_dictionary_transforms_name_the_file_and_keep_metadata() -> None:
+    seg = MetaTensor(torch.as_tensor(tiny_label())[None], meta={"filename_or_obj": "case-seg.nii.gz"})
+    pipeline = Compose([BratsLabelsToRegionsd("label"), RegionsToBratsLabelsd("label")])
+    out = pipeline({"label": seg})["label"]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case-seg.nii.gz"
+    np.testing.assert_array_equal(out.numpy()[0], tiny_label())
+    bad = seg.clone()
+    bad[0, 0, 0, 0] = 4
+    with pytest.raises(ValueError, match=r"case-seg\.nii\.gz: unknown label values"):
+        BratsLabelsToRegionsd("label")({"label": bad})
+
+
+def test_convert_legacy_et_label() -> None:
+    legacy = tiny_label(et=4)
+    np.testing.assert_array_equal(convert_et_label(legacy, 4, 3), tiny_label(et=3))
+    with pytest.raises(ValueError, match="unknown label values"):
+        convert_et_label(tiny_label(et=3), 4, 3)
