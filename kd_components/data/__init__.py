@@ -1,0 +1,1 @@
+"""BraTS data: case discovery and validation, datalists with folds, the phantom generator."""
