@@ -14,7 +14,7 @@ from monai.data import load_decathlon_datalist
 
 from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
 from kd_components.data.brats import InvalidCaseError, discover_cases, validate_case, validate_cases
-from kd_components.data.datalist import assign_folds, build_datalist, split_fold
+from kd_components.data.datalist import assign_folds, build_datalist, load_datalist_split, split_fold
 from kd_components.io import save_nifti_atomic
 from tests.conftest import TINY_SHAPE, tiny_label
 
@@ -272,3 +272,22 @@ def test_parallel_validation_matches_serial(make_case: MakeCase) -> None:
     assert [(r.case.case_id, r.label_counts, r.problems) for r in serial] == [
         (r.case.case_id, r.label_counts, r.problems) for r in parallel
     ]
+
+
+def test_load_datalist_split(make_case: MakeCase, tmp_path: Path) -> None:
+    root = _labelled_tree(make_case, 6, 2)
+    out = tmp_path / "datalist.json"
+    assert prepare_datalist.main(["--dataset-dir", str(root), "--output", str(out), "--num-folds", "3", "--quiet"]) == 0
+    train = load_datalist_split(out, root, "train", fold=1)
+    val = load_datalist_split(out, root, "validation", fold=1)
+    test = load_datalist_split(out, root, "testing")
+    assert len(train) == 4 and len(val) == 2 and len(test) == 2
+    assert len(load_datalist_split(out, root, "labelled")) == 6
+    assert all(Path(p).is_absolute() and Path(p).exists() for e in train + test for p in e["image"])
+    with pytest.raises(ValueError, match="unknown split"):
+        load_datalist_split(out, root, "everything")
+    raw = json.loads(out.read_text())
+    raw["training"][0]["label"] = "../../etc/passwd"
+    out.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="escapes the data set root"):
+        load_datalist_split(out, root, "labelled")

@@ -142,3 +142,47 @@ def split_fold(entries: Sequence[dict[str, Any]], fold: int, validation: bool = 
     if fold not in folds:
         raise ValueError(f"fold {fold} is not in the datalist (folds present: {sorted(folds)})")
     return [e for e in entries if (e.get(FOLD_KEY) == fold) == validation]
+
+
+SPLITS = ("train", "validation", "labelled", "testing")
+
+
+def load_datalist_split(
+    data_list_file_path: str | os.PathLike[str],
+    dataset_dir: str | os.PathLike[str],
+    split: str = "train",
+    fold: int = 0,
+) -> list[dict[str, Any]]:
+    """Items of one split of a datalist written by :func:`build_datalist`, with absolute paths.
+
+    Args:
+        data_list_file_path: the datalist JSON.
+        dataset_dir: the data set root the relative paths refer to.
+        split: ``train`` (labelled cases outside ``fold``), ``validation`` (labelled cases in ``fold``),
+            ``labelled`` (all labelled cases) or ``testing`` (the cases without a segmentation).
+        fold: the validation fold.
+
+    Raises:
+        ValueError: unknown split, missing fold, an empty split, or a path outside ``dataset_dir``.
+    """
+    from monai.data import load_decathlon_datalist
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    key = "testing" if split == "testing" else "training"
+    items = load_decathlon_datalist(
+        data_list_file_path, is_segmentation=key == "training", data_list_key=key, base_dir=dataset_dir
+    )
+    root = Path(dataset_dir).resolve()
+    for item in items:
+        for path in [*item["image"], *([item["label"]] if "label" in item else [])]:
+            if not Path(path).resolve().is_relative_to(root):
+                raise ValueError(
+                    f"{data_list_file_path}: case {item.get('case_id', '?')}: "
+                    f"path {path} escapes the data set root {root}"
+                )
+    if split in ("train", "validation"):
+        items = split_fold(items, fold, validation=split == "validation")
+    if not items:
+        raise ValueError(f"{data_list_file_path}: split {split!r} (fold {fold}) is empty")
+    return items

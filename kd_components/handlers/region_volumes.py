@@ -1,0 +1,91 @@
+"""Per-case tumour volumes (mL) of the predicted BraTS label maps, written as CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ignite.engine import Engine, Events
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.utils import ImageMetaKey
+
+from kd_components.constants import ET_LABEL, REGIONS
+from kd_components.io import atomic_path, save_json_atomic
+from kd_components.transforms import BratsLabelsToRegions
+from kd_components.writers import case_id_from_path
+
+
+def region_volumes_ml(
+    label_map: NdarrayOrTensor, affine: NdarrayOrTensor, et_label: int = ET_LABEL
+) -> dict[str, float]:
+    """Volume in mL of each region ``[TC, WT, ET]`` of a BraTS label map ``(H, W, D)`` or ``(1, H, W, D)``.
+
+    The voxel volume is ``|det(affine[:3, :3])|`` mm^3 (1 mL = 1000 mm^3).
+    """
+    voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    regions = BratsLabelsToRegions(et_label=et_label)(label_map)
+    counts = regions.reshape(len(REGIONS), -1).sum(-1).tolist()
+    return {f"{r}_ml": round(c * voxel_mm3 / 1000.0, 4) for r, c in zip(REGIONS, counts, strict=True)}
+
+
+class RegionVolumeWriter:
+    """Ignite handler: after each iteration, add the volumes of every predicted case to a summary.
+
+    Reads ``engine.state.output`` (a list of per-case dicts, as MONAI's evaluators give after
+    decollation) and the label map under ``pred_key`` (``(1, H, W, D)`` with MONAI metadata). The
+    summary is rewritten atomically to ``<output_dir>/<filename>.csv`` and ``.json`` after every
+    iteration, so an interrupted run keeps what it had finished.
+
+    Args:
+        output_dir: folder of the summary files.
+        pred_key: key of the BraTS label map in each output dict.
+        et_label: ET value used in the label maps (3 BraTS 2023, 4 legacy).
+        filename: base name of the summary files.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        pred_key: str = "pred",
+        et_label: int = ET_LABEL,
+        filename: str = "volumes",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.pred_key = pred_key
+        self.et_label = et_label
+        self.filename = filename
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        outputs = engine.state.output
+        for item in outputs if isinstance(outputs, list) else [outputs]:
+            pred = item[self.pred_key]
+            meta = getattr(pred, "meta", {})
+            source = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
+            row = {"case_id": case_id_from_path(source) if source else f"case_{len(self.rows)}"}
+            row.update(region_volumes_ml(pred, meta.get("affine", np.eye(4)), self.et_label))
+            self.rows.append(row)
+        self.write()
+
+    def write(self) -> None:
+        """Write the rows collected so far as CSV and JSON (atomically)."""
+        if not self.rows:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        with atomic_path(self.output_dir / f"{self.filename}.csv") as tmp:
+            tmp.write_text(buffer.getvalue())
+        save_json_atomic(self.rows, self.output_dir / f"{self.filename}.json")

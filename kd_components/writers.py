@@ -1,0 +1,54 @@
+"""Saving predictions with MONAI's ``SaveImage(d)``: atomic NIfTI writes and BraTS case names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from monai.data import NibabelWriter
+from monai.utils import ImageMetaKey
+
+from kd_components.constants import CASE_ID_PATTERN, MODALITIES, NIFTI_EXTENSIONS
+from kd_components.io import atomic_path
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """MONAI's :class:`~monai.data.NibabelWriter`, writing to a temporary file renamed into place.
+
+    A run killed while saving never leaves a truncated ``.nii.gz`` behind. Use it as
+    ``SaveImaged(..., writer="kd_components.writers.AtomicNibabelWriter")``.
+    """
+
+    def write(self, filename: str | os.PathLike[str], verbose: bool = False, **obj_kwargs: Any) -> None:
+        with atomic_path(filename) as tmp:
+            super().write(tmp, verbose=verbose, **obj_kwargs)
+
+
+def case_id_from_path(path: str | os.PathLike[str]) -> str:
+    """The BraTS case id of a case's image file: ``.../BraTS-GLI-00000-000-t1c.nii.gz -> BraTS-GLI-00000-000``.
+
+    Falls back to the file name without its NIfTI extension when it does not follow the BraTS layout.
+    """
+    name = Path(path).name
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    stem, _, suffix = name.rpartition("-")
+    if suffix in MODALITIES and CASE_ID_PATTERN.match(stem):
+        return stem
+    return name
+
+
+def brats_case_name_formatter(metadict: dict | None, saver: Any) -> dict[str, Any]:
+    """``output_name_formatter`` for ``SaveImage(d)``: name outputs ``<case_id>`` (+ the saver's postfix).
+
+    The case id comes from the first input image's file name (``filename_or_obj``).
+    """
+    source = (metadict or {}).get(ImageMetaKey.FILENAME_OR_OBJ)
+    if not source:
+        raise ValueError("cannot name the output: the prediction carries no source file name (filename_or_obj)")
+    if isinstance(source, list | tuple):
+        source = source[0]
+    return {"subject": case_id_from_path(source), "idx": None}
