@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -291,3 +292,18 @@ def test_load_datalist_split(make_case: MakeCase, tmp_path: Path) -> None:
     out.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="escapes the data set root"):
         load_datalist_split(out, root, "labelled")
+
+
+def test_atomic_writes_leave_no_temporary_file_and_use_normal_permissions(tmp_path: Path) -> None:
+    from kd_components.io import atomic_path
+
+    target = tmp_path / "out" / "case.nii.gz"
+    save_nifti_atomic(tiny_label(), np.eye(4), target)
+    assert [p.name for p in target.parent.iterdir()] == ["case.nii.gz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as if opened normally, not mkstemp's 0600
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(tmp_path / "out" / "other.json") as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert [p.name for p in target.parent.iterdir()] == ["case.nii.gz"]

@@ -1,0 +1,327 @@
+"""Tests of the MNI152-based BraTS phantom generator, its preview and its command-line script."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kd_components.constants import (
+    BACKGROUND_LABEL,
+    ET_LABEL,
+    MODALITIES,
+    NETC_LABEL,
+    PHANTOM_TASK,
+    SEG_SUFFIX,
+    SNFH_LABEL,
+    case_file_name,
+    case_id,
+)
+from kd_components.data.phantoms import (
+    PROFILES,
+    PhantomCase,
+    PhantomProfile,
+    generate_case,
+    make_phantom_dataset,
+    resolve_profile,
+)
+from kd_components.data.preview import save_preview
+
+SEED = 0
+#: Cases 0..5 of seed 0: case 1 has no enhancing tumour, the others do (checked below).
+NUM_CASES = 6
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[PhantomCase]:
+    """A modest batch of small phantoms shared by the tests of this module."""
+    return [generate_case(i, SEED, "small") for i in range(NUM_CASES)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three cases written by two worker processes, the last one unlabelled."""
+    root = tmp_path_factory.mktemp("phantoms")
+    make_phantom_dataset(root, 3, seed=SEED, profile="small", unlabelled=1, workers=2, progress=False)
+    return root
+
+
+def _load_script() -> ModuleType:
+    """Import scripts/make_phantoms.py as a module."""
+    spec = importlib.util.spec_from_file_location("make_phantoms", REPO_ROOT / "scripts" / "make_phantoms.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _normal(case: PhantomCase, tissue: str) -> np.ndarray:
+    """Voxels (bool, X, Y, Z) that are almost purely ``tissue`` and not lesion."""
+    return (case.tissues[tissue] > 0.9) & (case.seg == BACKGROUND_LABEL) & case.brain_mask
+
+
+# ------------------------------------------------------------------------------------------------
+# Grids
+# ------------------------------------------------------------------------------------------------
+
+
+def test_profiles_have_brats_grid_and_lps_affine() -> None:
+    brats, small = PROFILES["brats"], PROFILES["small"]
+    assert brats.shape == (240, 240, 155) and brats.spacing_mm == 1.0
+    assert small.shape == (120, 120, 78) and small.spacing_mm == 2.0
+    np.testing.assert_allclose(brats.affine, [[-1, 0, 0, 0], [0, -1, 0, 239], [0, 0, 1, 0], [0, 0, 0, 1]])
+    for profile in (brats, small):
+        assert nib.aff2axcodes(profile.affine) == ("L", "P", "S")
+    # the small grid covers the same field of view (voxel edges coincide)
+    (lo_b, hi_b), (lo_s, hi_s) = brats.world_bounds_mm(), small.world_bounds_mm()
+    np.testing.assert_allclose(lo_s - 0.5, lo_b - 0.0, atol=0.51)
+    np.testing.assert_allclose(hi_s[:2] + 0.5, hi_b[:2], atol=0.51)
+
+
+def test_unknown_profile_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown phantom profile 'huge'.*brats.*small"):
+        resolve_profile("huge")
+    custom = PhantomProfile("custom", (10, 10, 10), 3.0)
+    assert resolve_profile(custom) is custom
+    with pytest.raises(ValueError, match="spacing_mm"):
+        PhantomProfile("flat", (10, 10, 10), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        PhantomProfile("empty", (10, 0, 10), 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Volumes and labels
+# ------------------------------------------------------------------------------------------------
+
+
+def test_case_arrays_shapes_dtypes_and_ids(cases: list[PhantomCase]) -> None:
+    shape = PROFILES["small"].shape
+    for index, case in enumerate(cases):
+        assert case.case_id == case_id(PHANTOM_TASK, index)
+        assert list(case.images) == list(MODALITIES)
+        for image in case.images.values():
+            assert image.shape == shape and image.dtype == np.int16
+            assert 100 < image.max() < 6000  # scanner-like range
+        assert case.seg.shape == shape and case.seg.dtype == np.uint8
+        np.testing.assert_array_equal(case.affine, PROFILES["small"].affine)
+
+
+def test_labels_are_brats_2023_values_inside_the_brain(cases: list[PhantomCase]) -> None:
+    for case in cases:
+        assert set(np.unique(case.seg)) <= {BACKGROUND_LABEL, NETC_LABEL, SNFH_LABEL, ET_LABEL}
+        assert (case.seg == SNFH_LABEL).sum() > 0 and np.isin(case.seg, (NETC_LABEL, ET_LABEL)).sum() > 0
+        assert not np.any((case.seg > 0) & ~case.brain_mask)
+        whole = (case.seg > 0).sum()
+        assert 0.002 < whole / case.brain_mask.sum() < 0.25  # a lesion, not a speck or half the brain
+
+
+def test_skull_stripped_zero_outside_brain(cases: list[PhantomCase]) -> None:
+    for case in cases:
+        for modality, image in case.images.items():
+            np.testing.assert_array_equal(image != 0, case.brain_mask, err_msg=f"{case.case_id} {modality}")
+
+
+def test_brain_is_centred_in_the_field_of_view(cases: list[PhantomCase]) -> None:
+    nx, ny, nz = PROFILES["small"].shape
+    for case in cases:
+        index = np.argwhere(case.brain_mask)
+        lo, hi = index.min(axis=0), index.max(axis=0)
+        assert lo[0] > 5 and hi[0] < nx - 6 and lo[1] > 5 and hi[1] < ny - 6
+        assert abs((lo[0] + hi[0]) / 2 - (nx - 1) / 2) < 6 and abs((lo[1] + hi[1]) / 2 - (ny - 1) / 2) < 6
+        assert hi[2] < nz - 1  # the top of the brain is not cut
+        assert 150_000 < case.brain_mask.sum() < 300_000  # about 1.2-2.4 litres at 8 mm^3 per voxel
+
+
+def test_regions_are_nested(cases: list[PhantomCase]) -> None:
+    for case in cases:
+        core = np.isin(case.seg, (NETC_LABEL, ET_LABEL))
+        whole = case.seg > 0
+        grown = ndimage.binary_dilation(core)
+        assert whole[grown].mean() > 0.95, case.case_id
+        necrosis = case.seg == NETC_LABEL
+        touches_background = ndimage.binary_dilation(case.seg == BACKGROUND_LABEL) & necrosis
+        assert touches_background.sum() / necrosis.sum() < 0.05, case.case_id
+
+
+def test_batch_mixes_enhancing_and_non_enhancing_tumours(cases: list[PhantomCase]) -> None:
+    has_et = [case.has_enhancing_tumour for case in cases]
+    assert has_et == [True, False, True, True, True, True]
+    # in enhancing tumours, ET surrounds the necrotic core: dilated NETC lies inside the core
+    for case in cases:
+        if case.has_enhancing_tumour:
+            grown = ndimage.binary_dilation(case.seg == NETC_LABEL)
+            assert np.isin(case.seg[grown], (NETC_LABEL, ET_LABEL)).mean() > 0.8, case.case_id
+
+
+# ------------------------------------------------------------------------------------------------
+# Contrasts
+# ------------------------------------------------------------------------------------------------
+
+
+def _mean(case: PhantomCase, modality: str, mask: np.ndarray) -> float:
+    assert mask.sum() > 20, "too few voxels for a mean"
+    return float(case.images[modality][mask].mean())
+
+
+def _with_necrosis(cases: list[PhantomCase], enhancing: bool | None = None) -> list[PhantomCase]:
+    """Cases with enough NETC voxels for a mean (a mostly solid enhancing tumour has almost none)."""
+    chosen = [c for c in cases if (c.seg == NETC_LABEL).sum() > 20 and enhancing in (None, c.has_enhancing_tumour)]
+    assert len(chosen) >= 3
+    return chosen
+
+
+def test_t1c_enhancing_tumour_is_bright(cases: list[PhantomCase]) -> None:
+    for case in (c for c in cases if c.has_enhancing_tumour):
+        et = _mean(case, "t1c", case.seg == ET_LABEL)
+        assert et > 1.3 * _mean(case, "t1c", _normal(case, "wm")), case.case_id
+        assert et > 1.2 * _mean(case, "t1c", _normal(case, "gm")), case.case_id
+    for case in _with_necrosis(cases, enhancing=True):
+        assert _mean(case, "t1c", case.seg == ET_LABEL) > 1.5 * _mean(case, "t1c", case.seg == NETC_LABEL)
+
+
+def test_oedema_is_hyperintense_in_t2_and_flair(cases: list[PhantomCase]) -> None:
+    for case in cases:
+        oedema, wm = case.seg == SNFH_LABEL, _normal(case, "wm")
+        assert _mean(case, "t2f", oedema) > 1.25 * _mean(case, "t2f", wm), case.case_id
+        assert _mean(case, "t2w", oedema) > 1.4 * _mean(case, "t2w", wm), case.case_id
+
+
+def test_tissue_contrasts_follow_mri_physics(cases: list[PhantomCase]) -> None:
+    for case in cases:
+        wm, gm, csf = (_normal(case, tissue) for tissue in ("wm", "gm", "csf"))
+        assert _mean(case, "t2f", csf) < 0.6 * _mean(case, "t2f", wm), case.case_id  # FLAIR: CSF suppressed
+        assert _mean(case, "t1n", wm) > _mean(case, "t1n", gm) > _mean(case, "t1n", csf), case.case_id
+        assert _mean(case, "t2w", csf) > _mean(case, "t2w", gm) > _mean(case, "t2w", wm), case.case_id
+        assert _mean(case, "t2f", gm) > _mean(case, "t2f", wm), case.case_id
+    for case in _with_necrosis(cases):
+        assert _mean(case, "t1n", case.seg == NETC_LABEL) < 0.7 * _mean(case, "t1n", _normal(case, "wm"))
+        assert _mean(case, "t2w", case.seg == NETC_LABEL) > 1.5 * _mean(case, "t2w", _normal(case, "wm"))
+
+
+def test_tumour_is_not_one_channel_threshold(cases: list[PhantomCase]) -> None:
+    """No single FLAIR threshold separates the whole tumour from the brain perfectly (the task is not trivial)."""
+    for case in cases:
+        values, whole = case.images["t2f"][case.brain_mask], (case.seg > 0)[case.brain_mask]
+        best = max(_dice(values > t, whole) for t in np.quantile(values, np.linspace(0.8, 0.999, 60)))
+        assert 0.3 < best < 0.97, case.case_id
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Determinism
+# ------------------------------------------------------------------------------------------------
+
+
+def _assert_same_case(a: PhantomCase, b: PhantomCase) -> None:
+    np.testing.assert_array_equal(a.seg, b.seg)
+    for modality in MODALITIES:
+        np.testing.assert_array_equal(a.images[modality], b.images[modality])
+
+
+def test_same_seed_and_index_give_identical_case(cases: list[PhantomCase]) -> None:
+    _assert_same_case(generate_case(2, SEED, "small"), cases[2])
+
+
+def test_other_seed_or_index_give_other_case(cases: list[PhantomCase]) -> None:
+    other = generate_case(2, SEED + 1, "small")
+    assert not np.array_equal(other.seg, cases[2].seg)
+    assert not np.array_equal(other.images["t1n"], cases[2].images["t1n"])
+    assert not np.array_equal(cases[2].images["t1n"], cases[3].images["t1n"])
+
+
+def test_written_cases_equal_cases_generated_alone(cases: list[PhantomCase], dataset: Path) -> None:
+    """Case i is the same whether made alone, in a batch of three, or by a pool of two workers."""
+    for case in cases[:3]:
+        folder = dataset / case.case_id
+        for modality in MODALITIES:
+            stored = nib.load(folder / case_file_name(case.case_id, modality)).get_fdata()
+            np.testing.assert_array_equal(stored, case.images[modality])
+    labelled = cases[0]
+    stored_seg = nib.load(dataset / labelled.case_id / case_file_name(labelled.case_id, SEG_SUFFIX)).get_fdata()
+    np.testing.assert_array_equal(stored_seg, labelled.seg)
+
+
+# ------------------------------------------------------------------------------------------------
+# Files, CLI, preview
+# ------------------------------------------------------------------------------------------------
+
+
+def test_dataset_layout_with_unlabelled_cases(dataset: Path) -> None:
+    ids = [case_id(PHANTOM_TASK, i) for i in range(3)]
+    assert sorted(p.name for p in dataset.iterdir()) == ids
+    for position, cid in enumerate(ids):
+        folder = dataset / cid
+        images = [nib.load(folder / case_file_name(cid, m)) for m in MODALITIES]
+        seg_path = folder / case_file_name(cid, SEG_SUFFIX)
+        assert seg_path.exists() == (position < 2)  # the last case is unlabelled
+        volumes = [*images, nib.load(seg_path)] if seg_path.exists() else images
+        for volume in volumes:
+            assert volume.shape == PROFILES["small"].shape
+            np.testing.assert_allclose(volume.affine, PROFILES["small"].affine)
+        assert all(img.get_data_dtype() == np.int16 for img in images)
+        if seg_path.exists():
+            assert nib.load(seg_path).get_data_dtype() == np.uint8
+
+
+def test_cli_writes_cases_and_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = _load_script()
+    args = ["--output-dir", str(tmp_path), "--num-cases", "2", "--seed", "5", "--unlabelled", "1"]
+    assert script.main([*args, "--workers", "1", "--preview", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "1 labelled, 1 unlabelled" in out and str(tmp_path) in out
+    png = tmp_path / "preview.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / case_id(PHANTOM_TASK, 1) / case_file_name(case_id(PHANTOM_TASK, 1), SEG_SUFFIX)).exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--profile", "huge"], "invalid choice: 'huge'"), (["--unlabelled", "2"], "cannot exceed num_cases")],
+)
+def test_cli_rejects_bad_arguments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _load_script().main(["--output-dir", str(tmp_path), "--num-cases", "1", "--no-progress", *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_preview_selects_cases_and_rejects_empty_folders(dataset: Path, tmp_path: Path) -> None:
+    png = save_preview(dataset, tmp_path / "one.png", case_ids=[case_id(PHANTOM_TASK, 2)])
+    assert png.stat().st_size > 5_000
+    with pytest.raises(ValueError, match="no BraTS"):
+        save_preview(tmp_path, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="not found"):
+        save_preview(dataset, tmp_path / "none.png", case_ids=["BraTS-SYN-99999-000"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_cases": -1}, "num_cases"),
+        ({"num_cases": 2, "unlabelled": 3}, "unlabelled"),
+        ({"num_cases": 2, "unlabelled": -1}, "unlabelled"),
+        ({"num_cases": 2, "seed": -3}, "seed"),
+        ({"num_cases": 2, "workers": 0}, "workers"),
+        ({"num_cases": 2, "profile": "huge"}, "known profiles"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_phantom_dataset(tmp_path / "out", progress=False, **kwargs)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_generate_case_rejects_negative_index() -> None:
+    with pytest.raises(ValueError, match="index"):
+        generate_case(-1, SEED)
