@@ -325,3 +325,30 @@ def test_bad_arguments_raise_clear_errors(tmp_path: Path, kwargs: dict, message:
 def test_generate_case_rejects_negative_index() -> None:
     with pytest.raises(ValueError, match="index"):
         generate_case(-1, SEED)
+
+
+def test_generated_tree_passes_validation_and_loads_with_monai(dataset: Path, tmp_path: Path) -> None:
+    """The phantoms are what the data layer expects: valid cases, a datalist, MONAI's LoadImaged."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    from kd_components.data.brats import discover_cases, validate_cases
+    from kd_components.data.datalist import build_datalist, load_datalist_split
+    from kd_components.io import save_json_atomic
+    from kd_components.transforms import BratsLabelsToRegionsd
+
+    reports = validate_cases(discover_cases(dataset), workers=1)
+    assert [r.case.case_id for r in reports] == [case_id(PHANTOM_TASK, i) for i in range(3)]
+    assert all(r.ok for r in reports), [str(p) for r in reports for p in r.problems]
+    datalist = build_datalist(reports, dataset, num_folds=2)
+    assert datalist["numTraining"] == 2 and datalist["numTest"] == 1
+    path = tmp_path / "datalist.json"
+    save_json_atomic(datalist, path)
+    item = load_datalist_split(path, dataset, "validation", fold=0)[0]
+    loader = Compose(
+        [LoadImaged(["image", "label"]), EnsureChannelFirstd(["image", "label"]), BratsLabelsToRegionsd("label")]
+    )
+    data = loader(item)
+    assert tuple(data["image"].shape) == (len(MODALITIES), *PROFILES["small"].shape)
+    assert tuple(data["label"].shape) == (3, *PROFILES["small"].shape)
+    assert data["label"][1].sum() > 0  # whole tumour present
+    np.testing.assert_allclose(data["image"].affine.numpy(), PROFILES["small"].affine, atol=1e-5)
