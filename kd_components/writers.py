@@ -52,3 +52,17 @@ def brats_case_name_formatter(metadict: dict | None, saver: Any) -> dict[str, An
     if isinstance(source, list | tuple):
         source = source[0]
     return {"subject": case_id_from_path(source), "idx": None}
+
+
+def case_meta_from_batch(batch: list[dict[str, Any]], image_key: str = "image") -> list[dict[str, str]]:
+    """``batch_transform`` for MONAI's ``MetricsSaver``: per-case rows named by BraTS case id.
+
+    ``batch`` is the decollated batch of an evaluator (a list of per-case dicts); the case id comes
+    from the image's source file name.
+    """
+    rows = []
+    for item in batch:
+        meta = getattr(item[image_key], "meta", {})
+        source = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
+        rows.append({ImageMetaKey.FILENAME_OR_OBJ: case_id_from_path(source) if source else ""})
+    return rows

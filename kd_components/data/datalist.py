@@ -186,3 +186,27 @@ def load_datalist_split(
     if not items:
         raise ValueError(f"{data_list_file_path}: split {split!r} (fold {fold}) is empty")
     return items
+
+
+def inference_items(
+    dataset_dir: str | os.PathLike[str],
+    data_list_file_path: str | os.PathLike[str] | None = None,
+    split: str = "testing",
+    fold: int = 0,
+) -> list[dict[str, Any]]:
+    """Cases to run inference on: one split of a datalist, or every case folder under ``dataset_dir``.
+
+    With an empty ``data_list_file_path``, case folders are discovered (BraTS-2023 layout) and each
+    must have its four modalities; otherwise this is :func:`load_datalist_split`.
+    """
+    from kd_components.data.brats import discover_cases
+
+    if data_list_file_path:
+        return load_datalist_split(data_list_file_path, dataset_dir, split, fold)
+    cases = discover_cases(dataset_dir)
+    problems = [p for c in cases for p in c.problems]
+    if problems:
+        raise InvalidCaseError(problems)
+    if not cases:
+        raise ValueError(f"no BraTS case folders (named like BraTS-GLI-00000-000) under {dataset_dir}")
+    return [{"case_id": c.case_id, "image": [str(c.images[m]) for m in MODALITIES]} for c in cases]

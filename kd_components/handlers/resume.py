@@ -1,0 +1,80 @@
+"""The resumable "latest" checkpoint of a bundle training run: saving it, and resuming from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+#: ``file_prefix`` of the interval checkpoints.
+LATEST_PREFIX = "latest"
+
+
+def find_latest_checkpoint(ckpt_dir: str | os.PathLike[str], prefix: str = LATEST_PREFIX) -> Path:
+    """The most recently written ``<prefix>*.pt`` in ``ckpt_dir``; ``FileNotFoundError`` when there is none."""
+    candidates = sorted(Path(ckpt_dir).glob(f"{prefix}*.pt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"no '{prefix}*.pt' checkpoint in {ckpt_dir} to resume from")
+    return candidates[-1]
+
+
+class ResumableCheckpoint:
+    """Save the full training state every ``save_interval`` epochs and, if asked, resume from it.
+
+    The trainer cannot be referenced from its own handler list in a bundle config (that is a
+    circular reference), so this handler adds the engine it is attached to as ``"trainer"`` to
+    ``save_dict`` and then attaches MONAI's :class:`~monai.handlers.CheckpointSaver` (Ignite writes
+    the file atomically; one ``latest*.pt`` is kept) and, when resuming,
+    :class:`~monai.handlers.CheckpointLoader`. Restoring the trainer restores the epoch and
+    iteration counters, so training continues after the last completed epoch.
+
+    Args:
+        ckpt_dir: folder of the checkpoints.
+        save_dict: objects to save besides the trainer, e.g. ``model``, ``optimizer``, ``lr_scheduler``.
+        resume_from: ``""`` (start from scratch), ``"latest"`` (the newest ``latest*.pt`` in ``ckpt_dir``)
+            or the path of a checkpoint file.
+        save_interval: epochs between saves.
+        map_location: passed to ``torch.load`` when resuming.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | os.PathLike[str],
+        save_dict: dict[str, Any],
+        resume_from: str | os.PathLike[str] | None = "",
+        save_interval: int = 1,
+        map_location: Any = "cpu",
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.save_dict = dict(save_dict)
+        self.resume_from = str(resume_from or "")
+        self.save_interval = save_interval
+        self.map_location = map_location
+
+    def resume_path(self) -> Path | None:
+        """The checkpoint file to resume from, or ``None`` when starting from scratch."""
+        if not self.resume_from:
+            return None
+        if self.resume_from == LATEST_PREFIX:
+            return find_latest_checkpoint(self.ckpt_dir)
+        path = Path(self.resume_from)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint to resume from does not exist: {path}")
+        return path
+
+    def attach(self, engine: Engine) -> None:
+        objects = {**self.save_dict, "trainer": engine}
+        path = self.resume_path()
+        if path is not None:
+            CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
+        CheckpointSaver(
+            save_dir=str(self.ckpt_dir),
+            save_dict=objects,
+            file_prefix=LATEST_PREFIX,
+            save_interval=self.save_interval,
+            n_saved=1,
+            epoch_level=True,
+        ).attach(engine)

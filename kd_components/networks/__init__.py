@@ -1,0 +1,31 @@
+"""Networks: the hybrid VGG19-3D + ViT teacher and its building blocks."""
+
+from kd_components.networks.configs import TEACHER_CONFIGS, build_teacher, teacher_config
+from kd_components.networks.fusion import GatedFusionBlock, MultiScaleFusion
+from kd_components.networks.hybrid import FUSED_FEATURE_MODULES, FUSED_FEATURE_SCALES, DecoderUpBlock, HybridTeacher
+from kd_components.networks.vgg import (
+    VGG19Encoder3d,
+    VGGLoadResult,
+    inflate_conv2d_weight,
+    load_torchvision_vgg19,
+    trainable_parameters,
+)
+from kd_components.networks.vit import ViTEncoder3d
+
+__all__ = [
+    "FUSED_FEATURE_MODULES",
+    "FUSED_FEATURE_SCALES",
+    "TEACHER_CONFIGS",
+    "DecoderUpBlock",
+    "GatedFusionBlock",
+    "HybridTeacher",
+    "MultiScaleFusion",
+    "VGG19Encoder3d",
+    "VGGLoadResult",
+    "ViTEncoder3d",
+    "build_teacher",
+    "inflate_conv2d_weight",
+    "load_torchvision_vgg19",
+    "teacher_config",
+    "trainable_parameters",
+]
