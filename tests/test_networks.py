@@ -452,3 +452,15 @@ def test_named_configs_build() -> None:
     assert teacher_config("demo", vgg_width=4)["vgg_width"] == 4 and TEACHER_CONFIGS["demo"]["vgg_width"] == 8
     with pytest.raises(KeyError, match="unknown teacher configuration"):
         teacher_config("huge")
+
+
+def test_output_prior_sets_the_initial_foreground_probability() -> None:
+    from kd_components.networks.init import init_output_prior
+
+    head = torch.nn.Conv3d(8, 3, kernel_size=1)
+    init_output_prior(head, 0.1)
+    torch.testing.assert_close(torch.sigmoid(head.bias), torch.full((3,), 0.1))
+    with pytest.raises(ValueError, match=r"prior must be in \(0, 1\)"):
+        init_output_prior(head, 1.0)
+    with pytest.raises(ValueError, match="no convolution with a bias"):
+        init_output_prior(torch.nn.Conv3d(8, 3, kernel_size=1, bias=False), 0.1)

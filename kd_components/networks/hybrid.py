@@ -14,6 +14,7 @@ from monai.utils import ensure_tuple_rep
 
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.networks.fusion import MultiScaleFusion
+from kd_components.networks.init import init_output_prior
 from kd_components.networks.vgg import VGG19Encoder3d
 from kd_components.networks.vit import ViTEncoder3d
 
@@ -107,6 +108,7 @@ class HybridTeacher(nn.Module):
         decoder_channels: Sequence[int] = (16, 32, 64, 128),
         dropout_rate: float = 0.0,
         norm_name: tuple | str = "instance",
+        output_prior: float | None = 0.1,
     ) -> None:
         """
         Args:
@@ -131,6 +133,9 @@ class HybridTeacher(nn.Module):
                 Defaults to ``(16, 32, 64, 128)``.
             dropout_rate: dropout in the ViT (embeddings, attention, MLP). Defaults to 0.0.
             norm_name: MONAI normalisation of the fusion and decoder blocks. Defaults to ``"instance"``.
+            output_prior: initial foreground probability of every output channel (the head's bias is set
+                to its logit, see :func:`~kd_components.networks.init.init_output_prior`); ``None`` keeps
+                PyTorch's default bias. Defaults to 0.1.
 
         Raises:
             ValueError: if the channel sequences do not have 4 entries or ``img_size`` is not divisible
@@ -189,6 +194,8 @@ class HybridTeacher(nn.Module):
             DecoderUpBlock(i, s, o, norm_name) for i, s, o in zip(in_chs, skip_chs, out_chs, strict=True)
         )
         self.head = UnetOutBlock(3, dec[0], out_channels)
+        if output_prior is not None:
+            init_output_prior(self.head, output_prior)
 
     @staticmethod
     def feature_modules() -> list[str]:
