@@ -21,6 +21,7 @@ import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
+from monai.utils import TransformBackends
 
 from kd_components.constants import BACKGROUND_LABEL, ET_LABEL, NETC_LABEL, REGIONS, SNFH_LABEL, allowed_labels
 
@@ -168,14 +169,60 @@ def convert_et_label(label: NdarrayOrTensor, source_et: int, target_et: int) -> 
     return out
 
 
+def brain_mask(image: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Brain voxels of a skull-stripped multi-channel image ``(C, H, W, D)``: ``(1, H, W, D)`` uint8.
+
+    A voxel belongs to the brain when any channel is non-zero (BraTS images are 0 outside the brain,
+    and ``NormalizeIntensityd(nonzero=True)`` keeps them 0). Compute it before intensity augmentations
+    that move the background (``RandShiftIntensityd``), and crop/flip it with the image.
+    """
+    if isinstance(image, torch.Tensor):
+        return (image != 0).any(dim=0, keepdim=True).to(torch.uint8)
+    return np.any(np.asarray(image) != 0, axis=0, keepdims=True).astype(np.uint8)
+
+
+class BrainMaskd(MapTransform):
+    """Add the brain mask (:func:`brain_mask`, ``(1, H, W, D)`` uint8) of the image under ``keys`` as ``mask_key``.
+
+    Used by the distillation pipelines: the soft-target loss is averaged over brain voxels only, and
+    unlabelled patches are sampled around brain voxels (``RandCropByPosNegLabeld(label_key=mask_key)``).
+
+    Args:
+        keys: the image key (one key).
+        mask_key: key of the added mask. Defaults to ``"brain_mask"``.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "brain_mask", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"BrainMaskd takes one image key, got {list(self.keys)}")
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = brain_mask(d[key])
+            meta = getattr(d[key], "meta", None)
+            if meta is not None and isinstance(mask, torch.Tensor):
+                from monai.data import MetaTensor
+
+                mask = MetaTensor(mask, meta=dict(meta), applied_operations=list(d[key].applied_operations))
+            d[self.mask_key] = mask
+        return d
+
+
 __all__ = [
     "ET_INDEX",
     "TC_INDEX",
     "WT_INDEX",
+    "BrainMaskd",
     "BratsLabelsToRegions",
     "BratsLabelsToRegionsd",
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
+    "brain_mask",
     "convert_et_label",
     "regions_to_labels",
     "unknown_label_values",

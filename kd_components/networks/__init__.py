@@ -3,6 +3,7 @@
 from kd_components.networks.configs import TEACHER_CONFIGS, build_teacher, teacher_config
 from kd_components.networks.fusion import GatedFusionBlock, MultiScaleFusion
 from kd_components.networks.hybrid import FUSED_FEATURE_MODULES, FUSED_FEATURE_SCALES, DecoderUpBlock, HybridTeacher
+from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, STUDENT_FEATURE_MODULES, build_student
 from kd_components.networks.vgg import (
     VGG19Encoder3d,
     VGGLoadResult,
@@ -13,8 +14,10 @@ from kd_components.networks.vgg import (
 from kd_components.networks.vit import ViTEncoder3d
 
 __all__ = [
+    "DEFAULT_FEATURE_PAIRS",
     "FUSED_FEATURE_MODULES",
     "FUSED_FEATURE_SCALES",
+    "STUDENT_FEATURE_MODULES",
     "TEACHER_CONFIGS",
     "DecoderUpBlock",
     "GatedFusionBlock",
@@ -23,6 +26,7 @@ __all__ = [
     "VGG19Encoder3d",
     "VGGLoadResult",
     "ViTEncoder3d",
+    "build_student",
     "build_teacher",
     "inflate_conv2d_weight",
     "load_torchvision_vgg19",

@@ -1,0 +1,124 @@
+"""Loading the trained teacher for distillation: strict, frozen, in eval mode, or a clear error."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher", "state_dict_mismatches"]
+
+#: How many keys of each kind of mismatch an error message lists.
+_SHOWN = 5
+_DDP_PREFIX = "module."
+
+
+class TeacherCheckpointError(ValueError):
+    """The teacher checkpoint cannot be read, or does not fit the teacher's definition."""
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """Freeze ``network`` in place for distillation (``requires_grad=False``, eval mode) and return it."""
+    network.requires_grad_(False)
+    return network.eval()
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN])
+    return shown + (f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
+
+
+def state_dict_mismatches(network: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """
+    How ``state`` fails to fit ``network`` for a strict load: one line each for missing keys, unexpected
+    keys and shape mismatches (at most a few keys listed per line); empty when it fits.
+
+    Args:
+        network: the network the state dict should load into.
+        state: a state dict (parameter and buffer tensors by name).
+    """
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {list(v.shape)} vs network {list(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    lines = []
+    if missing:
+        lines.append(f"{len(missing)} missing key(s): {_listed(missing)}")
+    if unexpected:
+        lines.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
+    if shapes:
+        lines.append(f"{len(shapes)} shape mismatch(es): {_listed(shapes)}")
+    return lines
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict of ``path``: a raw state dict, or the ``"model"`` entry of a training checkpoint."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file (truncated, not a torch file, pickled objects) gets one message
+        raise TeacherCheckpointError(f"cannot read the teacher checkpoint {path}: {err}") from err
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {path} is not a state dict (or a dict with a 'model' state dict): "
+            f"got {type(obj).__name__}"
+        )
+    state = dict(obj)
+    if state and all(k.startswith(_DDP_PREFIX) for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len(_DDP_PREFIX) :]: v for k, v in state.items()}
+    return state
+
+
+def load_frozen_teacher(
+    network: nn.Module, ckpt_path: str | os.PathLike[str], device: str | torch.device | None = None
+) -> nn.Module:
+    """
+    Load the teacher's trained weights strictly, then freeze it and put it in eval mode.
+
+    The checkpoint (read with ``torch.load(..., weights_only=True)``) is a state dict, as the teacher
+    bundle's ``models/model.pt``, or a training checkpoint with the state dict under ``"model"`` (the
+    ``latest*.pt`` files); a ``module.`` prefix (DistributedDataParallel) is removed. Nothing is loaded
+    unless every key and shape fits: a teacher with random weights would silently distil noise.
+
+    In a bundle config::
+
+        "teacher": {"_target_": "kd_components.engines.load_frozen_teacher",
+                    "network": "@teacher_def", "ckpt_path": "@teacher_ckpt", "device": "@device"}
+
+    Args:
+        network: the teacher, built with the same definition as the checkpoint (e.g. ``build_teacher("demo")``).
+        ckpt_path: the checkpoint file.
+        device: device to move the teacher to; ``None`` leaves it where it is.
+
+    Returns:
+        ``network`` itself, loaded, on ``device``, with ``requires_grad=False`` and in eval mode.
+
+    Raises:
+        FileNotFoundError: if ``ckpt_path`` is not a file.
+        TeacherCheckpointError: if the file cannot be read, is not a state dict, or does not fit ``network``
+            (the message names the file and lists missing/unexpected keys and shape mismatches).
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"teacher checkpoint not found: {path} (train the hybrid_teacher bundle first, or pass --teacher_ckpt)"
+        )
+    state = _read_state_dict(path)
+    problems = state_dict_mismatches(network, state)
+    if problems:
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {path} does not fit the teacher definition {type(network).__name__} "
+            f"(is teacher_config the one the teacher was trained with?):\n  " + "\n  ".join(problems)
+        )
+    network.load_state_dict(state, strict=True)
+    if device is not None:
+        network.to(device)
+    return freeze(network)
