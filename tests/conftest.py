@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
 from kd_components.io import save_nifti_atomic
@@ -56,3 +57,15 @@ def make_case(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription; restored after.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata
+from monai.bundle import ConfigWorkflow, ckpt_export
 from monai.data import load_net_with_metadata
 from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
@@ -43,7 +43,6 @@ from tests.conftest import REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 PATCH = (32, 32, 32)
 #: A teacher small enough for CPU tests (the demo configuration, thinner), as in tests/test_teacher_bundle.py.
 TINY_TEACHER: dict[str, Any] = {
@@ -62,13 +61,7 @@ SMALL = {"patch_size": list(PATCH), "num_workers": 0, "sw_batch_size": 8, "sw_ov
 TINY = {"teacher_config": "demo", **{f"teacher_def#{k}": v for k, v in TINY_TEACHER.items()}, **SMALL}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids oversubscription; restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_teacher(**overrides: Any) -> nn.Module:
@@ -374,16 +367,6 @@ def _workflow(files: list[str], workflow_type: str, **overrides: Any) -> ConfigW
     )
     workflow.initialize()
     return workflow
-
-
-def test_metadata_is_valid_and_matches_the_conventions() -> None:
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    fmt = meta["network_data_format"]
-    assert list(fmt["inputs"]["image"]["channel_def"].values()) == list(MODALITIES)
-    assert list(fmt["outputs"]["pred"]["channel_def"].values()) == list(REGIONS)
-    if not SCHEMA.exists():
-        pytest.skip(f"local MONAI metadata schema not found at {SCHEMA}")
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
 
 
 @pytest.mark.parametrize(
