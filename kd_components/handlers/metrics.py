@@ -7,6 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.handlers import HausdorffDistance
+from monai.metrics import compute_hausdorff_distance
+
+#: HD95 given to a region that the ground truth has and the prediction misses entirely: the BraTS
+#: challenge's convention, the diagonal of the 240 x 240 x 155 grid at 1 mm.
+MISSED_REGION_HD_MM = 373.13
 
 
 def voxel_spacing(image: torch.Tensor) -> tuple[float, ...]:
@@ -24,6 +29,11 @@ class HausdorffDistanceMM(HausdorffDistance):
     MONAI's handler measures in voxels; this one passes each case's voxel spacing (read from the
     label's affine) to the metric, so HD95 is comparable between 1 mm BraTS data and 2 mm phantoms.
     Expects ``output_transform`` to give ``(preds, labels)``: lists of ``(C, H, W, D)`` tensors.
+
+    A region present in the label but absent from the prediction gets :data:`MISSED_REGION_HD_MM`
+    (BraTS's convention) instead of MONAI's NaN, which the mean would skip, so missing a tumour
+    can never look better than finding it. A region absent from the label stays NaN (undefined,
+    left out of the mean), as in MONAI.
     """
 
     def update(self, output: Sequence[Sequence[torch.Tensor]]) -> None:
@@ -31,4 +41,18 @@ class HausdorffDistanceMM(HausdorffDistance):
             raise ValueError(f"output must have length 2 (y_pred, y), got {len(output)}")
         y_pred, y = output
         for pred, label in zip(y_pred, y, strict=True):
-            self.metric_fn(pred[None], label[None], spacing=voxel_spacing(label))
+            metric = self.metric_fn
+            values = compute_hausdorff_distance(
+                pred[None],
+                label[None],
+                include_background=metric.include_background,
+                distance_metric=metric.distance_metric,
+                percentile=metric.percentile,
+                directed=metric.directed,
+                spacing=voxel_spacing(label),
+            )
+            missed = (pred.flatten(1).sum(1) == 0) & (label.flatten(1).sum(1) > 0)
+            if not metric.include_background:
+                missed = missed[1:]
+            values[:, missed.to(values.device)] = MISSED_REGION_HD_MM
+            metric.extend(values)
