@@ -6,12 +6,7 @@ UNLABELLED ?= 8
 SEED ?= 0
 PROFILE ?= small
 
-TEACHER := bundles/hybrid_teacher
-TEACHER_CFG := $(TEACHER)/configs
-TEACHER_OUT := $(OUT)/hybrid_teacher
-BUNDLE_ARGS = --dataset_dir $(OUT)/data --data_list_file_path $(OUT)/datalist.json
-
-.PHONY: install install-test demo data teacher test lint slow-test
+.PHONY: install install-test demo data benchmark test lint slow-test
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -19,24 +14,20 @@ install:
 install-test:
 	$(PYTHON) -m pip install -e ".[test]"
 
-## The main job: phantom data set (labelled + unlabelled), preview PNG, validated datalist with folds,
-## then the demo teacher: training, inference on the unlabelled cases, evaluation on the validation fold.
-demo: install data teacher
+## The main job: phantoms (labelled + unlabelled), datalist, demo teacher, distilled student, inference,
+## evaluation and report (OUT/report.md). A second run reuses what is done; an interrupted one continues.
+demo: install
+	$(PYTHON) scripts/run_demo.py --output-dir $(OUT) --num-cases $(NUM_CASES) --unlabelled $(UNLABELLED) --seed $(SEED)
 
+## Only the phantom data set and its datalist.
 data:
 	$(PYTHON) scripts/make_phantoms.py --output-dir $(OUT)/data --num-cases $(NUM_CASES) \
 		--unlabelled $(UNLABELLED) --seed $(SEED) --profile $(PROFILE) --preview
 	$(PYTHON) scripts/prepare_datalist.py --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
-teacher:
-	$(PYTHON) -m monai.bundle run training --config_file "['$(TEACHER_CFG)/train.json','$(TEACHER_CFG)/demo.json']" \
-		--bundle_root $(TEACHER) $(BUNDLE_ARGS) --ckpt_dir $(TEACHER_OUT)/models --output_dir $(TEACHER_OUT)/runs
-	$(PYTHON) -m monai.bundle run --config_file "['$(TEACHER_CFG)/inference.json','$(TEACHER_CFG)/demo.json']" \
-		--bundle_root $(TEACHER) $(BUNDLE_ARGS) --ckpt_dir $(TEACHER_OUT)/models --output_dir $(TEACHER_OUT)/predictions
-	$(PYTHON) -m monai.bundle run \
-		--config_file "['$(TEACHER_CFG)/train.json','$(TEACHER_CFG)/demo.json','$(TEACHER_CFG)/evaluate.json']" \
-		--bundle_root $(TEACHER) $(BUNDLE_ARGS) --ckpt_dir $(TEACHER_OUT)/models --output_dir $(TEACHER_OUT)/evaluation
-	@echo "teacher: $(TEACHER_OUT)/models/model.pt, predictions in $(TEACHER_OUT)/predictions, metrics in $(TEACHER_OUT)/evaluation/metrics.csv"
+## The comparison in docs/results.md (about 1.5 h on 2 CPU cores; restartable).
+benchmark: install
+	$(PYTHON) scripts/benchmark_kd.py --notes docs/results_notes.md
 
 ## The default test suite (slow tests excluded) and the linter.
 test: install-test lint

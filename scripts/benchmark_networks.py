@@ -25,78 +25,17 @@ import os
 import platform
 import resource
 import shlex
-import statistics
 import sys
-import time
 from typing import Any
 
 import torch
 
-from kd_components.constants import MODALITIES, REGIONS
+from kd_components.benchmarking import OTHER_NETWORKS, build_network, count_flops, cpu_description, time_runs
+from kd_components.constants import MODALITIES
 from kd_components.io import atomic_path
-from kd_components.networks import TEACHER_CONFIGS, build_student, build_teacher, trainable_parameters
+from kd_components.networks import TEACHER_CONFIGS, trainable_parameters
 
 _GIB = 1024**3
-#: Networks besides the teacher configurations.
-OTHER_NETWORKS: tuple[str, ...] = ("student", "segresnet16")
-
-
-def build_network(name: str, size: int) -> torch.nn.Module:
-    """A teacher configuration (trained on ``size``^3 patches), the default student, or the model-zoo SegResNet."""
-    if name == "student":
-        return build_student()
-    if name == "segresnet16":
-        from monai.networks.nets import SegResNet
-
-        return SegResNet(
-            spatial_dims=3,
-            in_channels=len(MODALITIES),
-            out_channels=len(REGIONS),
-            init_filters=16,
-            blocks_down=(1, 2, 2, 4),
-            blocks_up=(1, 1, 1),
-        )
-    return build_teacher(name, img_size=(size, size, size))
-
-
-def cpu_description() -> str:
-    """The CPU model (from /proc/cpuinfo where available) and the number of cores this process may use."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores"
-
-
-def count_flops(config: str, size: int) -> tuple[float, float]:
-    """FLOPs (forward, forward + backward) of one ``size``^3 patch at batch 1, counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = build_network(config, size)
-        x = torch.empty(1, len(MODALITIES), size, size, size)
-    with FlopCounterMode(display=False) as forward:
-        model(x)
-    with FlopCounterMode(display=False) as training:
-        model(x).mean().backward()
-    return float(forward.get_total_flops()), float(training.get_total_flops())
-
-
-def _time_runs(step: Any, repeats: int) -> tuple[float, float]:
-    """Median and minimum wall-clock seconds of ``step()`` over ``repeats`` runs, after one warm-up run."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 def measure(config: str, size: int, repeats: int) -> dict[str, Any]:
@@ -117,9 +56,9 @@ def measure(config: str, size: int, repeats: int) -> dict[str, Any]:
 
     load_start = os.getloadavg()[0]
     model.eval()
-    forward_s, forward_min_s = _time_runs(forward, repeats)
+    forward_s, forward_min_s = time_runs(forward, repeats)
     model.train()
-    training_s, training_min_s = _time_runs(forward_backward, repeats)
+    training_s, training_min_s = time_runs(forward_backward, repeats)
     return {
         "config": config,
         "params": sum(p.numel() for p in model.parameters()),

@@ -37,7 +37,16 @@ from kd_components.constants import (
 )
 from kd_components.io import atomic_path
 
-__all__ = ["LABEL_COLOURS", "save_preview"]
+__all__ = [
+    "LABEL_COLOURS",
+    "axial_index",
+    "draw_overlay",
+    "find_volume",
+    "legend_handles",
+    "load_lps",
+    "save_preview",
+    "show_gray",
+]
 
 #: Overlay colour (RGB) of each tumour label.
 LABEL_COLOURS: dict[int, tuple[float, float, float]] = {
@@ -69,7 +78,7 @@ def save_preview(
     axes = figure.subplots(len(folders), len(MODALITIES) + 1, squeeze=False)
     for row, folder in zip(axes, folders, strict=True):
         _draw_case(row, folder)
-    figure.legend(handles=_legend_handles(), loc="lower center", ncol=len(LABEL_COLOURS), frameon=False)
+    figure.legend(handles=legend_handles(), loc="lower center", ncol=len(LABEL_COLOURS), frameon=False)
     figure.tight_layout(rect=(0, _LEGEND_HEIGHT_IN / height, 1, 1))
     output = Path(output_png)
     with atomic_path(output) as tmp:
@@ -93,7 +102,7 @@ def _case_folders(dataset_dir: Path, case_ids: Sequence[str] | None) -> list[Pat
     return folders
 
 
-def _find_volume(folder: Path, suffix: str) -> Path | None:
+def find_volume(folder: Path, suffix: str) -> Path | None:
     """The NIfTI file of one modality (or the seg) in a case folder, whichever extension it has."""
     for extension in NIFTI_EXTENSIONS:
         path = folder / case_file_name(folder.name, suffix, extension)
@@ -102,7 +111,7 @@ def _find_volume(folder: Path, suffix: str) -> Path | None:
     return None
 
 
-def _load_lps(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+def load_lps(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     """A volume reoriented to LPS, (X, Y, Z), and its in-plane voxel size (x, y) in mm."""
     image = nib.load(path)
     current = nib.orientations.io_orientation(image.affine)
@@ -113,7 +122,7 @@ def _load_lps(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     return np.asarray(data), (float(zooms[0]), float(zooms[1]))
 
 
-def _axial_index(seg: np.ndarray | None, depth: int) -> int:
+def axial_index(seg: np.ndarray | None, depth: int) -> int:
     """Axial slice through the tumour's centroid, or the middle slice without a (non-empty) segmentation."""
     if seg is None or not np.any(seg > 0):
         return depth // 2
@@ -122,32 +131,34 @@ def _axial_index(seg: np.ndarray | None, depth: int) -> int:
 
 def _draw_case(row: Sequence[Axes], folder: Path) -> None:
     """Fill one figure row: the four modalities, then t2f with the label overlay."""
-    seg_path = _find_volume(folder, SEG_SUFFIX)
-    seg = _load_lps(seg_path)[0].astype(np.int16) if seg_path is not None else None
+    seg_path = find_volume(folder, SEG_SUFFIX)
+    seg = load_lps(seg_path)[0].astype(np.int16) if seg_path is not None else None
     slices: dict[str, np.ndarray] = {}
     aspect = 1.0
     z = None
     for axis, modality in zip(row, MODALITIES, strict=False):
-        path = _find_volume(folder, modality)
+        path = find_volume(folder, modality)
         if path is None:
             _blank(axis, f"{modality}: missing")
             continue
-        volume, (dx, dy) = _load_lps(path)
+        volume, (dx, dy) = load_lps(path)
         aspect = dy / dx
-        z = _axial_index(seg, volume.shape[2]) if z is None else z
+        z = axial_index(seg, volume.shape[2]) if z is None else z
         slices[modality] = volume[:, :, z].T
-        _show_gray(axis, slices[modality], aspect)
+        show_gray(axis, slices[modality], aspect)
         axis.set_title(modality, fontsize=9)
     row[0].set_ylabel(folder.name, fontsize=8)
-    _draw_overlay(row[-1], slices.get("t2f"), None if seg is None or z is None else seg[:, :, z].T, aspect)
+    draw_overlay(row[-1], slices.get("t2f"), None if seg is None or z is None else seg[:, :, z].T, aspect)
 
 
-def _draw_overlay(axis: Axes, background: np.ndarray | None, labels: np.ndarray | None, aspect: float) -> None:
-    """t2f slice (Y, X) with the label slice (Y, X) blended on top."""
+def draw_overlay(
+    axis: Axes, background: np.ndarray | None, labels: np.ndarray | None, aspect: float, title: str = "t2f + labels"
+) -> None:
+    """t2f slice (Y, X) with the label slice (Y, X) blended on top, titled ``title``."""
     if background is None:
         _blank(axis, "t2f: missing")
         return
-    _show_gray(axis, background, aspect)
+    show_gray(axis, background, aspect)
     if labels is None:
         axis.set_title("t2f (no labels)", fontsize=9)
         return
@@ -159,10 +170,10 @@ def _draw_overlay(axis: Axes, background: np.ndarray | None, labels: np.ndarray 
     axis.imshow(
         clipped, cmap=ListedColormap(colours), vmin=0, vmax=max(LABEL_COLOURS), aspect=aspect, interpolation="nearest"
     )
-    axis.set_title("t2f + labels", fontsize=9)
+    axis.set_title(title, fontsize=9)
 
 
-def _show_gray(axis: Axes, image: np.ndarray, aspect: float) -> None:
+def show_gray(axis: Axes, image: np.ndarray, aspect: float) -> None:
     """Grey-scale image (Y, X), windowed to the 0.5-99.5 percentiles of its non-zero voxels."""
     values = image[image != 0]
     low, high = np.percentile(values, (0.5, 99.5)) if values.size else (0.0, 1.0)
@@ -180,6 +191,6 @@ def _blank(axis: Axes, text: str) -> None:
     axis.set_yticks([])
 
 
-def _legend_handles() -> list[Patch]:
+def legend_handles() -> list[Patch]:
     """Legend patches: one per tumour label, named as in ``LABEL_NAMES``."""
     return [Patch(color=rgb, label=f"{LABEL_NAMES[label]} ({label})") for label, rgb in LABEL_COLOURS.items()]

@@ -1,0 +1,82 @@
+"""Measuring networks on this machine: building them by name, counting FLOPs, timing, describing the CPU.
+
+Shared by ``scripts/benchmark_networks.py`` (per-patch cost) and ``scripts/benchmark_kd.py``
+(sliding-window inference on a BraTS-size volume).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from kd_components.constants import MODALITIES, REGIONS
+from kd_components.networks import build_student, build_teacher
+
+__all__ = ["OTHER_NETWORKS", "build_network", "count_flops", "cpu_description", "time_runs"]
+
+_GIB = 1024**3
+#: Networks besides the teacher configurations.
+OTHER_NETWORKS: tuple[str, ...] = ("student", "segresnet16")
+
+
+def build_network(name: str, size: int) -> torch.nn.Module:
+    """A teacher configuration (trained on ``size``^3 patches), the default student, or the model-zoo SegResNet."""
+    if name == "student":
+        return build_student()
+    if name == "segresnet16":
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(
+            spatial_dims=3,
+            in_channels=len(MODALITIES),
+            out_channels=len(REGIONS),
+            init_filters=16,
+            blocks_down=(1, 2, 2, 4),
+            blocks_up=(1, 1, 1),
+        )
+    return build_teacher(name, img_size=(size, size, size))
+
+
+def cpu_description() -> str:
+    """The CPU model (from /proc/cpuinfo where available) and the number of cores this process may use."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
+
+
+def count_flops(config: str, size: int) -> tuple[float, float]:
+    """FLOPs (forward, forward + backward) of one ``size``^3 patch at batch 1, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build_network(config, size)
+        x = torch.empty(1, len(MODALITIES), size, size, size)
+    with FlopCounterMode(display=False) as forward:
+        model(x)
+    with FlopCounterMode(display=False) as training:
+        model(x).mean().backward()
+    return float(forward.get_total_flops()), float(training.get_total_flops())
+
+
+def time_runs(step: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median and minimum wall-clock seconds of ``step()`` over ``repeats`` runs, after one warm-up run."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)

@@ -1,0 +1,273 @@
+"""The main job on the embedded phantom data: data, teacher, distilled student, inference, evaluation, report.
+
+Each step is a :class:`~kd_components.pipeline.stages.Stage` that runs one of the project's own
+entry points (``scripts/make_phantoms.py``, ``scripts/prepare_datalist.py``, the bundles through
+``python -m monai.bundle``), so the pipeline does exactly what a user would type, in order:
+
+1. phantoms (labelled + unlabelled) and their preview, 2. the validated datalist with folds,
+3. teacher training (demo overlay), 4. its evaluation on the validation fold and 5. its label
+maps for the validation cases, 6. student distillation from that teacher on the labelled and
+unlabelled cases, 7.-9. the student's evaluation, validation label maps and label maps with
+tumour volumes for the unlabelled scans, 10. ``report.md`` with curves and overlays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+from kd_components.pipeline.report import ModelRun, write_report
+from kd_components.pipeline.stages import Stage, StageRunner, python_command
+
+__all__ = ["DemoSettings", "bundle_parameters", "demo_stages", "run_demo"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEACHER_BUNDLE = REPO_ROOT / "bundles" / "hybrid_teacher"
+STUDENT_BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Size and budget of the demo run (the defaults take about 15 minutes on 2 CPU cores).
+
+    Args:
+        output_dir: everything goes below this folder.
+        num_cases: phantom cases in all; the last ``unlabelled`` have no segmentation.
+        unlabelled: cases without a segmentation (used by distillation, and predicted at the end).
+        seed: data-set, fold and training seed.
+        teacher_epochs: teacher training epochs (demo overlay otherwise).
+        student_epochs: student distillation epochs.
+        val_interval: epochs between validations (both bundles).
+        overlay_cases: validation cases drawn in the report.
+    """
+
+    output_dir: Path = Path("outputs/demo")
+    num_cases: int = 24
+    unlabelled: int = 8
+    seed: int = 0
+    teacher_epochs: int = 16
+    student_epochs: int = 12
+    val_interval: int = 4
+    overlay_cases: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.unlabelled < self.num_cases:
+            raise ValueError(f"unlabelled must be in [0, num_cases), got {self.unlabelled} of {self.num_cases}")
+        if self.num_cases - self.unlabelled < 5:
+            raise ValueError("at least 5 labelled cases are needed for 5 cross-validation folds")
+        for name in ("teacher_epochs", "student_epochs", "val_interval", "overlay_cases"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _configs(bundle: Path, *names: str) -> str:
+    """The ``--config_file`` value for a list of the bundle's configs."""
+    return repr([str(bundle / "configs" / name) for name in names])
+
+
+def _bundle_command(bundle: Path, runner_id: str | None, configs: Sequence[str], *args: str) -> list[str]:
+    head = ["-m", "monai.bundle", "run"] + ([runner_id] if runner_id else [])
+    return python_command(*head, "--config_file", _configs(bundle, *configs), "--bundle_root", str(bundle), *args)
+
+
+def bundle_parameters(bundle: Path, configs: Sequence[str], overrides: dict[str, object] | None = None) -> int:
+    """Parameters of the bundle's ``network_def`` as its configs (and overrides) declare it."""
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / name) for name in configs])
+    parser["bundle_root"] = str(bundle)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    network = parser.get_parsed_content("network_def")
+    return sum(p.numel() for p in network.parameters())
+
+
+def demo_stages(settings: DemoSettings) -> list[Stage]:
+    """The stages of the main job, in order (see the module docstring)."""
+    out = settings.output_dir
+    data, datalist = out / "data", out / "datalist.json"
+    common = ["--dataset_dir", str(data), "--data_list_file_path", str(datalist), "--seed", str(settings.seed)]
+    teacher, student = out / "hybrid_teacher", out / "distilled_student"
+    teacher_model = teacher / "models" / "model.pt"
+    train_cfg = ("train.json", "demo.json")
+    teacher_train_args = [
+        *common,
+        "--epochs",
+        str(settings.teacher_epochs),
+        "--val_interval",
+        str(settings.val_interval),
+    ]
+    student_train_args = [
+        *common,
+        "--epochs",
+        str(settings.student_epochs),
+        "--val_interval",
+        str(settings.val_interval),
+        "--teacher_ckpt",
+        str(teacher_model),
+    ]
+    stages = [
+        Stage(
+            "phantoms",
+            command=python_command(
+                str(REPO_ROOT / "scripts" / "make_phantoms.py"),
+                *("--output-dir", str(data), "--num-cases", str(settings.num_cases)),
+                *("--unlabelled", str(settings.unlabelled), "--seed", str(settings.seed), "--profile", "small"),
+                "--preview",
+            ),
+            outputs=(data / "preview.png",),
+            owned_dirs=(data,),
+            description=f"{settings.num_cases} phantom cases ({settings.unlabelled} unlabelled) -> {data}",
+        ),
+        Stage(
+            "datalist",
+            command=python_command(
+                str(REPO_ROOT / "scripts" / "prepare_datalist.py"),
+                *("--dataset-dir", str(data), "--output", str(datalist), "--seed", str(settings.seed)),
+            ),
+            outputs=(datalist,),
+            depends_on=("phantoms",),
+            description=f"validating every case, datalist with 5 folds -> {datalist}",
+        ),
+    ]
+    for name, bundle, folder, train_args, train_deps in (
+        ("teacher", TEACHER_BUNDLE, teacher, teacher_train_args, ("datalist",)),
+        ("student", STUDENT_BUNDLE, student, student_train_args, ("datalist", "teacher_train")),
+    ):
+        models = folder / "models"
+        model_args = ["--ckpt_dir", str(models)]
+        stages += [
+            Stage(
+                f"{name}_train",
+                command=_bundle_command(
+                    bundle, "training", train_cfg, *train_args, *model_args, "--output_dir", str(folder / "runs")
+                ),
+                outputs=(models / "model.pt",),
+                owned_dirs=(models, folder / "runs"),
+                depends_on=train_deps,
+                resume_dir=models,
+                description=f"training the {name} ({bundle.name} bundle, demo overlay) -> {models}",
+            ),
+            Stage(
+                f"{name}_evaluate",
+                command=_bundle_command(
+                    bundle,
+                    None,
+                    (*train_cfg, "evaluate.json"),
+                    *train_args,
+                    *model_args,
+                    "--output_dir",
+                    str(folder / "evaluation"),
+                ),
+                outputs=(folder / "evaluation" / "metrics.csv",),
+                owned_dirs=(folder / "evaluation",),
+                depends_on=(f"{name}_train",),
+                description=f"{name}: Dice and HD95 per region on the validation fold",
+            ),
+            Stage(
+                f"{name}_predict_validation",
+                command=_bundle_command(
+                    bundle,
+                    None,
+                    ("inference.json", "demo.json"),
+                    *common,
+                    *model_args,
+                    "--infer_split",
+                    "validation",
+                    "--output_dir",
+                    str(folder / "predictions" / "validation"),
+                ),
+                outputs=(folder / "predictions" / "validation" / "volumes.csv",),
+                owned_dirs=(folder / "predictions" / "validation",),
+                depends_on=(f"{name}_train",),
+                description=f"{name}: label maps of the validation cases",
+            ),
+        ]
+    if settings.unlabelled:
+        stages.append(
+            Stage(
+                "student_predict_unlabelled",
+                command=_bundle_command(
+                    STUDENT_BUNDLE,
+                    None,
+                    ("inference.json", "demo.json"),
+                    *common,
+                    "--ckpt_dir",
+                    str(student / "models"),
+                    "--infer_split",
+                    "testing",
+                    "--output_dir",
+                    str(student / "predictions" / "unlabelled"),
+                ),
+                outputs=(student / "predictions" / "unlabelled" / "volumes.csv",),
+                owned_dirs=(student / "predictions" / "unlabelled",),
+                depends_on=("student_train",),
+                description="student: label maps and tumour volumes of the unlabelled scans",
+            )
+        )
+    return stages
+
+
+def _model_runs(settings: DemoSettings) -> list[ModelRun]:
+    runs = []
+    for name, bundle in (("teacher", TEACHER_BUNDLE), ("student", STUDENT_BUNDLE)):
+        folder = settings.output_dir / ("hybrid_teacher" if name == "teacher" else "distilled_student")
+        runs.append(
+            ModelRun(
+                name=name,
+                runs_dir=folder / "runs",
+                evaluation_dir=folder / "evaluation",
+                predictions_dir=folder / "predictions" / "validation",
+                parameters=bundle_parameters(bundle, ("train.json", "demo.json")),
+            )
+        )
+    return runs
+
+
+def _validation_cases(settings: DemoSettings, count: int) -> list[str]:
+    """The first ``count`` validation cases (fold 0) of the datalist."""
+    entries = json.loads((settings.output_dir / "datalist.json").read_text())["training"]
+    return [e["case_id"] for e in entries if e["fold"] == 0][:count]
+
+
+def run_demo(settings: DemoSettings, fresh: bool = False) -> Path:
+    """Run (or continue) the main job; return the path of the report."""
+    out = settings.output_dir
+    runner = StageRunner(out / ".stages", fresh=fresh)
+    stages = demo_stages(settings)
+    for stage in stages:
+        runner.run(stage)
+    report_stage = Stage(
+        "report",
+        action=lambda: _write_demo_report(settings, runner.timings),
+        outputs=(out / "report.md",),
+        depends_on=tuple(s.name for s in stages),
+        params=asdict(settings) | {"output_dir": str(out)},
+        description="report: metrics, training curves, prediction overlays",
+    )
+    runner.run(report_stage)
+    return out / "report.md"
+
+
+def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Path:
+    out = settings.output_dir
+    runs = _model_runs(settings)
+    teacher, student = runs
+    size = teacher.parameters / student.parameters
+    intro = (
+        f"The main job on {settings.num_cases} phantom cases ({settings.num_cases - settings.unlabelled} labelled, "
+        f"{settings.unlabelled} unlabelled; seed {settings.seed}): the demo hybrid teacher "
+        f"({teacher.parameters:,} parameters) trained for {settings.teacher_epochs} epochs, then the student "
+        f"({student.parameters:,} parameters, {size:.1f}x fewer) distilled from it for {settings.student_epochs} "
+        "epochs on the labelled training folds plus the unlabelled scans. Validation is fold 0 of "
+        f"`{out / 'datalist.json'}`. The data preview is `{out / 'data' / 'preview.png'}`; the student's label "
+        f"maps and tumour volumes for the unlabelled scans are in `{out / 'distilled_student' / 'predictions'}"
+        "/unlabelled`."
+        "\n\nThis is a short CPU demo: its numbers show that the pipeline works, not how well the method works. "
+        "The comparison of teacher, distilled students, label-only student and the model-zoo SegResNet is "
+        "`docs/results.md` (`scripts/benchmark_kd.py`)."
+    )
+    return write_report(out, runs, out / "data", _validation_cases(settings, settings.overlay_cases), intro, timings)

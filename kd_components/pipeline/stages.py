@@ -1,0 +1,185 @@
+"""Restartable pipeline stages: each one runs once, is skipped when its result is current, resumes when interrupted.
+
+A stage is a command (a subprocess, e.g. ``python -m monai.bundle run ...``) or a Python callable
+that produces known output files. The runner keeps one small JSON stamp per stage in
+``state_dir``:
+
+- a stage whose stamp says ``done`` with the same fingerprint (its command and the runs of the
+  stages it depends on) and whose outputs all exist is **reused**;
+- a training stage whose stamp says ``running`` with the same fingerprint was interrupted: it is
+  restarted with ``--resume_from latest`` when its checkpoint folder holds a latest checkpoint,
+  so it continues after the last completed epoch instead of from zero;
+- anything else is a **fresh** start: the stage's own folders are deleted first, so nothing of
+  an earlier, different run is mixed into the new result.
+
+A stage that re-runs gets a new run id, which changes the fingerprint of every stage that
+depends on it: a new teacher means a new student, new predictions and a new report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kd_components.handlers.resume import LATEST_PREFIX
+from kd_components.io import save_json_atomic
+
+__all__ = ["Stage", "StageError", "StageRunner"]
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage, what failed and how to continue."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a pipeline.
+
+    Args:
+        name: unique name (also the stamp file name).
+        command: argv of a subprocess to run (``sys.executable`` is a good first element), or ``None``.
+        action: a Python callable to run instead of ``command``.
+        outputs: files that exist after a successful run (checked before the stage is marked done).
+        owned_dirs: folders that belong to this stage alone; deleted before a fresh start.
+        depends_on: names of stages whose results this one reads.
+        resume_dir: checkpoint folder of a training stage; an interrupted run resumes from its
+            ``latest*.pt`` by appending ``--resume_from latest`` to ``command``.
+        description: one line shown when the stage starts.
+    """
+
+    name: str
+    command: Sequence[str] | None = None
+    action: Callable[[], Any] | None = None
+    outputs: Sequence[Path] = ()
+    owned_dirs: Sequence[Path] = ()
+    depends_on: Sequence[str] = ()
+    resume_dir: Path | None = None
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.command is None) == (self.action is None):
+            raise ValueError(f"stage {self.name!r}: give exactly one of command and action")
+
+
+class StageRunner:
+    """Run stages in order, reusing, resuming or replacing their results (see the module docstring).
+
+    Args:
+        state_dir: folder of the per-stage stamps.
+        fresh: ignore every stamp and start each stage from scratch.
+        log: where progress lines go.
+    """
+
+    def __init__(self, state_dir: str | Path, fresh: bool = False, log: Callable[[str], None] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.fresh = fresh
+        self.log = log or (lambda line: print(line, flush=True))
+        self.timings: dict[str, float] = {}
+
+    def stamp_path(self, name: str) -> Path:
+        return self.state_dir / f"{name}.json"
+
+    def read_stamp(self, name: str) -> dict[str, Any] | None:
+        path = self.stamp_path(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # a damaged stamp means "unknown state": start that stage afresh
+            return None
+
+    def fingerprint(self, stage: Stage) -> str:
+        """Hash of what determines the stage's result: its command or params, and its inputs' run ids."""
+        upstream = []
+        for dep in stage.depends_on:
+            stamp = self.read_stamp(dep)
+            if stamp is None or stamp.get("status") != "done":
+                raise StageError(f"stage {stage.name!r} needs stage {dep!r}, which has not completed")
+            upstream.append(stamp["run_id"])
+        what = {
+            "command": list(stage.command) if stage.command is not None else None,
+            "action": getattr(stage.action, "__qualname__", None),
+            "params": stage.params,
+            "upstream": upstream,
+        }
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def run(self, stage: Stage) -> str:
+        """Run ``stage`` if needed; return what happened: ``"reused"``, ``"resumed"`` or ``"ran"``."""
+        fingerprint = self.fingerprint(stage)
+        stamp = None if self.fresh else self.read_stamp(stage.name)
+        same = stamp is not None and stamp.get("fingerprint") == fingerprint
+        if same and stamp["status"] == "done" and all(Path(p).exists() for p in stage.outputs):
+            self.log(f"[{stage.name}] up to date, reusing {self._first_output(stage)}")
+            self.timings[stage.name] = 0.0
+            return "reused"
+        resume = same and stamp["status"] == "running" and self._has_latest_checkpoint(stage)
+        command = list(stage.command) if stage.command is not None else None
+        if resume and command is not None:
+            command += ["--resume_from", "latest"]
+            self.log(f"[{stage.name}] resuming an interrupted run from its latest checkpoint in {stage.resume_dir}")
+        else:
+            resume = False
+            for folder in stage.owned_dirs:
+                if Path(folder).exists():
+                    shutil.rmtree(folder)
+            self.log(f"[{stage.name}] {stage.description or 'running'}")
+        save_json_atomic(
+            {"status": "running", "fingerprint": fingerprint, "started": time.time()}, self.stamp_path(stage.name)
+        )
+        start = time.perf_counter()
+        if command is not None:
+            returncode = subprocess.call(command)
+            if returncode != 0:
+                raise StageError(
+                    f"stage {stage.name!r} failed with exit status {returncode}; command: {_shell(command)}\n"
+                    "Fix the cause and run the same command again: finished stages are reused and an "
+                    "interrupted training resumes from its latest checkpoint."
+                )
+        else:
+            stage.action()
+        missing = [str(p) for p in stage.outputs if not Path(p).exists()]
+        if missing:
+            raise StageError(f"stage {stage.name!r} finished but did not write {missing}")
+        seconds = time.perf_counter() - start
+        self.timings[stage.name] = seconds
+        save_json_atomic(
+            {"status": "done", "fingerprint": fingerprint, "run_id": uuid.uuid4().hex, "seconds": round(seconds, 1)},
+            self.stamp_path(stage.name),
+        )
+        self.log(f"[{stage.name}] done in {_duration(seconds)}")
+        return "resumed" if resume else "ran"
+
+    @staticmethod
+    def _has_latest_checkpoint(stage: Stage) -> bool:
+        return stage.resume_dir is not None and any(Path(stage.resume_dir).glob(f"{LATEST_PREFIX}*.pt"))
+
+    @staticmethod
+    def _first_output(stage: Stage) -> str:
+        return str(stage.outputs[0]) if stage.outputs else "its outputs"
+
+
+def _shell(command: Sequence[str]) -> str:
+    """A command line a person can copy into a POSIX shell."""
+    return shlex.join(command)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def python_command(*args: str) -> list[str]:
+    """argv that runs ``python <args>`` with the interpreter running this process."""
+    return [sys.executable, *args]

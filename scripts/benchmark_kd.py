@@ -1,0 +1,90 @@
+"""Benchmark teacher, distilled students and label-only students under a shortage of labels; write docs/results.md.
+
+The regime, rows and columns are described in kd_components.pipeline.benchmark. Every training and
+test evaluation is a restartable stage: run the same command again after an interruption and it
+continues; finished runs are reused. The page and its plots are generated, never edited by hand;
+interpretation lives in ``--notes`` (a Markdown file appended as the page's Notes section).
+
+Example::
+
+    python scripts/benchmark_kd.py                          # the docs/results.md run (about 1.5 h on 2 CPU cores)
+    python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 --teacher-steps 4 --student-steps 2 \\
+        --labelled 2 --validation 1 --unlabelled 2 --test 1 --no-timing --results-md /tmp/bench/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from kd_components.io import atomic_path
+from kd_components.pipeline.benchmark import ROWS, BenchmarkSettings, run_benchmark
+from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
+from kd_components.pipeline.stages import StageError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    d = BenchmarkSettings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="data, runs and results.json")
+    parser.add_argument("--data-seed", type=int, default=d.data_seed)
+    parser.add_argument("--labelled", type=int, default=d.labelled, help="labelled training cases")
+    parser.add_argument("--validation", type=int, default=d.validation, help="labelled validation cases")
+    parser.add_argument("--unlabelled", type=int, default=d.unlabelled, help="unlabelled scans")
+    parser.add_argument("--test", type=int, default=d.test, help="held-out labelled test cases")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    parser.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
+    parser.add_argument("--student-steps", type=int, default=d.student_steps)
+    parser.add_argument("--validations", type=int, default=d.validations, help="validations per training run")
+    parser.add_argument("--rows", nargs="+", default=list(d.rows), choices=[r.key for r in ROWS])
+    parser.add_argument("--timing-networks", nargs="+", default=list(d.timing_networks))
+    parser.add_argument("--no-timing", action="store_true", help="skip the inference-cost measurements")
+    parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"), help="the generated page")
+    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
+    parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = BenchmarkSettings(
+            output_dir=args.output_dir,
+            data_seed=args.data_seed,
+            labelled=args.labelled,
+            validation=args.validation,
+            unlabelled=args.unlabelled,
+            test=args.test,
+            seeds=tuple(args.seeds),
+            teacher_steps=args.teacher_steps,
+            student_steps=args.student_steps,
+            validations=args.validations,
+            rows=tuple(args.rows),
+            timing_networks=tuple(args.timing_networks),
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        results = run_benchmark(settings, fresh=args.fresh, timing=not args.no_timing)
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    page = Path(args.results_md)
+    figures = {"dice_vs_time": f"img/{page.stem}_dice_vs_time.png", "regions": f"img/{page.stem}_regions.png"}
+    plot_dice_vs_time(results, page.parent / figures["dice_vs_time"])
+    plot_region_bars(results, page.parent / figures["regions"])
+    notes = args.notes.read_text() if args.notes else ""
+    command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    with atomic_path(page) as tmp:
+        tmp.write_text(render_results(results, command.strip(), figures, notes))
+    print(f"results: {page} (raw numbers: {settings.output_dir / 'results.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

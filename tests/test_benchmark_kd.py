@@ -1,0 +1,118 @@
+"""The benchmark's pure parts: case roles, step budgets, stage plan, gap closed, and the generated page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kd_components.pipeline.benchmark import (
+    ROWS,
+    BenchmarkSettings,
+    benchmark_stages,
+    row_schedule,
+    schedule,
+    split_cases,
+)
+from kd_components.pipeline.results import gap_closed, plot_dice_vs_time, plot_region_bars, render_results
+
+
+def test_split_cases_is_disjoint_and_ordered() -> None:
+    settings = BenchmarkSettings(labelled=3, validation=1, unlabelled=4, test=2)
+    ids = [f"BraTS-SYN-{i:05d}-000" for i in reversed(range(10))]
+    roles = split_cases(ids, settings)
+    assert [len(roles[k]) for k in ("labelled", "validation", "unlabelled", "test")] == [3, 1, 4, 2]
+    assert [c for k in ("labelled", "validation", "unlabelled", "test") for c in roles[k]] == sorted(ids)
+    with pytest.raises(ValueError, match="needs 10 cases, found 9"):
+        split_cases(ids[:9], settings)
+
+
+@pytest.mark.parametrize(("steps", "per_epoch", "validations"), [(72, 3, 4), (72, 9, 4), (120, 3, 4), (10, 3, 4)])
+def test_schedule_validates_the_last_epoch_and_meets_the_budget(steps: int, per_epoch: int, validations: int) -> None:
+    epochs, interval = schedule(steps, per_epoch, validations)
+    assert epochs % interval == 0
+    assert epochs * per_epoch >= steps
+    assert (epochs - interval) * per_epoch < steps  # never a whole validation period more than asked
+
+
+def test_every_student_row_gets_the_same_steps_by_default() -> None:
+    settings = BenchmarkSettings()
+    steps = {r.key: (lambda e, _i, b: e * b)(*row_schedule(settings, r)) for r in ROWS if r.kind != "teacher"}
+    assert set(steps.values()) == {settings.student_steps}, steps
+
+
+def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> None:
+    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), rows=("labels_only", "soft"))
+    stages = {s.name: s for s in benchmark_stages(settings)}
+    assert "teacher_seed1_train" in stages and "segresnet16_seed0_train" not in stages
+    soft = stages["soft_seed1_train"]
+    assert "teacher_seed1_train" in soft.depends_on
+    assert str(tmp_path / "runs" / "teacher_seed1" / "models" / "model.pt") in soft.command
+    assert "teacher_seed0_train" not in stages["labels_only_seed0_train"].depends_on  # no teacher needed
+    test = stages["soft_seed1_test"].command
+    assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
+
+
+def _row(kind: str, network: str, dice: float) -> dict:
+    keys = ["val_dice_tc", "val_dice_wt", "val_dice_et", "val_mean_dice", "val_hd95_tc", "val_hd95_wt", "val_hd95_et"]
+    summary = {k: {"mean": dice, "std": 0.01, "values": [dice, dice]} for k in keys}
+    return {"label": f"{kind} {network}", "kind": kind, "network": network, "steps": 72, "summary": summary}
+
+
+def _results() -> dict:
+    rows = {
+        "teacher": _row("teacher", "demo", 0.8),
+        "labels_only": _row("baseline", "student", 0.4),
+        "soft": _row("student", "student", 0.7),
+    }
+    cost = [
+        {
+            "network": n,
+            "params": p,
+            "gflops_patch": 1.0,
+            "inference_s": t,
+            "peak_rss_gib": 1.0,
+            "baseline_rss_gib": 0.5,
+            "load": [1.0, 1.0],
+            "threads": 2,
+        }
+        for n, p, t in (("default", 178_000_000, 100.0), ("demo", 4_000_000, 10.0), ("student", 1_000_000, 2.0))
+    ]
+    settings = BenchmarkSettings()
+    return {
+        "settings": {
+            "data_seed": 1,
+            "labelled": settings.labelled,
+            "validation": 2,
+            "unlabelled": 12,
+            "test": 8,
+            "seeds": [0, 1],
+            "teacher_steps": 120,
+            "student_steps": 72,
+            "batch_size": 2,
+            "timing_roi": 96,
+            "timing_overlap": 0.25,
+            "timing_shape": [240, 240, 155],
+        },
+        "rows": rows,
+        "cost": cost,
+        "stage_seconds": {"a": 61.0},
+    }
+
+
+def test_gap_closed() -> None:
+    rows = _results()["rows"]
+    assert gap_closed(rows, "soft") == pytest.approx(0.75)
+    assert gap_closed(rows, "labels_only") is None and gap_closed(rows, "teacher") is None
+
+
+def test_results_page_and_plots(tmp_path: Path) -> None:
+    results = _results()
+    plot_dice_vs_time(results, tmp_path / "a.png")
+    plot_region_bars(results, tmp_path / "b.png")
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
+    page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
+    assert "| student student | 72 | 1,000,000 |" in page
+    assert "0.700 ± 0.010" in page and "75 %" in page
+    assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
+    assert "![Dice vs inference time](a.png)" in page

@@ -1,0 +1,86 @@
+"""The stage runner: reuse when current, fresh start when changed, resume when interrupted, clear failures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd_components.pipeline.stages import Stage, StageError, StageRunner
+
+
+def _writer(path: Path, text: str) -> list[str]:
+    """A command that appends ``text`` to ``path`` and records its arguments."""
+    code = "import sys, pathlib; p = pathlib.Path(sys.argv[1]); p.parent.mkdir(parents=True, exist_ok=True); "
+    code += "p.open('a').write(sys.argv[2] + ' ' + ' '.join(sys.argv[3:]) + '\\n')"
+    return [sys.executable, "-c", code, str(path), text]
+
+
+def _runner(tmp_path: Path, **kwargs) -> StageRunner:
+    return StageRunner(tmp_path / ".stages", log=lambda line: None, **kwargs)
+
+
+def test_current_stage_is_reused_and_changed_stage_replaces_its_folder(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "out.txt"
+    stage = Stage("a", command=_writer(out, "one"), outputs=(out,), owned_dirs=(out.parent,))
+    assert _runner(tmp_path).run(stage) == "ran"
+    assert _runner(tmp_path).run(stage) == "reused"
+    assert out.read_text() == "one \n"
+    changed = Stage("a", command=_writer(out, "two"), outputs=(out,), owned_dirs=(out.parent,))
+    assert _runner(tmp_path).run(changed) == "ran"
+    assert out.read_text() == "two \n"  # the folder was cleared: nothing of the first run is left
+    assert _runner(tmp_path, fresh=True).run(changed) == "ran"
+
+
+def test_missing_output_reruns_the_stage(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    stage = Stage("a", command=_writer(out, "x"), outputs=(out,))
+    _runner(tmp_path).run(stage)
+    out.unlink()
+    assert _runner(tmp_path).run(stage) == "ran"
+    assert out.exists()
+
+
+def test_rerun_upstream_invalidates_downstream(tmp_path: Path) -> None:
+    up, down = tmp_path / "up.txt", tmp_path / "down.txt"
+    first = Stage("up", command=_writer(up, "u"), outputs=(up,))
+    second = Stage("down", command=_writer(down, "d"), outputs=(down,), depends_on=("up",))
+    runner = _runner(tmp_path)
+    runner.run(first)
+    runner.run(second)
+    assert _runner(tmp_path).run(second) == "reused"
+    _runner(tmp_path, fresh=True).run(first)
+    assert _runner(tmp_path).run(second) == "ran"
+
+
+def test_stage_needs_its_dependencies(tmp_path: Path) -> None:
+    stage = Stage("down", command=_writer(tmp_path / "d", "d"), depends_on=("up",))
+    with pytest.raises(StageError, match="needs stage 'up'"):
+        _runner(tmp_path).run(stage)
+
+
+def test_failed_stage_names_itself_and_is_not_marked_done(tmp_path: Path) -> None:
+    failing = Stage("boom", command=[sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(StageError, match=r"(?s)stage .boom. failed with exit status 3.*run the same command again"):
+        _runner(tmp_path).run(failing)
+    assert _runner(tmp_path).read_stamp("boom")["status"] == "running"
+
+
+def test_interrupted_training_resumes_from_latest_checkpoint(tmp_path: Path) -> None:
+    models, log = tmp_path / "models", tmp_path / "calls.txt"
+    done = models / "model.pt"
+    stage = Stage("train", command=_writer(log, "train"), outputs=(done,), owned_dirs=(models,), resume_dir=models)
+    with pytest.raises(StageError, match="did not write"):  # "killed" before model.pt: stamp stays "running"
+        _runner(tmp_path).run(stage)
+    models.mkdir()
+    (models / "latest_checkpoint_epoch=3.pt").write_bytes(b"state")
+    done.write_bytes(b"weights")  # what the resumed run would write
+    assert _runner(tmp_path).run(stage) == "resumed"
+    assert log.read_text().splitlines()[-1] == "train --resume_from latest"
+    assert (models / "latest_checkpoint_epoch=3.pt").exists()  # resuming keeps the checkpoint folder
+
+
+def test_stage_needs_exactly_one_of_command_and_action() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Stage("x")
