@@ -84,3 +84,13 @@ def test_interrupted_training_resumes_from_latest_checkpoint(tmp_path: Path) -> 
 def test_stage_needs_exactly_one_of_command_and_action() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Stage("x")
+
+
+def test_editing_an_input_file_reruns_the_stage(tmp_path: Path) -> None:
+    config, out = tmp_path / "train.json", tmp_path / "out.txt"
+    config.write_text('{"beta": 1.0}')
+    stage = Stage("a", command=_writer(out, "x"), outputs=(out,), inputs=(config,))
+    _runner(tmp_path).run(stage)
+    assert _runner(tmp_path).run(stage) == "reused"
+    config.write_text('{"beta": 0.1}')
+    assert _runner(tmp_path).run(stage) == "ran"

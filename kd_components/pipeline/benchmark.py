@@ -44,7 +44,7 @@ from kd_components.constants import MODALITIES
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
-from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, _bundle_command
+from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, _bundle_command, config_files
 from kd_components.pipeline.report import read_metrics
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
 
@@ -93,13 +93,13 @@ ROWS: tuple[Row, ...] = (
         "soft_feature",
         "student + soft-target + feature KD",
         "student",
-        ("--alpha", "1", "--beta", "1", "--use_unlabelled", "false"),
+        ("--alpha", "1", "--use_unlabelled", "false"),
     ),
     Row(
         "soft_feature_unlabelled",
         "student + soft-target + feature KD + unlabelled scans",
         "student",
-        ("--alpha", "1", "--beta", "1", "--use_unlabelled", "true"),
+        ("--alpha", "1", "--use_unlabelled", "true"),
         unlabelled=True,
     ),
     Row(
@@ -267,6 +267,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
                         "--output_dir",
                         str(folder / "runs"),
                     ),
+                    inputs=config_files(bundle, ("train.json", "demo.json")),
                     outputs=(folder / "models" / "model.pt",),
                     owned_dirs=(folder / "models", folder / "runs"),
                     depends_on=deps,
@@ -286,6 +287,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
                         "--output_dir",
                         str(folder / "test"),
                     ),
+                    inputs=config_files(bundle, ("train.json", "demo.json", "evaluate.json")),
                     outputs=(folder / "test" / "metrics.csv",),
                     owned_dirs=(folder / "test",),
                     depends_on=(f"{name}_train",),

@@ -69,6 +69,11 @@ def _configs(bundle: Path, *names: str) -> str:
     return repr([str(bundle / "configs" / name) for name in names])
 
 
+def config_files(bundle: Path, configs: Sequence[str]) -> tuple[Path, ...]:
+    """The config files a bundle command reads (fingerprinted by the stage runner)."""
+    return tuple(bundle / "configs" / name for name in configs)
+
+
 def _bundle_command(bundle: Path, runner_id: str | None, configs: Sequence[str], *args: str) -> list[str]:
     head = ["-m", "monai.bundle", "run"] + ([runner_id] if runner_id else [])
     return python_command(*head, "--config_file", _configs(bundle, *configs), "--bundle_root", str(bundle), *args)
@@ -145,6 +150,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                 command=_bundle_command(
                     bundle, "training", train_cfg, *train_args, *model_args, "--output_dir", str(folder / "runs")
                 ),
+                inputs=config_files(bundle, train_cfg),
                 outputs=(models / "model.pt",),
                 owned_dirs=(models, folder / "runs"),
                 depends_on=train_deps,
@@ -162,6 +168,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                     "--output_dir",
                     str(folder / "evaluation"),
                 ),
+                inputs=config_files(bundle, (*train_cfg, "evaluate.json")),
                 outputs=(folder / "evaluation" / "metrics.csv",),
                 owned_dirs=(folder / "evaluation",),
                 depends_on=(f"{name}_train",),
@@ -180,6 +187,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                     "--output_dir",
                     str(folder / "predictions" / "validation"),
                 ),
+                inputs=config_files(bundle, ("inference.json", "demo.json")),
                 outputs=(folder / "predictions" / "validation" / "volumes.csv",),
                 owned_dirs=(folder / "predictions" / "validation",),
                 depends_on=(f"{name}_train",),
@@ -202,6 +210,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                     "--output_dir",
                     str(student / "predictions" / "unlabelled"),
                 ),
+                inputs=config_files(STUDENT_BUNDLE, ("inference.json", "demo.json")),
                 outputs=(student / "predictions" / "unlabelled" / "volumes.csv",),
                 owned_dirs=(student / "predictions" / "unlabelled",),
                 depends_on=("student_train",),

@@ -12,8 +12,10 @@ that produces known output files. The runner keeps one small JSON stamp per stag
 - anything else is a **fresh** start: the stage's own folders are deleted first, so nothing of
   an earlier, different run is mixed into the new result.
 
-A stage that re-runs gets a new run id, which changes the fingerprint of every stage that
-depends on it: a new teacher means a new student, new predictions and a new report.
+The fingerprint also covers the content of the stage's declared input files (the bundle configs),
+so editing a config re-runs what depends on it. A stage that re-runs gets a new run id, which
+changes the fingerprint of every stage that depends on it: a new teacher means a new student,
+new predictions and a new report.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class Stage:
         resume_dir: checkpoint folder of a training stage; an interrupted run resumes from its
             ``latest*.pt`` by appending ``--resume_from latest`` to ``command``.
         description: one line shown when the stage starts.
+        params: values besides the command that determine the result (fingerprinted).
+        inputs: files whose content determines the result besides the command (e.g. bundle configs);
+            editing one makes the stage run again.
     """
 
     name: str
@@ -66,6 +71,7 @@ class Stage:
     resume_dir: Path | None = None
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    inputs: Sequence[Path] = ()
 
     def __post_init__(self) -> None:
         if (self.command is None) == (self.action is None):
@@ -112,6 +118,7 @@ class StageRunner:
             "action": getattr(stage.action, "__qualname__", None),
             "params": stage.params,
             "upstream": upstream,
+            "inputs": {str(p): _file_digest(Path(p)) for p in stage.inputs},
         }
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -168,6 +175,14 @@ class StageRunner:
     @staticmethod
     def _first_output(stage: Stage) -> str:
         return str(stage.outputs[0]) if stage.outputs else "its outputs"
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's content ("missing" when it does not exist)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return "missing"
 
 
 def _shell(command: Sequence[str]) -> str:
