@@ -7,7 +7,7 @@ interpretation lives in ``--notes`` (a Markdown file appended as the page's Note
 
 Example::
 
-    python scripts/benchmark_kd.py                          # the docs/results.md run (about 1.5 h on 2 CPU cores)
+    python scripts/benchmark_kd.py                          # the docs/results.md run (about 1 h 15 min on 2 CPU cores)
     python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 --teacher-steps 4 --student-steps 2 \\
         --labelled 2 --validation 1 --unlabelled 2 --test 1 --no-timing --results-md /tmp/bench/results.md
 """
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unlabelled", type=int, default=d.unlabelled, help="unlabelled scans")
     parser.add_argument("--test", type=int, default=d.test, help="held-out labelled test cases")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    parser.add_argument("--teacher-seeds", type=int, nargs="+", default=list(d.teacher_seeds))
     parser.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
     parser.add_argument("--student-steps", type=int, default=d.student_steps)
     parser.add_argument("--validations", type=int, default=d.validations, help="validations per training run")
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             unlabelled=args.unlabelled,
             test=args.test,
             seeds=tuple(args.seeds),
+            teacher_seeds=tuple(args.teacher_seeds),
             teacher_steps=args.teacher_steps,
             student_steps=args.student_steps,
             validations=args.validations,

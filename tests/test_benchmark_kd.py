@@ -42,7 +42,7 @@ def test_every_student_row_gets_the_same_steps_by_default() -> None:
 
 
 def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> None:
-    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), rows=("labels_only", "soft"))
+    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(0, 1), rows=("labels_only", "soft"))
     stages = {s.name: s for s in benchmark_stages(settings)}
     assert "teacher_seed1_train" in stages and "segresnet16_seed0_train" not in stages
     soft = stages["soft_seed1_train"]
@@ -53,15 +53,24 @@ def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> Non
     assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
 
 
-def _row(kind: str, network: str, dice: float) -> dict:
+def test_one_shared_teacher_by_default(tmp_path: Path) -> None:
+    stages = {s.name: s for s in benchmark_stages(BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1, 2)))}
+    assert [n for n in stages if n.startswith("teacher_") and n.endswith("_train")] == ["teacher_seed0_train"]
+    assert "teacher_seed0_train" in stages["soft_feature_unlabelled_seed2_train"].depends_on
+    assert "--use_unlabelled" in stages["soft_feature_unlabelled_seed2_train"].command
+
+
+def _row(kind: str, network: str, dice: float, seeds: tuple[int, ...] = (0, 1)) -> dict:
     keys = ["val_dice_tc", "val_dice_wt", "val_dice_et", "val_mean_dice", "val_hd95_tc", "val_hd95_wt", "val_hd95_et"]
-    summary = {k: {"mean": dice, "std": 0.01, "values": [dice, dice]} for k in keys}
-    return {"label": f"{kind} {network}", "kind": kind, "network": network, "steps": 72, "summary": summary}
+    std = 0.01 if len(seeds) > 1 else None
+    summary = {k: {"mean": dice, "std": std, "values": [dice] * len(seeds)} for k in keys}
+    row = {"label": f"{kind} {network}", "kind": kind, "network": network, "steps": 72, "summary": summary}
+    return row | {"seeds": list(seeds)}
 
 
 def _results() -> dict:
     rows = {
-        "teacher": _row("teacher", "demo", 0.8),
+        "teacher": _row("teacher", "demo", 0.8, seeds=(0,)),
         "labels_only": _row("baseline", "student", 0.4),
         "soft": _row("student", "student", 0.7),
     }
@@ -87,6 +96,7 @@ def _results() -> dict:
             "unlabelled": 12,
             "test": 8,
             "seeds": [0, 1],
+            "teacher_seeds": [0],
             "teacher_steps": 120,
             "student_steps": 72,
             "batch_size": 2,
@@ -114,5 +124,7 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
     assert "| student student | 72 | 1,000,000 |" in page
     assert "0.700 ± 0.010" in page and "75 %" in page
+    assert "0.800 (1 run)" in page  # the teacher was trained once
+    assert "| teacher demo | 0.800 |  |" in page  # per-seed table: no value for seed 1
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page
