@@ -46,7 +46,7 @@ from kd_components.constants import MODALITIES
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
-from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, _bundle_command, config_files
+from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
 from kd_components.pipeline.report import read_metrics
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
 
@@ -270,7 +270,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
             stages.append(
                 Stage(
                     f"{name}_train",
-                    command=_bundle_command(
+                    command=bundle_command(
                         bundle,
                         "training",
                         ("train.json", "demo.json"),
@@ -289,7 +289,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
             stages.append(
                 Stage(
                     f"{name}_test",
-                    command=_bundle_command(
+                    command=bundle_command(
                         bundle,
                         None,
                         ("train.json", "demo.json", "evaluate.json"),

@@ -23,7 +23,7 @@ from monai.bundle import ConfigParser
 from kd_components.pipeline.report import ModelRun, write_report
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
 
-__all__ = ["DemoSettings", "bundle_parameters", "demo_stages", "run_demo"]
+__all__ = ["DemoSettings", "bundle_command", "bundle_parameters", "config_files", "demo_stages", "run_demo"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEACHER_BUNDLE = REPO_ROOT / "bundles" / "hybrid_teacher"
@@ -74,7 +74,7 @@ def config_files(bundle: Path, configs: Sequence[str]) -> tuple[Path, ...]:
     return tuple(bundle / "configs" / name for name in configs)
 
 
-def _bundle_command(bundle: Path, runner_id: str | None, configs: Sequence[str], *args: str) -> list[str]:
+def bundle_command(bundle: Path, runner_id: str | None, configs: Sequence[str], *args: str) -> list[str]:
     head = ["-m", "monai.bundle", "run"] + ([runner_id] if runner_id else [])
     return python_command(*head, "--config_file", _configs(bundle, *configs), "--bundle_root", str(bundle), *args)
 
@@ -147,7 +147,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
         stages += [
             Stage(
                 f"{name}_train",
-                command=_bundle_command(
+                command=bundle_command(
                     bundle, "training", train_cfg, *train_args, *model_args, "--output_dir", str(folder / "runs")
                 ),
                 inputs=config_files(bundle, train_cfg),
@@ -159,7 +159,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
             ),
             Stage(
                 f"{name}_evaluate",
-                command=_bundle_command(
+                command=bundle_command(
                     bundle,
                     None,
                     (*train_cfg, "evaluate.json"),
@@ -176,7 +176,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
             ),
             Stage(
                 f"{name}_predict_validation",
-                command=_bundle_command(
+                command=bundle_command(
                     bundle,
                     None,
                     ("inference.json", "demo.json"),
@@ -198,7 +198,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
         stages.append(
             Stage(
                 "student_predict_unlabelled",
-                command=_bundle_command(
+                command=bundle_command(
                     STUDENT_BUNDLE,
                     None,
                     ("inference.json", "demo.json"),
