@@ -1,0 +1,139 @@
+"""Checks of bundle settings: a wrong override is an error that names the setting, before anything trains.
+
+``python -m monai.bundle run ... --epochs abc`` hands the bundle the string ``"abc"``; Python Fire turns
+``--use_unlabelled false`` into the string ``"false"``, which is true in Python. Without a check such
+values surface much later as an obscure error deep in Ignite, or are silently misread. Bundle configs
+call :func:`check_settings` first in ``training``/``run`` and :func:`as_bool` wherever a flag is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from numbers import Real
+from typing import Any
+
+__all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
+
+_TRUE = frozenset({"true", "yes", "1", "on"})
+_FALSE = frozenset({"false", "no", "0", "off", ""})
+
+logger = logging.getLogger(__name__)
+
+
+class BundleSettingError(ValueError):
+    """A bundle setting (a config value or a command-line override) has the wrong type or value."""
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """``value`` as a bool: ``True``/``False``, 0/1, or the strings true/false, yes/no, on/off, 1/0 (any case).
+
+    Raises:
+        BundleSettingError: for anything else (e.g. ``"maybe"`` or ``2``), naming ``name``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BundleSettingError(f"setting {name!r} must be true or false, got {value!r} ({type(value).__name__})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _non_negative_int(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _positive_number(value: Any) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _non_negative_number(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return _is_number(value) and 0 <= value < 1
+
+
+def _patch(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 3 and all(_positive_int(v) for v in value)
+
+
+def _flag(value: Any) -> bool:
+    try:
+        as_bool(value)
+    except BundleSettingError:
+        return False
+    return True
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: Setting name -> (test, what is expected). Settings a bundle does not pass are not checked.
+SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (_positive_int, "a positive integer"),
+    "val_interval": (_positive_int, "a positive integer"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "num_samples": (_positive_int, "a positive integer"),
+    "num_workers": (_non_negative_int, "a non-negative integer"),
+    "sw_batch_size": (_positive_int, "a positive integer"),
+    "log_interval": (_positive_int, "a positive integer"),
+    "fold": (_non_negative_int, "a non-negative integer"),
+    "seed": (_non_negative_int, "a non-negative integer"),
+    "learning_rate": (_positive_number, "a positive number"),
+    "weight_decay": (_non_negative_number, "a non-negative number"),
+    "alpha": (_non_negative_number, "a non-negative number"),
+    "beta": (_non_negative_number, "a non-negative number"),
+    "temperature": (_positive_number, "a positive number"),
+    "cache_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "sw_overlap": (_fraction, "a number in [0, 1)"),
+    "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
+    "use_unlabelled": (_flag, "true or false"),
+    "amp": (_flag, "true or false"),
+    "resume_from": (_text, "a path, 'latest' or '' (a string)"),
+    "teacher_ckpt": (_text, "a path (a string)"),
+    "teacher_config": (_text, "the name of a teacher configuration (a string)"),
+}
+
+
+def check_settings(**settings: Any) -> dict[str, Any]:
+    """Check bundle settings against :data:`SETTING_RULES`, log them, and return them unchanged.
+
+    Every wrong setting is reported at once. In a bundle config::
+
+        "checked_settings": {"_target_": "kd_components.config_checks.check_settings",
+                             "epochs": "@epochs", "seed": "@seed", ...}
+        "training": ["@checked_settings", "$monai.utils.set_determinism(seed=@seed)", "$@train#trainer.run()"]
+
+    Raises:
+        BundleSettingError: listing each setting with a wrong type or value, what it got and what is expected.
+    """
+    problems = []
+    for name, value in settings.items():
+        rule = SETTING_RULES.get(name)
+        if rule is not None and not rule[0](value):
+            problems.append(f"  --{name} {value!r} ({type(value).__name__}): expected {rule[1]}")
+    if problems:
+        raise BundleSettingError("invalid bundle settings:\n" + "\n".join(problems))
+    logger.info("settings: %s", _describe(settings))
+    return dict(settings)
+
+
+def _describe(settings: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
