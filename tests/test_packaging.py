@@ -1,0 +1,140 @@
+"""Bundle packaging: the zip's layout and metadata, bad input, and a packed bundle installed by MONAI and run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import download, verify_metadata
+
+from kd_components.constants import ET_LABEL
+from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.networks import build_teacher
+from kd_components.packaging import BundlePackagingError, bundle_files, package_bundle, packaged_metadata
+from tests import test_distillation, test_teacher_bundle
+from tests.conftest import REPO_ROOT
+from tests.test_bundle_metadata import SCHEMA
+
+BUNDLES = REPO_ROOT / "bundles"
+
+
+def _copy_bundle(name: str, dst: Path) -> Path:
+    """A copy of a repository bundle without models or outputs, which a test may add weights to."""
+    return Path(shutil.copytree(BUNDLES / name, dst / name, ignore=shutil.ignore_patterns("models", "eval")))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["hybrid_teacher", "distilled_student"])
+def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: Path) -> None:
+    import package_bundle as cli
+
+    bundle = BUNDLES / name
+    meta_before = (bundle / "configs" / "metadata.json").read_bytes()
+    args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--version", "0.2.0"]
+    assert cli.main([*args, "--changelog", "packaged for a test"]) == 0
+    path = tmp_path / "dist" / f"{name}_v0.2.0.zip"
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        meta = json.loads(zf.read(f"{name}/configs/metadata.json"))
+        zf.extractall(tmp_path / "unzipped")
+    expected = {f"{name}/{p.relative_to(bundle).as_posix()}" for p in (bundle / "configs").iterdir()}
+    expected |= {f"{name}/docs/README.md", f"{name}/LICENSE"}
+    assert set(names) == expected and not any("/models/" in n for n in names)
+    assert meta["version"] == "0.2.0"
+    assert next(iter(meta["changelog"].items())) == ("0.2.0", "packaged for a test")
+    assert "0.1.0" in meta["changelog"]  # earlier entries are kept
+    assert (bundle / "configs" / "metadata.json").read_bytes() == meta_before  # the bundle is not changed
+    if SCHEMA.exists():
+        verify_metadata(meta_file=str(tmp_path / "unzipped" / name / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    # the same bundle gives the same bytes; the default version is the metadata's
+    assert cli.main([*args, "--changelog", "packaged for a test", "--output-dir", str(tmp_path / "again")]) == 0
+    assert _sha256(path) == _sha256(tmp_path / "again" / path.name)
+    assert package_bundle(bundle, tmp_path / "dist").name == f"{name}_v0.1.0.zip"
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import package_bundle as cli
+
+    with pytest.raises(BundlePackagingError, match="no bundle folder"):
+        package_bundle(tmp_path / "absent", tmp_path / "dist")
+    (tmp_path / "not_a_bundle" / "configs").mkdir(parents=True)
+    with pytest.raises(BundlePackagingError, match=r"not a MONAI bundle: .*metadata\.json is missing"):
+        package_bundle(tmp_path / "not_a_bundle", tmp_path / "dist")
+    (tmp_path / "not_a_bundle" / "configs" / "metadata.json").write_text("{")
+    with pytest.raises(BundlePackagingError, match="not valid JSON"):
+        package_bundle(tmp_path / "not_a_bundle", tmp_path / "dist")
+    bundle = _copy_bundle("hybrid_teacher", tmp_path)
+    with pytest.raises(BundlePackagingError, match=r"--with-weights needs trained weights at .*models/model\.pt"):
+        bundle_files(bundle, with_weights=True)
+    with pytest.raises(BundlePackagingError, match="no changelog entry"):
+        packaged_metadata({"version": "0.1.0", "changelog": {"0.1.0": "first"}}, "0.3.0")
+    with pytest.raises(BundlePackagingError, match=r"MAJOR\.MINOR\.PATCH"):
+        packaged_metadata({"version": "0.1.0", "changelog": {}}, "v1", changelog="x")
+    (bundle / "LICENSE").unlink()
+    with pytest.raises(BundlePackagingError, match="lacks LICENSE"):
+        bundle_files(bundle)
+    assert cli.main(["--bundle", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "dist")]) == 1
+    assert "error: no bundle folder" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())  # nothing half-written
+
+
+def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_inference(tmp_path: Path) -> None:
+    import package_bundle as cli
+    import prepare_datalist
+
+    # a trained bundle's stand-in: the repository bundle plus a freshly initialised tiny teacher's weights
+    bundle = _copy_bundle("hybrid_teacher", tmp_path / "src")
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    network = build_teacher("demo", **test_distillation.TINY_TEACHER)
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    (bundle / "models" / "latest_epoch=1.pt").write_bytes(b"training state, not for packages")
+    args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--with-weights"]
+    assert cli.main(args) == 0
+    zip_path = tmp_path / "dist" / "hybrid_teacher_v0.1.0.zip"
+    with zipfile.ZipFile(zip_path) as zf:
+        assert [n for n in zf.namelist() if "/models/" in n] == ["hybrid_teacher/models/model.pt"]
+
+    installed = tmp_path / "installed"
+    download(name="hybrid_teacher", url=zip_path.resolve().as_uri(), bundle_dir=str(installed))
+    root = installed / "hybrid_teacher"
+    assert (root / "configs" / "inference.json").is_file() and (root / "models" / "model.pt").is_file()
+
+    data = tmp_path / "data"
+    make_phantom_dataset(data, 3, seed=7, profile="small", unlabelled=1, workers=1, progress=False)
+    datalist = tmp_path / "datalist.json"
+    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "2", "--quiet", "--workers", "1"]
+    assert prepare_datalist.main(args) == 0
+    overrides = {
+        **test_teacher_bundle.TINY,
+        "bundle_root": str(root),
+        "dataset_dir": str(data),
+        "data_list_file_path": str(datalist),
+    }
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json")]
+    cmd += [*test_teacher_bundle._cli_overrides(overrides), "--logging_file", str(root / "configs" / "logging.conf")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # run outside the repository: the installed bundle needs only the installed kd_components package
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    (case,) = json.loads(datalist.read_text())["testing"]
+    saved = nib.load(root / "eval" / f"{case['case_id']}.nii.gz")
+    source = nib.load(data / case["image"][0])
+    assert saved.shape == source.shape and saved.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-5)
+    assert set(np.unique(np.asarray(saved.dataobj)).tolist()) <= {0, 1, 2, ET_LABEL}
+    assert (root / "eval" / "volumes.csv").is_file()
