@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from kd_components.constants import MODALITIES
+from kd_components.distributed import unwrap_module
 from kd_components.losses import FeatureHooks, FeatureKDLoss
 
 __all__ = ["build_feature_kd_loss", "feature_channels"]
@@ -42,6 +43,7 @@ def feature_channels(
     Raises:
         ValueError: for an unknown path (the message lists valid paths nearby).
     """
+    network = unwrap_module(network)  # paths name the bare network's modules, also under DDP
     known = getattr(network, "feature_channels", None)
     modules = network.feature_modules() if callable(getattr(network, "feature_modules", None)) else None
     if known is not None and modules is not None and all(p in modules for p in paths):
@@ -75,7 +77,7 @@ def build_feature_kd_loss(
                          "teacher": "@teacher", "pairs": [["fusion.fuse.0", "down_layers.1"], ...]}
 
     Args:
-        student: the student network (eager).
+        student: the student network (eager; a ``DistributedDataParallel`` wrapper is looked through).
         teacher: the teacher network (eager).
         pairs: ``(teacher_path, student_path)`` per scale, finest first.
         probe_size: spatial size of the probe input for networks that must be run to know their channels.

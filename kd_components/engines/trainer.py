@@ -15,6 +15,7 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 
+from kd_components.distributed import average_gradients, unwrap_module
 from kd_components.engines.teacher import freeze
 from kd_components.losses import DistillationLoss, FeatureHooks, resolve_module
 
@@ -63,6 +64,12 @@ class DistillationTrainer(SupervisedTrainer):
     computed); :func:`~kd_components.engines.loss_components` gives them to logging handlers.
 
     Give the optimizer the student's parameters and the loss's (the feature adapters).
+
+    Multi-GPU: ``network`` may be the student wrapped in ``DistributedDataParallel`` (the teacher stays
+    bare and frozen on each rank). Feature hooks go on the bare student (``network.module``), so the
+    feature paths are the bare network's (``down_layers.1``, not ``module.down_layers.1``); the gradients
+    of the loss's own parameters (the adapters, outside DDP) are averaged across ranks after each backward
+    (:func:`~kd_components.distributed.average_gradients`), so every rank takes the same step.
     """
 
     def __init__(
@@ -85,7 +92,7 @@ class DistillationTrainer(SupervisedTrainer):
             max_epochs: number of epochs.
             train_data_loader: batches of ``{"image", "label"?, "brain_mask"?}`` (a DataLoader, or a
                 :class:`~kd_components.engines.MixedBatchLoader` of labelled and unlabelled ones).
-            network: the student (an eager ``nn.Module``).
+            network: the student (an eager ``nn.Module``, possibly wrapped in ``DistributedDataParallel``).
             optimizer: optimiser over the student's parameters and ``loss_function.parameters()``.
             loss_function: the :class:`~kd_components.losses.DistillationLoss`.
             teacher: the trained teacher (e.g. from :func:`~kd_components.engines.load_frozen_teacher`);
@@ -146,7 +153,7 @@ class DistillationTrainer(SupervisedTrainer):
         if loss_function.feature_active:
             feature_loss = loss_function.feature_loss
             for path in feature_loss.student_paths:
-                resolve_module(network, path)  # fail now, not at the first iteration
+                resolve_module(unwrap_module(network), path)  # fail now, not at the first iteration
             for path in feature_loss.teacher_paths:
                 resolve_module(teacher, path)
             if feature_scale_weights == "teacher":
@@ -236,7 +243,9 @@ class DistillationTrainer(SupervisedTrainer):
             teacher_logits = teacher_feats = student_feats = None
             with contextlib.ExitStack() as hooks:  # taps only during this forward: validation runs untapped
                 if feature_loss is not None:
-                    s_hooks = hooks.enter_context(FeatureHooks(engine.network, feature_loss.student_paths))
+                    s_hooks = hooks.enter_context(
+                        FeatureHooks(unwrap_module(engine.network), feature_loss.student_paths)
+                    )
                     t_hooks = hooks.enter_context(FeatureHooks(self.teacher, feature_loss.teacher_paths, detach=True))
                 if self.needs_teacher:
                     with torch.no_grad():
@@ -272,6 +281,7 @@ class DistillationTrainer(SupervisedTrainer):
                 _compute_pred_loss()
             loss = engine.state.output[Keys.LOSS]
             engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
+            average_gradients(loss_fn.parameters())
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if should_step:
                 engine.scaler.step(engine.optimizer)
@@ -280,6 +290,7 @@ class DistillationTrainer(SupervisedTrainer):
             _compute_pred_loss()
             loss = engine.state.output[Keys.LOSS]
             (loss / acc if acc > 1 else loss).backward()
+            average_gradients(loss_fn.parameters())
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             if should_step:
                 engine.optimizer.step()

@@ -1,0 +1,172 @@
+"""Multi-process training with the bundles' ``configs/multi_gpu_train.json`` overlays (2 CPU processes, gloo).
+
+The distillation run launches ``python -m torch.distributed.run --nproc_per_node=2`` on 127.0.0.1, exactly as
+the bundle README tells a user with two GPUs (NCCL there, gloo here), and checks that rank 0 alone writes one
+set of checkpoints holding the bare student, and that the validation Dice is reduced over both ranks' cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from monai.bundle import ConfigWorkflow
+from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
+
+from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.distributed import main_process_handlers, unwrap_module
+from kd_components.engines import build_feature_kd_loss
+from kd_components.handlers import ProgressBar
+from kd_components.networks import build_teacher
+from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
+from tests.conftest import REPO_ROOT
+from tests.test_distillation import SMALL, TINY, TINY_TEACHER
+
+STUDENT = REPO_ROOT / "bundles" / "distilled_student"
+TEACHER = REPO_ROOT / "bundles" / "hybrid_teacher"
+#: The student starts predicting foreground almost everywhere, so that each validation case has its own non-zero Dice.
+HIGH_PRIOR = {"network_def#output_prior": 0.9}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli_overrides(values: dict[str, Any]) -> list[str]:
+    return [arg for k, v in values.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+
+
+def test_main_process_handlers_drop_reporting_and_saving_handlers_on_other_ranks(tmp_path: Path) -> None:
+    net = nn.Linear(2, 2)
+    scheduler = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(net.parameters(), lr=0.1), 1)
+    handlers = [
+        LrScheduleHandler(scheduler),
+        StatsHandler(),
+        ProgressBar(),
+        CheckpointSaver(str(tmp_path), {"model": net}, save_final=True),
+        "custom",
+    ]
+    assert main_process_handlers(handlers, rank=0) == handlers
+    assert main_process_handlers(handlers, rank=1) == [handlers[0], "custom"]
+    assert main_process_handlers(None, rank=1) == []
+
+
+def test_feature_paths_name_the_bare_student_inside_a_ddp_wrapper() -> None:
+    class Wrapped(nn.DataParallel):  # the same ``.module`` unwrapping as DistributedDataParallel, without a group
+        pass
+
+    student = build_student(init_filters=4, norm="instance")
+    wrapped = Wrapped(student)
+    assert unwrap_module(wrapped) is student
+    teacher = build_teacher("demo", **TINY_TEACHER)
+    loss = build_feature_kd_loss(wrapped, teacher, DEFAULT_FEATURE_PAIRS)
+    assert loss.student_paths == [s for _, s in DEFAULT_FEATURE_PAIRS]
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Five small phantoms (four labelled in two folds of two, one unlabelled), their datalist, a tiny teacher."""
+    import prepare_datalist
+
+    root = tmp_path_factory.mktemp("multi_gpu")
+    data = root / "data"
+    make_phantom_dataset(data, 5, seed=5, profile="small", unlabelled=1, workers=1, progress=False)
+    datalist = root / "datalist.json"
+    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "2", "--quiet", "--workers", "1"]
+    assert prepare_datalist.main(args) == 0
+    teacher_ckpt = root / "teacher" / "model.pt"
+    teacher_ckpt.parent.mkdir()
+    torch.save(build_teacher("demo", **TINY_TEACHER).state_dict(), teacher_ckpt)
+    return {"data": data, "datalist": datalist, "teacher_ckpt": teacher_ckpt, "bundle": root / "bundle"}
+
+
+@pytest.mark.parametrize("bundle", [STUDENT, TEACHER], ids=["student", "teacher"])
+def test_overlay_wraps_the_network_in_ddp_shards_the_data_and_filters_handlers(bundle: Path) -> None:
+    overlay = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
+    assert overlay["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert overlay["validate#evaluator#network"] == "@network_def"  # validation runs the bare network
+    for loader in ("train", "validate"):
+        assert overlay[f"{loader}#dataloader#sampler"] == f"@{loader}#sampler"
+        assert overlay[f"{loader}#sampler"]["_target_"] == "DistributedSampler"
+    assert overlay["train#dataloader#shuffle"] is False and overlay["validate#sampler"]["even_divisible"] is False
+    for handlers in ("train#trainer#train_handlers", "validate#evaluator#val_handlers"):
+        assert overlay[handlers]["_target_"] == "kd_components.distributed.main_process_handlers"
+    assert overlay["initialize"][0]["_target_"] == "kd_components.distributed.init_distributed"
+    assert overlay["finalize"][0]["_target_"] == "kd_components.distributed.destroy_distributed"
+    if bundle == STUDENT:  # the unlabelled scans are sharded too
+        assert overlay["train#unlabelled#dataloader#sampler"] == "@train#unlabelled#sampler"
+
+
+def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validation_over_ranks(
+    phantom_data: dict[str, Path],
+) -> None:
+    bundle_root = phantom_data["bundle"]
+    configs = STUDENT / "configs"
+    files = [str(configs / f) for f in ("train.json", "demo.json", "multi_gpu_train.json")]
+    common = {
+        "bundle_root": str(bundle_root),
+        "dataset_dir": str(phantom_data["data"]),
+        "data_list_file_path": str(phantom_data["datalist"]),
+        **SMALL,
+    }
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
+    launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd = [*launch, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files)]
+    run = {"epochs": 1, "val_interval": 1, "num_samples": 1, "batch_size": 1, "log_interval": 1, "cache_rate": 0.0}
+    cmd += _cli_overrides({**common, **TINY, **run, **HIGH_PRIOR, "teacher_ckpt": str(phantom_data["teacher_ckpt"])})
+    cmd += ["--logging_file", str(configs / "logging.conf")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+
+    # 2 training cases + 1 unlabelled case split over 2 ranks (padded): 2 iterations per rank, rank 0 logs them
+    iterations = [line for line in result.stdout.splitlines() if "Iter:" in line and "loss_soft" in line]
+    assert len(iterations) == 2, log[-4000:]
+    # one set of checkpoint files, written by rank 0, holding the bare student (no ``module.`` prefix)
+    models = bundle_root / "models"
+    assert sorted(p.name for p in models.iterdir() if p.name != "model.pt") == ["latest_checkpoint_epoch=1.pt"]
+    student_keys = set(build_student().state_dict())
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert set(state) == student_keys
+    full = torch.load(next(models.glob("latest*.pt")), map_location="cpu", weights_only=True)
+    assert set(full["model"]) == student_keys
+    assert full["trainer"]["iteration"] == 2  # 2 iterations per rank: the trainer state of rank 0
+
+    # each rank's evaluator reports the same key metric: the Dice of both validation cases, gathered
+    best = [float(v) for v in re.findall(r"Got new best metric of val_mean_dice: (\S+)", log)]
+    assert len(best) == 2 and best[0] == best[1], log[-4000:]
+
+    # ... which is what one process evaluating the saved student on the whole validation fold finds
+    evaluate = ConfigWorkflow(
+        config_file=[*files[:2], str(configs / "evaluate.json")],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=False,
+        workflow_type="eval",
+        **common,
+        **HIGH_PRIOR,
+    )
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    with open(bundle_root / "eval" / "metrics.csv") as f:
+        single = float(dict(csv.reader(f))["val_mean_dice"])
+    with open(bundle_root / "eval" / "val_mean_dice_raw.csv") as f:
+        per_case = [float(r[-1]) for r in list(csv.reader(f))[1:]]  # columns: filename, TC, WT, ET, mean
+    assert len(per_case) == 2
+    assert best[0] == pytest.approx(single, abs=1e-5)
+    assert all(abs(best[0] - case) > 1e-4 for case in per_case)  # not the Dice of one rank's case alone
