@@ -1,0 +1,52 @@
+"""Export a bundle's network to ONNX (dynamic batch and spatial sizes) and check it against PyTorch.
+
+    python scripts/export_onnx.py --bundle bundles/distilled_student --ckpt bundles/distilled_student/models/model.pt \
+        --output bundles/distilled_student/models/model.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+from kd_components.constants import MODALITIES
+from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx, load_network
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (reads configs/inference.json)")
+    parser.add_argument(
+        "--ckpt", type=Path, help="model.pt (or a latest*.pt training checkpoint); none: random weights"
+    )
+    parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--net-id", default="network_def", help="network id in the config (default: network_def)")
+    parser.add_argument("--example-size", type=int, nargs=3, default=[64, 64, 64], help="spatial size to trace with")
+    parser.add_argument("--spatial-multiple", type=int, default=8, help="spatial sizes are multiples of this")
+    parser.add_argument(
+        "--check-size", type=int, nargs=3, action="append", help="spatial size to compare with PyTorch (repeatable)"
+    )
+    args = parser.parse_args(argv)
+
+    config = ConfigParser()
+    config.read_config(str(args.bundle / "configs" / "inference.json"))
+    network = load_network(config.get_parsed_content(args.net_id), args.ckpt)
+    channels = len(MODALITIES)
+    path = export_onnx(network, args.output, (1, channels, *args.example_size), args.spatial_multiple)
+    shapes = [(1, channels, *size) for size in (args.check_size or [args.example_size])]
+    differences = compare_onnx_with_torch(network, path, shapes)
+    for shape, diff in zip(shapes, differences, strict=True):
+        print(f"{list(shape)}: max |onnxruntime - torch| = {diff:.2e}")
+    print(f"wrote {path}")
+    if max(differences) > ONNX_ATOL:
+        print(f"error: the ONNX graph differs from PyTorch by more than {ONNX_ATOL}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Export for deployment: ``ckpt_export`` TorchScript with embedded configs (both bundles), the MONAI Deploy
+contract of that file, and ONNX export of the student with dynamic sizes checked with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import onnx
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor, load_net_with_metadata
+
+from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
+from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.deploy import load_deployed_bundle
+from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx
+from kd_components.networks.student import build_student
+from tests.conftest import REPO_ROOT
+from tests.test_distillation import TINY_TEACHER
+
+#: Tolerance of the TorchScript export against the eager network (float32, CPU).
+TS_ATOL, TS_RTOL = 1e-5, 1e-4
+#: Per bundle: ``network_def`` overrides giving a CPU-sized network, and an input shape it accepts.
+BUNDLES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+    "distilled_student": ({"network_def#init_filters": 8}, (1, len(MODALITIES), 48, 40, 32)),
+    "hybrid_teacher": (
+        {"teacher_config": "demo", **{f"network_def#{k}": v for k, v in TINY_TEACHER.items()}},
+        (1, len(MODALITIES), 64, 64, 32),
+    ),
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cli_overrides(values: dict[str, Any]) -> list[str]:
+    return [arg for k, v in values.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
+
+
+def _network(bundle: Path, overrides: dict[str, Any]) -> torch.nn.Module:
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.fixture(scope="module", params=sorted(BUNDLES))
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``model.ts`` of a bundle made with the documented ``ckpt_export`` command line, from random weights."""
+    name = request.param
+    bundle = REPO_ROOT / "bundles" / name
+    overrides, shape = BUNDLES[name]
+    root = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    network = _network(bundle, overrides).eval()
+    torch.save(network.state_dict(), root / "model.pt")
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(root / "model.ts")]
+    cmd += ["--ckpt_file", str(root / "model.pt"), "--meta_file", "configs/metadata.json"]
+    cmd += ["--config_file", "configs/inference.json", *_cli_overrides(overrides)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"bundle": bundle, "ts": root / "model.ts", "network": network, "shape": shape, "root": root}
+
+
+def test_ckpt_export_embeds_both_configs_and_equals_the_eager_network(exported: dict[str, Any]) -> None:
+    bundle = exported["bundle"]
+    scripted, meta, extra = load_net_with_metadata(
+        str(exported["ts"]), more_extra_files=["inference.json", "metadata.json"]
+    )
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert {k: meta[k] for k in metadata} == metadata  # plus the versions ckpt_export records
+    assert json.loads(extra["inference.json"]) == json.loads((bundle / "configs" / "inference.json").read_text())
+    x = torch.randn(*exported["shape"], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = exported["network"](x)
+        actual = scripted(x)
+    assert actual.shape == (x.shape[0], len(REGIONS), *x.shape[2:])
+    torch.testing.assert_close(actual, expected, atol=TS_ATOL, rtol=TS_RTOL)
+
+
+def test_model_ts_alone_segments_a_phantom_as_monai_deploy_would(exported: dict[str, Any]) -> None:
+    """The App SDK's contract: embedded configs, LoadImage/SaveImage removed, an in-memory channel-first case."""
+    data = exported["root"] / "data"
+    make_phantom_dataset(data, 1, seed=2, profile="small", workers=1, progress=False)
+    (case,) = sorted(p for p in data.iterdir() if p.is_dir())
+    images = [nib.load(case / f"{case.name}-{m}.nii.gz") for m in MODALITIES]
+    array = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
+    image = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(images[0].affine))
+
+    deployed = load_deployed_bundle(
+        exported["ts"], device="cpu", overrides={"patch_size": [32, 32, 32], "sw_batch_size": 8, "sw_overlap": 0.0}
+    )
+    names = [type(t).__name__ for t in (*deployed.preprocessing.transforms, *deployed.postprocessing.transforms)]
+    assert not any(n.startswith(("LoadImage", "SaveImage")) for n in names) and "RegionsToBratsLabelsd" in names
+    labels = deployed(image)
+    assert tuple(labels.shape) == (1, *array.shape[1:])
+    assert set(torch.unique(labels).tolist()) <= {0, 1, 2, ET_LABEL}
+    np.testing.assert_allclose(np.asarray(labels.affine), images[0].affine, atol=1e-5)
+
+
+def test_onnx_export_of_the_student_has_dynamic_sizes_and_matches_pytorch(tmp_path: Path) -> None:
+    import export_onnx as cli
+
+    torch.manual_seed(0)
+    student = build_student().eval()
+    ckpt = tmp_path / "model.pt"
+    torch.save(student.state_dict(), ckpt)
+    path = tmp_path / "model.onnx"
+    args = ["--bundle", str(REPO_ROOT / "bundles" / "distilled_student"), "--ckpt", str(ckpt), "--output", str(path)]
+    assert cli.main([*args, "--check-size", "64", "64", "64"]) == 0
+
+    graph = onnx.load(str(path)).graph
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]
+    assert [v.name for v in graph.input] == ["image"] and [v.name for v in graph.output] == ["pred"]
+    assert dims[0][1] == len(MODALITIES) and dims[1][1] == len(REGIONS)
+    assert all(isinstance(d, str) for io in dims for d in (io[0], *io[2:]))  # batch and H, W, D are symbolic
+    # two batch sizes and two spatial sizes, one of them not the traced one
+    differences = compare_onnx_with_torch(student, path, [(1, 4, 64, 64, 64), (2, 4, 96, 80, 64)])
+    assert max(differences) <= ONNX_ATOL, differences
+
+
+def test_onnx_export_rejects_example_sizes_that_are_not_multiples(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiples of 8"):
+        export_onnx(build_student(), tmp_path / "m.onnx", (1, 4, 60, 64, 64))
