@@ -292,6 +292,15 @@ def test_load_datalist_split(make_case: MakeCase, tmp_path: Path) -> None:
     out.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="escapes the data set root"):
         load_datalist_split(out, root, "labelled")
+    raw["training"][0]["label"] = raw["training"][1]["label"]
+    raw["training"][1]["case_id"] = raw["training"][0]["case_id"]
+    out.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"duplicate case ids in 'training': {raw['training'][0]['case_id']}"):
+        load_datalist_split(out, root, "labelled")
+    out.write_text(json.dumps(raw | {"training": [], "testing": []}))
+    for split in ("labelled", "testing"):
+        with pytest.raises(ValueError, match=f"split '{split}' .* is empty"):
+            load_datalist_split(out, root, split)
 
 
 def test_atomic_writes_leave_no_temporary_file_and_use_normal_permissions(tmp_path: Path) -> None:

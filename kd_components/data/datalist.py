@@ -163,7 +163,8 @@ def load_datalist_split(
         fold: the validation fold.
 
     Raises:
-        ValueError: unknown split, missing fold, an empty split, or a path outside ``dataset_dir``.
+        ValueError: unknown split, missing fold, an empty split, duplicate case ids, or a path outside
+            ``dataset_dir``.
     """
     from monai.data import load_decathlon_datalist
 
@@ -173,6 +174,10 @@ def load_datalist_split(
     items = load_decathlon_datalist(
         data_list_file_path, is_segmentation=key == "training", data_list_key=key, base_dir=dataset_dir
     )
+    ids = [Path(str(item["case_id"])).name for item in items if "case_id" in item]  # MONAI prefixes base_dir
+    duplicates = sorted({c for c in ids if ids.count(c) > 1})
+    if duplicates:
+        raise ValueError(f"{data_list_file_path}: duplicate case ids in {key!r}: {', '.join(duplicates)}")
     root = Path(dataset_dir).resolve()
     for item in items:
         for path in [*item["image"], *([item["label"]] if "label" in item else [])]:
@@ -186,27 +191,3 @@ def load_datalist_split(
     if not items:
         raise ValueError(f"{data_list_file_path}: split {split!r} (fold {fold}) is empty")
     return items
-
-
-def inference_items(
-    dataset_dir: str | os.PathLike[str],
-    data_list_file_path: str | os.PathLike[str] | None = None,
-    split: str = "testing",
-    fold: int = 0,
-) -> list[dict[str, Any]]:
-    """Cases to run inference on: one split of a datalist, or every case folder under ``dataset_dir``.
-
-    With an empty ``data_list_file_path``, case folders are discovered (BraTS-2023 layout) and each
-    must have its four modalities; otherwise this is :func:`load_datalist_split`.
-    """
-    from kd_components.data.brats import discover_cases
-
-    if data_list_file_path:
-        return load_datalist_split(data_list_file_path, dataset_dir, split, fold)
-    cases = discover_cases(dataset_dir)
-    problems = [p for c in cases for p in c.problems]
-    if problems:
-        raise InvalidCaseError(problems)
-    if not cases:
-        raise ValueError(f"no BraTS case folders (named like BraTS-GLI-00000-000) under {dataset_dir}")
-    return [{"case_id": c.case_id, "image": [str(c.images[m]) for m in MODALITIES]} for c in cases]

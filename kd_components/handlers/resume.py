@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ignite.engine import Engine
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.engine import Engine, Events
+
+from kd_components.handlers.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader
 
 #: ``file_prefix`` of the interval checkpoints.
 LATEST_PREFIX = "latest"
@@ -26,9 +27,10 @@ class ResumableCheckpoint:
 
     The trainer cannot be referenced from its own handler list in a bundle config (that is a
     circular reference), so this handler adds the engine it is attached to as ``"trainer"`` to
-    ``save_dict`` and then attaches MONAI's :class:`~monai.handlers.CheckpointSaver` (Ignite writes
-    the file atomically; one ``latest*.pt`` is kept) and, when resuming,
-    :class:`~monai.handlers.CheckpointLoader`. Restoring the trainer restores the epoch and
+    ``save_dict`` and then attaches an :class:`~kd_components.handlers.AtomicCheckpointSaver` (MONAI's
+    saver writing through a temporary file, so a kill during a save never leaves a corrupt file; one
+    ``latest*.pt`` is kept, older ones of earlier runs are removed) and, when resuming,
+    :class:`~kd_components.handlers.CheckedCheckpointLoader`. Restoring the trainer restores the epoch and
     iteration counters, so training continues after the last completed epoch.
 
     Args:
@@ -69,12 +71,35 @@ class ResumableCheckpoint:
         objects = {**self.save_dict, "trainer": engine}
         path = self.resume_path()
         if path is not None:
-            CheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location).attach(engine)
-        CheckpointSaver(
+            loader = CheckedCheckpointLoader(load_path=str(path), load_dict=objects, map_location=self.map_location)
+            loader.attach(engine)
+            engine.add_event_handler(Events.STARTED, self._log_resumed, path)
+        saver = AtomicCheckpointSaver(
             save_dir=str(self.ckpt_dir),
             save_dict=objects,
             file_prefix=LATEST_PREFIX,
             save_interval=self.save_interval,
             n_saved=1,
             epoch_level=True,
-        ).attach(engine)
+        )
+        saver.attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._remove_stale, saver)
+
+    @staticmethod
+    def _log_resumed(engine: Engine, path: Path) -> None:
+        engine.logger.info(
+            f"resumed from {path}: continuing after epoch {engine.state.epoch} "
+            f"(iteration {engine.state.iteration}) of {engine.state.max_epochs}"
+        )
+
+    def _remove_stale(self, engine: Engine, saver: AtomicCheckpointSaver) -> None:
+        """After a save, delete ``latest*.pt`` files of earlier runs (a resumed run's saver does not know them)
+        and temporary files of saves that a kill cut short."""
+        if saver._interval_checkpoint is None or saver._interval_checkpoint.last_checkpoint is None:
+            return
+        current = Path(str(saver._interval_checkpoint.last_checkpoint)).name
+        for stale in self.ckpt_dir.glob(f"{LATEST_PREFIX}*.pt"):
+            if stale.name != current:
+                stale.unlink(missing_ok=True)
+        for partial in self.ckpt_dir.glob(f".{LATEST_PREFIX}*.tmp*.pt"):  # a save cut short by a kill
+            partial.unlink(missing_ok=True)
