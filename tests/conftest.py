@@ -59,6 +59,20 @@ def make_case(tmp_path: Path) -> Callable[..., Path]:
     return _make
 
 
+def write_phantom_datalist(root: Path, num_cases: int, unlabelled: int, num_folds: int, seed: int) -> tuple[Path, Path]:
+    """Small phantoms in ``root/data`` (the last ``unlabelled`` without labels) and ``root/datalist.json``
+    written by ``scripts/prepare_datalist.py``; returns ``(data, datalist)``."""
+    import prepare_datalist
+
+    from kd_components.data.phantoms import make_phantom_dataset
+
+    data, datalist = root / "data", root / "datalist.json"
+    make_phantom_dataset(data, num_cases, seed=seed, profile="small", unlabelled=unlabelled, workers=1, progress=False)
+    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", str(num_folds), "--quiet"]
+    assert prepare_datalist.main([*args, "--workers", "1"]) == 0
+    return data, datalist
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription; restored after.

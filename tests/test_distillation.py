@@ -25,7 +25,6 @@ from monai.handlers import StatsHandler
 from monai.losses import DiceCELoss
 
 from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
-from kd_components.data.phantoms import make_phantom_dataset
 from kd_components.engines import (
     DistillationTrainer,
     MixedBatchLoader,
@@ -39,7 +38,7 @@ from kd_components.losses import DistillationLoss, SoftTargetKDLoss
 from kd_components.networks import build_teacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
 from kd_components.transforms import BrainMaskd
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_phantom_datalist
 
 BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 CONFIGS = BUNDLE / "configs"
@@ -339,14 +338,8 @@ def test_brain_mask_transform_marks_non_zero_voxels() -> None:
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four small phantoms (three labelled in three folds, one unlabelled), their datalist and a tiny teacher."""
-    import prepare_datalist
-
     root = tmp_path_factory.mktemp("student")
-    data = root / "data"
-    make_phantom_dataset(data, 4, seed=5, profile="small", unlabelled=1, workers=1, progress=False)
-    datalist = root / "datalist.json"
-    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "3", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    data, datalist = write_phantom_datalist(root, 4, unlabelled=1, num_folds=3, seed=5)
     teacher_ckpt = root / "teacher" / "model.pt"
     teacher_ckpt.parent.mkdir()
     torch.save(build_teacher("demo", **TINY_TEACHER).state_dict(), teacher_ckpt)

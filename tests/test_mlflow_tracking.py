@@ -21,12 +21,11 @@ import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from kd_components.data.phantoms import make_phantom_dataset
 from kd_components.networks import build_teacher
 from kd_components.networks.student import build_student
 from kd_components.tracking import MAX_PARAM_LENGTH, count_parameters, run_name, run_params
 from tests import test_distillation, test_teacher_bundle
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_phantom_datalist
 
 TEACHER_CONFIGS = REPO_ROOT / "bundles" / "hybrid_teacher" / "configs"
 STUDENT_CONFIGS = REPO_ROOT / "bundles" / "distilled_student" / "configs"
@@ -82,14 +81,8 @@ def test_settings_files_extend_monai_defaults_for_the_standard_ids(configs: Path
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four small phantoms (three labelled in three folds, one unlabelled), their datalist and a tiny teacher."""
-    import prepare_datalist
-
     root = tmp_path_factory.mktemp("mlflow")
-    data = root / "data"
-    make_phantom_dataset(data, 4, seed=5, profile="small", unlabelled=1, workers=1, progress=False)
-    datalist = root / "datalist.json"
-    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "3", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    data, datalist = write_phantom_datalist(root, 4, unlabelled=1, num_folds=3, seed=5)
     teacher_ckpt = root / "teacher.pt"
     torch.save(build_teacher("demo", **test_distillation.TINY_TEACHER).state_dict(), teacher_ckpt)
     return {"root": root, "data": data, "datalist": datalist, "teacher_ckpt": teacher_ckpt}

@@ -23,13 +23,12 @@ import torch.nn as nn
 from monai.bundle import ConfigWorkflow
 from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
-from kd_components.data.phantoms import make_phantom_dataset
 from kd_components.distributed import main_process_handlers, unwrap_module
 from kd_components.engines import build_feature_kd_loss
 from kd_components.handlers import ProgressBar
 from kd_components.networks import build_teacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_phantom_datalist
 from tests.test_distillation import SMALL, TINY, TINY_TEACHER
 
 STUDENT = REPO_ROOT / "bundles" / "distilled_student"
@@ -80,14 +79,8 @@ def test_feature_paths_name_the_bare_student_inside_a_ddp_wrapper() -> None:
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Five small phantoms (four labelled in two folds of two, one unlabelled), their datalist, a tiny teacher."""
-    import prepare_datalist
-
     root = tmp_path_factory.mktemp("multi_gpu")
-    data = root / "data"
-    make_phantom_dataset(data, 5, seed=5, profile="small", unlabelled=1, workers=1, progress=False)
-    datalist = root / "datalist.json"
-    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "2", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    data, datalist = write_phantom_datalist(root, 5, unlabelled=1, num_folds=2, seed=5)
     teacher_ckpt = root / "teacher" / "model.pt"
     teacher_ckpt.parent.mkdir()
     torch.save(build_teacher("demo", **TINY_TEACHER).state_dict(), teacher_ckpt)

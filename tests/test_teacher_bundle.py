@@ -16,8 +16,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 from monai.data import load_net_with_metadata
 
 from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
-from kd_components.data.phantoms import make_phantom_dataset
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_phantom_datalist
 
 BUNDLE = REPO_ROOT / "bundles" / "hybrid_teacher"
 CONFIGS = BUNDLE / "configs"
@@ -46,14 +45,8 @@ def _cli_overrides(values: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Four small phantoms (three labelled, one unlabelled) and their datalist with three folds."""
-    import prepare_datalist
-
     root = tmp_path_factory.mktemp("teacher")
-    data = root / "data"
-    make_phantom_dataset(data, 4, seed=3, profile="small", unlabelled=1, workers=1, progress=False)
-    datalist = root / "datalist.json"
-    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "3", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    data, datalist = write_phantom_datalist(root, 4, unlabelled=1, num_folds=3, seed=3)
     return {"root": root, "data": data, "datalist": datalist, "bundle": root / "bundle"}
 
 
