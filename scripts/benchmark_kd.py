@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validations", type=int, default=d.validations, help="validations per training run")
     parser.add_argument("--rows", nargs="+", default=list(d.rows), choices=[r.key for r in ROWS])
     parser.add_argument("--timing-networks", nargs="+", default=list(d.timing_networks))
-    parser.add_argument("--no-timing", action="store_true", help="skip the inference-cost measurements")
+    parser.add_argument(
+        "--no-timing",
+        action="store_true",
+        help="skip the inference-cost measurements (the page then shows the last ones saved in "
+        "OUTPUT_DIR/inference_cost.json, if any)",
+    )
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"), help="the generated page")
     parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
