@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from kd_components.handlers.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader
@@ -95,6 +96,8 @@ class ResumableCheckpoint:
     def _remove_stale(self, engine: Engine, saver: AtomicCheckpointSaver) -> None:
         """After a save, delete ``latest*.pt`` files of earlier runs (a resumed run's saver does not know them)
         and temporary files of saves that a kill cut short."""
+        if idist.get_rank() != 0:  # only rank 0 writes; others must not touch its files (or its temp file)
+            return
         if saver._interval_checkpoint is None or saver._interval_checkpoint.last_checkpoint is None:
             return
         current = Path(str(saver._interval_checkpoint.last_checkpoint)).name
