@@ -27,11 +27,6 @@ class ScreenedCases:
     items: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[CaseProblem] = field(default_factory=list)
 
-    @property
-    def skipped_cases(self) -> list[str]:
-        """Ids of the cases left out, in input order, each once."""
-        return list(dict.fromkeys(p.case_id for p in self.skipped))
-
 
 def _case_from_item(item: dict[str, Any]) -> BratsCase:
     images = [Path(p) for p in item["image"]]

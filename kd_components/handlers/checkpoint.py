@@ -11,9 +11,8 @@ import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
-from torch.nn import DataParallel
-from torch.nn.parallel import DistributedDataParallel
 
+from kd_components.distributed import unwrap_module
 from kd_components.engines.teacher import state_dict_mismatches
 from kd_components.io import atomic_path
 
@@ -118,7 +117,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
         for key, obj in self.load_dict.items():
             if key not in checkpoint:
                 continue
-            module = obj.module if isinstance(obj, DataParallel | DistributedDataParallel) else obj
+            module = unwrap_module(obj) if isinstance(obj, torch.nn.Module) else obj
             if isinstance(module, torch.nn.Module):
                 state = checkpoint[key]
                 if not isinstance(state, dict):

@@ -67,6 +67,11 @@ class InferenceSummary:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
+    @property
+    def skipped_ids(self) -> list[str]:
+        """Ids of the cases left out, in input order, each once (a case may have several problems)."""
+        return list(dict.fromkeys(p.case_id for p in self.skipped))
+
     def _reset(self, engine: Engine) -> None:
         self.written = []
 
@@ -79,11 +84,10 @@ class InferenceSummary:
 
     def write(self, engine: Engine | None = None) -> None:
         """Write the summary file and log the skipped cases."""
-        skipped_ids = list(dict.fromkeys(p.case_id for p in self.skipped))
         save_json_atomic(
             {
                 "num_written": len(self.written),
-                "num_skipped": len(skipped_ids),
+                "num_skipped": len(self.skipped_ids),
                 "written": self.written,
                 "skipped": [{"case_id": p.case_id, "file": p.file, "problem": p.problem} for p in self.skipped],
             },
@@ -96,9 +100,8 @@ class InferenceSummary:
         """Raise :class:`SkippedCasesExit` (exit status 1) when cases were skipped; do nothing otherwise."""
         if not self.skipped:
             return
-        skipped_ids = list(dict.fromkeys(p.case_id for p in self.skipped))
         listing = "\n  ".join(str(p) for p in self.skipped)
         raise SkippedCasesExit(
-            f"inference wrote {len(self.written)} label map(s) and skipped {len(skipped_ids)} invalid case(s):\n"
+            f"inference wrote {len(self.written)} label map(s) and skipped {len(self.skipped_ids)} invalid case(s):\n"
             f"  {listing}\nsummary: {self.path}"
         )
