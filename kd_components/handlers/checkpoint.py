@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
@@ -31,6 +32,10 @@ class AtomicDiskSaver(DiskSaver):
     checkpoint's name. MONAI's :class:`~monai.handlers.CheckpointSaver` uses ``DiskSaver(atomic=False)``
     (Ignite's atomic mode makes files readable by their owner only), which a kill can leave truncated.
 
+    Ignite's :class:`~ignite.handlers.Checkpoint` removes the checkpoint it replaces *before* it writes the
+    new one, so a kill (or a full disk) in between would leave no checkpoint at all. This saver defers
+    every removal until the next save has been renamed into place; a save that fails keeps the old file.
+
     Args:
         dirname: folder of the checkpoints.
         filename: a fixed file name (e.g. ``model.pt``) instead of the name Ignite makes.
@@ -39,16 +44,23 @@ class AtomicDiskSaver(DiskSaver):
     def __init__(self, dirname: str | os.PathLike[str], filename: str | None = None) -> None:
         super().__init__(dirname=dirname, require_empty=False, atomic=True, create_dir=True)
         self.filename = filename
+        self._pending_removal: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint, self.filename or filename, metadata)
+        name = self.filename or filename
+        super().__call__(checkpoint, name, metadata)
+        pending, self._pending_removal = self._pending_removal, []
+        for old in pending:
+            if old != name and idist.get_rank() == self.save_on_rank:  # a fixed name was replaced by the rename
+                (self.dirname / old).unlink(missing_ok=True)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
         with atomic_path(path) as tmp:
             func(checkpoint, tmp, **self.kwargs)
 
     def remove(self, filename: str) -> None:
-        super().remove(self.filename or filename)
+        """Remember ``filename`` and delete it after the next successful save (Ignite calls this first)."""
+        self._pending_removal.append(self.filename or filename)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
