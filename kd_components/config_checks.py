@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
+from kd_components.engines.mixing import MIXING_MODES
+
 __all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
 
 _TRUE = frozenset({"true", "yes", "1", "on"})
@@ -105,6 +107,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sw_overlap": (_fraction, "a number in [0, 1)"),
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
     "use_unlabelled": (_flag, "true or false"),
+    "unlabelled_mixing": (lambda v: v in MIXING_MODES, " or ".join(repr(m) for m in MIXING_MODES)),
     "amp": (_flag, "true or false"),
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),
     "teacher_ckpt": (_text, "a path (a string)"),

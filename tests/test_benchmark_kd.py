@@ -39,6 +39,11 @@ def test_every_student_row_gets_the_same_steps_by_default() -> None:
     settings = BenchmarkSettings()
     steps = {r.key: (lambda e, _i, b: e * b)(*row_schedule(settings, r)) for r in ROWS if r.kind != "teacher"}
     assert set(steps.values()) == {settings.student_steps}, steps
+    rows = {r.key: r for r in ROWS}
+    epochs = {key: row_schedule(settings, rows[key])[0] for key in ("labels_only", "soft_feature_paired")}
+    # paired: every step also takes an unlabelled batch, so the epochs (labelled batches seen) are the same
+    assert epochs["labels_only"] == epochs["soft_feature_paired"]
+    assert row_schedule(settings, rows["soft_feature_unlabelled"])[0] < epochs["labels_only"]
 
 
 def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> None:
@@ -58,6 +63,8 @@ def test_one_shared_teacher_by_default(tmp_path: Path) -> None:
     assert [n for n in stages if n.startswith("teacher_") and n.endswith("_train")] == ["teacher_seed0_train"]
     assert "teacher_seed0_train" in stages["soft_feature_unlabelled_seed2_train"].depends_on
     assert "--use_unlabelled" in stages["soft_feature_unlabelled_seed2_train"].command
+    paired = stages["soft_feature_paired_seed1_train"].command
+    assert paired[paired.index("--unlabelled_mixing") + 1] == "paired"
 
 
 def _row(kind: str, network: str, dice: float, seeds: tuple[int, ...] = (0, 1)) -> dict:

@@ -24,12 +24,15 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
 from monai.losses import DiceCELoss
 
+from kd_components.config_checks import BundleSettingError, check_settings
 from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
 from kd_components.engines import (
     DistillationTrainer,
     MixedBatchLoader,
     TeacherCheckpointError,
+    brain_mask_from_image,
     build_feature_kd_loss,
+    concat_batches,
     every_n_iterations,
     load_frozen_teacher,
     loss_components,
@@ -314,6 +317,67 @@ def test_mixed_batch_loader_interleaves_every_batch_deterministically() -> None:
         list(MixedBatchLoader([], _ShortLoader()))
 
 
+def test_paired_mode_gives_every_step_one_labelled_and_one_unlabelled_batch() -> None:
+    def batch(name: str, n: int, label: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"image": torch.full((n, 4, 2, 2, 2), float(len(name))), "case_id": [name] * n}
+        if label:
+            out["label"] = torch.ones(n, 3, 2, 2, 2)
+        return out
+
+    labelled = [batch(f"L{i}", 2, True) for i in range(3)]
+    unlabelled = [batch(f"U{i}" + "u" * i, 1, False) for i in range(2)]  # two batches: cycled
+    loader = MixedBatchLoader(labelled, unlabelled, mode="paired")
+    assert len(loader) == 3  # an epoch sees every labelled batch once, as without unlabelled scans
+    steps = [b for _ in range(2) for b in loader]
+    assert [b["case_id"] for b in steps] == [
+        ["L0", "L0", "U0"], ["L1", "L1", "U1u"], ["L2", "L2", "U0"],  # the unlabelled loader starts over...
+        ["L0", "L0", "U1u"], ["L1", "L1", "U0"], ["L2", "L2", "U1u"],  # ...and continues across epochs
+    ]  # fmt: skip
+    first = steps[0]
+    assert first["num_labelled"] == 2 and first["image"].shape == (3, 4, 2, 2, 2)
+    assert first["label"].shape == (2, 3, 2, 2, 2)  # labels of the labelled samples only
+    assert first["image"][:2].eq(2.0).all() and first["image"][2].eq(2.0).all()
+    assert steps[1]["image"][2].eq(3.0).all()
+    with pytest.raises(ValueError, match="differ beyond the batch size"):
+        concat_batches(labelled[0], {"image": torch.zeros(1, 4, 3, 3, 3)})
+    with pytest.raises(ValueError, match="needs a non-empty unlabelled loader"):
+        MixedBatchLoader(labelled, [], mode="paired")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        MixedBatchLoader(labelled, unlabelled, mode="alternate")
+    assert len(MixedBatchLoader(labelled, None, mode="paired")) == 3  # no unlabelled loader: labelled only
+
+
+def test_paired_batch_task_term_on_labelled_samples_kd_terms_on_all() -> None:
+    labelled, unlabelled = labelled_batch(0), unlabelled_batch(1)
+    paired = concat_batches(labelled, unlabelled)
+    trainer, _, _, teacher = make_trainer([paired], alpha=0.5, beta=2.0)
+    assert teacher is not None
+    seen: dict[str, Any] = {}
+
+    @trainer.on(IterationEvents.LOSS_COMPLETED)
+    def _capture(engine: DistillationTrainer) -> None:
+        out = engine.state.output
+        seen.update({k: out[k].item() for k in ("loss", "loss_task", "loss_soft", "loss_feature")})
+        s = out["pred"].detach()
+        with torch.no_grad():
+            t = teacher(paired["image"])
+        seen["pred_batch"] = s.shape[0]
+        seen["expected_task"] = DiceCELoss(sigmoid=True)(s[:1], labelled["label"]).item()
+        seen["expected_soft"] = SoftTargetKDLoss(4.0)(s, t, mask=brain_mask_from_image(paired["image"])).item()
+        seen["labelled_only_soft"] = SoftTargetKDLoss(4.0)(s[:1], t[:1], mask=labelled["image"].ne(0).any(1, True))
+
+    trainer.run()
+    assert seen["pred_batch"] == 2
+    assert seen["loss_task"] == pytest.approx(seen["expected_task"], rel=1e-5)
+    assert seen["loss_soft"] == pytest.approx(seen["expected_soft"], rel=1e-5)
+    assert seen["loss_soft"] != pytest.approx(seen["labelled_only_soft"].item(), rel=1e-3)
+    total = seen["loss_task"] + 0.5 * seen["loss_soft"] + 2.0 * seen["loss_feature"]
+    assert seen["loss"] == pytest.approx(total, rel=1e-5)
+    wrong = DistillationLoss(DiceCELoss(sigmoid=True), alpha=0.0, beta=0.0)
+    with pytest.raises(ValueError, match="num_labelled=2 does not fit a batch of 2 samples with 1 labels"):
+        wrong(torch.zeros(2, 3, 4, 4, 4), label=torch.zeros(1, 3, 4, 4, 4), num_labelled=2)
+
+
 class _ShortLoader:
     """Claims two batches, yields one."""
 
@@ -407,6 +471,24 @@ def test_default_student_is_much_smaller_than_the_teacher_and_the_baseline_needs
         ["train.json"], "train", use_unlabelled=False, teacher_ckpt=str(phantom_data["teacher_ckpt"]), **common
     )
     assert labelled_only.parser.get_parsed_content("train#mixed_loader").num_unlabelled == 0
+    # paired: each step one labelled and one unlabelled batch, the task loss on the labelled samples
+    paired = _workflow(
+        ["train.json"],
+        "train",
+        unlabelled_mixing="paired",
+        batch_size=1,
+        num_samples=2,
+        teacher_ckpt=str(phantom_data["teacher_ckpt"]),
+        **common,
+    )
+    loader = paired.parser.get_parsed_content("train#mixed_loader")
+    assert loader.paired and len(loader) == loader.num_labelled == 2  # 2 labelled training cases, batch size 1
+    batch = next(iter(loader))  # 1 case x 2 patches labelled, then 1 case x 2 patches unlabelled
+    assert batch["num_labelled"] == 2 and batch["label"].shape == (2, 3, *PATCH)
+    assert batch["image"].shape == (4, 4, *PATCH) and batch["brain_mask"].shape == (4, 1, *PATCH)
+    assert len(set(batch["case_id"])) == 2
+    with pytest.raises(BundleSettingError, match=r"--unlabelled_mixing 'alternate' \(str\): expected 'interleave' or"):
+        check_settings(unlabelled_mixing="alternate")
 
 
 def test_distil_infer_evaluate_export_on_phantoms(phantom_data: dict[str, Path]) -> None:

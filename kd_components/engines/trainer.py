@@ -16,6 +16,7 @@ from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 
 from kd_components.distributed import average_gradients, unwrap_module
+from kd_components.engines.mixing import NUM_LABELLED_KEY
 from kd_components.engines.teacher import freeze
 from kd_components.losses import DistillationLoss, FeatureHooks, resolve_module
 
@@ -43,6 +44,8 @@ class DistillationTrainer(SupervisedTrainer):
 
     - the task term (e.g. DiceCE on sigmoid) only for batches with a ``label``; batches without one
       (unlabelled scans, see :class:`~kd_components.engines.MixedBatchLoader`) learn from the KD terms alone;
+      in a paired batch (``num_labelled`` = ``B_l``: labelled samples first, then unlabelled ones) the
+      task term uses the first ``B_l`` samples and the KD terms all of them;
     - the soft-target term over brain voxels: the batch's ``brain_mask_key`` entry ``(B, 1, H, W, D)``
       when present (computed before intensity augmentation, see ``kd_components.transforms.BrainMaskd``),
       else the voxels where the image is non-zero;
@@ -215,7 +218,8 @@ class DistillationTrainer(SupervisedTrainer):
         Args:
             engine: this trainer.
             batchdata: a collated batch: ``image`` ``(B, C, H, W, D)``, optionally ``label``
-                ``(B, 3, H, W, D)`` and ``brain_mask`` ``(B, 1, H, W, D)``.
+                ``(B, 3, H, W, D)`` (``(B_l, 3, H, W, D)`` with ``num_labelled`` = ``B_l`` in a paired
+                batch) and ``brain_mask`` ``(B, 1, H, W, D)``.
 
         Returns:
             ``engine.state.output`` (see the class docstring).
@@ -233,6 +237,7 @@ class DistillationTrainer(SupervisedTrainer):
         else:
             inputs, targets, args, kwargs = batch
         mask = self._soft_mask(batchdata, inputs)
+        num_labelled = batchdata.get(NUM_LABELLED_KEY) if isinstance(batchdata, Mapping) else None
         engine.state.output = {Keys.IMAGE: inputs}
         if targets is not None:
             engine.state.output[Keys.LABEL] = targets
@@ -262,6 +267,7 @@ class DistillationTrainer(SupervisedTrainer):
                 teacher_feats,
                 mask=mask,
                 scale_weights=self.scale_weights() if feature_loss is not None else None,
+                num_labelled=num_labelled,
             )
             engine.state.output[Keys.LOSS] = terms.pop("loss").mean()
             engine.state.output.update(terms)

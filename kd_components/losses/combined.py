@@ -82,6 +82,7 @@ class DistillationLoss(nn.Module):
         teacher_feats: Sequence[torch.Tensor] | None = None,
         mask: torch.Tensor | None = None,
         scale_weights: torch.Tensor | None = None,
+        num_labelled: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """
         Args:
@@ -94,6 +95,10 @@ class DistillationLoss(nn.Module):
             mask: optional voxel mask ``(B, 1, H, W, D)`` for the soft term (e.g. brain voxels).
             scale_weights: optional per-scale weights ``(S,)`` for the feature term (e.g. the teacher's
                 ``scale_weights().detach()``).
+            num_labelled: in a batch of labelled and unlabelled samples (the labelled first, see
+                :func:`~kd_components.engines.concat_batches`), the number ``B_l`` of labelled ones:
+                ``label`` is ``(B_l, C, H, W, D)`` and the task term uses ``student_logits[:B_l]``; the
+                distillation terms use the whole batch. ``None``: every sample has its label.
 
         Returns:
             ``{"loss": total, "loss_task": ..., "loss_soft": ..., "loss_feature": ...}`` (the last three
@@ -112,7 +117,15 @@ class DistillationLoss(nn.Module):
         terms = {"loss_task": zero, "loss_soft": zero, "loss_feature": zero}
         total: torch.Tensor | None = None
         if label is not None:
-            terms["loss_task"] = total = self.task_loss(student_logits, label)
+            labelled_logits = student_logits
+            if num_labelled is not None:
+                if not 0 < num_labelled <= student_logits.shape[0] or label.shape[0] != num_labelled:
+                    raise ValueError(
+                        f"DistillationLoss: num_labelled={num_labelled} does not fit a batch of "
+                        f"{student_logits.shape[0]} samples with {label.shape[0]} labels"
+                    )
+                labelled_logits = student_logits[:num_labelled]
+            terms["loss_task"] = total = self.task_loss(labelled_logits, label)
         if self.soft_active:
             if teacher_logits is None:
                 raise ValueError("DistillationLoss: alpha > 0 with a soft_loss needs teacher_logits")

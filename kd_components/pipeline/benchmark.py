@@ -10,9 +10,11 @@ Regime (see ``docs/results.md`` for the measured table):
   optimizer steps, once per seed in ``teacher_seeds`` (by default once: on 2 CPU cores a teacher
   costs as much as four students).
 - **Students.** Every student row gets the same ``student_steps`` optimizer steps (not epochs: an
-  epoch with unlabelled scans has more batches), the same data, augmentation, schedule and seed,
-  and is selected by the same validation set. Rows: labels only; + soft-target KD; + soft-target
-  and feature KD; the same with the unlabelled scans; MONAI's model-zoo BraTS SegResNet
+  epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
+  and seed, and is selected by the same validation set. Rows: labels only; + soft-target KD;
+  + soft-target and feature KD; the same with the unlabelled scans, interleaved (their batches take
+  steps of their own) and paired (each step one labelled and one unlabelled batch, so the labelled
+  batches seen are those of the label-only row); MONAI's model-zoo BraTS SegResNet
   (``init_filters`` 16, blocks 1-2-2-4) on labels only.
 - **Seeds.** Each student row is trained with every seed in ``seeds`` (the data split is fixed; the
   seed sets initialisation, patch sampling and augmentation); a student of seed *s* learns from the
@@ -75,7 +77,9 @@ class Row:
         label: the line's name in the table.
         network: name for :func:`kd_components.benchmarking.build_network` (cost columns).
         overrides: bundle overrides of this row.
-        unlabelled: whether the unlabelled scans are used.
+        unlabelled: how the unlabelled scans are used: ``""`` (not at all), ``"interleave"`` (batches of
+            their own, each an optimizer step) or ``"paired"`` (each step one labelled and one unlabelled
+            batch); see :class:`~kd_components.engines.MixedBatchLoader`.
         kind: ``teacher``, ``student`` (a distillation row) or ``baseline`` (labels only).
     """
 
@@ -83,7 +87,7 @@ class Row:
     label: str
     network: str
     overrides: tuple[str, ...] = ()
-    unlabelled: bool = False
+    unlabelled: str = ""
     kind: str = "student"
 
 
@@ -101,8 +105,15 @@ ROWS: tuple[Row, ...] = (
         "soft_feature_unlabelled",
         "student + soft-target + feature KD + unlabelled scans",
         "student",
-        ("--alpha", "1", "--use_unlabelled", "true"),
-        unlabelled=True,
+        ("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "interleave"),
+        unlabelled="interleave",
+    ),
+    Row(
+        "soft_feature_paired",
+        "student + soft-target + feature KD + unlabelled scans, paired",
+        "student",
+        ("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "paired"),
+        unlabelled="paired",
     ),
     Row(
         "segresnet16",
@@ -205,7 +216,7 @@ def _batches(cases: int, batch_size: int) -> int:
 def row_schedule(settings: BenchmarkSettings, row: Row) -> tuple[int, int, int]:
     """(epochs, val_interval, batches per epoch) of ``row``."""
     per_epoch = _batches(settings.labelled, settings.batch_size)
-    if row.unlabelled:
+    if row.unlabelled == "interleave":  # paired: one unlabelled batch rides along with each labelled one
         per_epoch += _batches(settings.unlabelled, settings.batch_size)
     steps = settings.teacher_steps if row.kind == "teacher" else settings.student_steps
     return (*schedule(steps, per_epoch, settings.validations), per_epoch)
