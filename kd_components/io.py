@@ -8,10 +8,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _current_umask() -> int:
@@ -69,3 +72,11 @@ def save_nifti_atomic(
     img.header.set_data_dtype(data.dtype)
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
+
+
+def save_figure_atomic(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Write a matplotlib ``figure`` as PNG to ``path`` atomically; return the path."""
+    output = Path(path)
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    return output

@@ -22,7 +22,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kd_components.constants import MODALITIES, REGIONS, SEG_SUFFIX
 from kd_components.data.preview import axial_index, draw_overlay, find_volume, legend_handles, load_lps
-from kd_components.io import atomic_path
+from kd_components.io import atomic_path, save_figure_atomic
+from kd_components.pipeline.stages import format_minutes
 
 __all__ = [
     "ModelRun",
@@ -155,7 +156,7 @@ def plot_training_curves(runs: Sequence[ModelRun], output_png: str | os.PathLike
     dice_axis.legend(fontsize=7, ncol=2)
     dice_axis.grid(alpha=0.3)
     figure.tight_layout()
-    return _save(figure, output_png)
+    return save_figure_atomic(figure, output_png)
 
 
 def plot_overlays(
@@ -192,7 +193,7 @@ def plot_overlays(
             draw_overlay(axis, t2f[:, :, z].T, prediction[:, :, z].T, aspect, title=f"{run.name} (Dice {dice:.2f})")
     figure.legend(handles=legend_handles(), loc="lower center", ncol=3, frameon=False)
     figure.tight_layout(rect=(0, 0.5 / (3.1 * len(case_ids) + 0.5), 1, 1))
-    return _save(figure, output_png)
+    return save_figure_atomic(figure, output_png)
 
 
 def metrics_table(runs: Sequence[ModelRun]) -> str:
@@ -239,22 +240,10 @@ def write_report(
     ]
     if timings:
         rows = ["| stage | time |", "|---|---:|"]
-        rows += [f"| {name} | {_minutes(seconds)} |" for name, seconds in timings.items()]
-        rows.append(f"| **total** | **{_minutes(sum(timings.values()))}** |")
+        rows += [f"| {name} | {format_minutes(seconds)} |" for name, seconds in timings.items()]
+        rows.append(f"| **total** | **{format_minutes(sum(timings.values()))}** |")
         parts += ["## Time per stage", "Stages reused from an earlier run show 0 s.", "\n".join(rows)]
     path = output / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n\n".join(parts) + "\n")
     return path
-
-
-def _minutes(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s"
-
-
-def _save(figure: Figure, output_png: str | os.PathLike[str]) -> Path:
-    output = Path(output_png)
-    with atomic_path(output) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    return output

@@ -14,7 +14,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from kd_components.constants import REGIONS
-from kd_components.io import atomic_path
+from kd_components.io import save_figure_atomic
+from kd_components.pipeline.stages import format_minutes
 
 __all__ = ["gap_closed", "plot_dice_vs_time", "plot_region_bars", "render_results"]
 
@@ -71,7 +72,7 @@ def plot_dice_vs_time(results: Mapping[str, Any], output_png: str | os.PathLike[
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    return _save(figure, output_png)
+    return save_figure_atomic(figure, output_png)
 
 
 def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[str]) -> Path:
@@ -98,7 +99,7 @@ def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[s
     axis.grid(alpha=0.3, axis="y")
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
-    return _save(figure, output_png)
+    return save_figure_atomic(figure, output_png)
 
 
 def _pm(row: Mapping[str, Any], key: str, digits: int) -> str:
@@ -197,11 +198,12 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         cells = [_value(by_seed.get(seed)) for seed in settings["seeds"]]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     threads = next(iter(cost.values()), {}).get("threads", "?")
+    stage_seconds = sum(results.get("stage_seconds", {}).values())
     lines += [
         "## Environment",
         f"- CPU: {_cpu()} (torch threads: {threads}); no GPU.",
         f"- Python {platform.python_version()}, torch {torch.__version__}, MONAI {monai.__version__}.",
-        f"- Wall time of the stages run by this invocation: {_minutes(sum(results.get('stage_seconds', {}).values()))} "
+        f"- Wall time of the stages run by this invocation: {format_minutes(stage_seconds)} "
         "(stages reused from an earlier invocation count 0).",
     ]
     if notes:
@@ -228,15 +230,3 @@ def _cpu() -> str:
     from kd_components.benchmarking import cpu_description
 
     return cpu_description()
-
-
-def _minutes(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s"
-
-
-def _save(figure: Figure, output_png: str | os.PathLike[str]) -> Path:
-    output = Path(output_png)
-    with atomic_path(output) as tmp:
-        figure.savefig(tmp, dpi=100, format="png")
-    return output

@@ -190,9 +190,14 @@ def _shell(command: Sequence[str]) -> str:
     return shlex.join(command)
 
 
-def _duration(seconds: float) -> str:
+def format_minutes(seconds: float) -> str:
+    """``"12 min 05 s"``: a stage or run time for logs and reports."""
     minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+    return f"{minutes} min {secs:02d} s"
+
+
+def _duration(seconds: float) -> str:
+    return format_minutes(seconds) if seconds >= 59.5 else f"{seconds:.1f} s"
 
 
 def python_command(*args: str) -> list[str]:
