@@ -113,7 +113,8 @@ def _results() -> dict:
         },
         "rows": rows,
         "cost": cost,
-        "stage_seconds": {"a": 61.0},
+        "stage_seconds": {"a": 61.0, "b": 0.0},
+        "stage_seconds_recorded": {"a": 61.0, "b": 120.0},
     }
 
 
@@ -133,5 +134,6 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "0.700 ± 0.010" in page and "75 %" in page
     assert "0.800 (1 run)" in page  # the teacher was trained once
     assert "| teacher demo | 0.800 |  |" in page  # per-seed table: no value for seed 1
+    assert "as recorded when each ran: 3 min 01 s; of the stages this invocation ran: 1 min 01 s." in page
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page

@@ -414,6 +414,7 @@ def run_benchmark(settings: BenchmarkSettings, fresh: bool = False, timing: bool
         save_json_atomic(costs, cost_path)
     results["cost"] = json.loads(cost_path.read_text()) if cost_path.exists() else []
     results["stage_seconds"] = runner.timings
+    results["stage_seconds_recorded"] = runner.recorded
     save_json_atomic(_jsonable(results), settings.output_dir / "results.json")
     return results
 

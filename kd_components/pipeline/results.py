@@ -197,14 +197,15 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         by_seed = dict(zip(row.get("seeds", settings["seeds"]), row["summary"]["val_mean_dice"]["values"], strict=True))
         cells = [_value(by_seed.get(seed)) for seed in settings["seeds"]]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
-    threads = next(iter(cost.values()), {}).get("threads", "?")
-    stage_seconds = sum(results.get("stage_seconds", {}).values())
+    threads = next(iter(cost.values()), {}).get("threads", torch.get_num_threads())
+    this_run = format_minutes(sum(results.get("stage_seconds", {}).values()))
+    recorded = format_minutes(sum(results.get("stage_seconds_recorded", {}).values()))
     lines += [
         "## Environment",
         f"- CPU: {_cpu()} (torch threads: {threads}); no GPU.",
         f"- Python {platform.python_version()}, torch {torch.__version__}, MONAI {monai.__version__}.",
-        f"- Wall time of the stages run by this invocation: {format_minutes(stage_seconds)} "
-        "(stages reused from an earlier invocation count 0).",
+        f"- Training and testing time of all stages, as recorded when each ran: {recorded}; "
+        f"of the stages this invocation ran: {this_run}.",
     ]
     if notes:
         lines += ["## Notes", notes.strip()]

@@ -85,6 +85,9 @@ class StageRunner:
         state_dir: folder of the per-stage stamps.
         fresh: ignore every stamp and start each stage from scratch.
         log: where progress lines go.
+
+    After :meth:`run`, ``timings`` holds the seconds each stage took in this process (0 when reused)
+    and ``recorded`` the seconds it took when it ran, from its stamp if it was reused.
     """
 
     def __init__(self, state_dir: str | Path, fresh: bool = False, log: Callable[[str], None] | None = None) -> None:
@@ -92,6 +95,7 @@ class StageRunner:
         self.fresh = fresh
         self.log = log or (lambda line: print(line, flush=True))
         self.timings: dict[str, float] = {}
+        self.recorded: dict[str, float] = {}
 
     def stamp_path(self, name: str) -> Path:
         return self.state_dir / f"{name}.json"
@@ -130,6 +134,7 @@ class StageRunner:
         if same and stamp["status"] == "done" and all(Path(p).exists() for p in stage.outputs):
             self.log(f"[{stage.name}] up to date, reusing {self._first_output(stage)}")
             self.timings[stage.name] = 0.0
+            self.recorded[stage.name] = float(stamp.get("seconds", 0.0))
             return "reused"
         resume = same and stamp["status"] == "running" and self._has_latest_checkpoint(stage)
         command = list(stage.command) if stage.command is not None else None
@@ -160,7 +165,7 @@ class StageRunner:
         if missing:
             raise StageError(f"stage {stage.name!r} finished but did not write {missing}")
         seconds = time.perf_counter() - start
-        self.timings[stage.name] = seconds
+        self.timings[stage.name] = self.recorded[stage.name] = seconds
         save_json_atomic(
             {"status": "done", "fingerprint": fingerprint, "run_id": uuid.uuid4().hex, "seconds": round(seconds, 1)},
             self.stamp_path(stage.name),
