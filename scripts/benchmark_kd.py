@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     page = Path(args.results_md)
-    figures = {"dice_vs_time": f"img/{page.stem}_dice_vs_time.png", "regions": f"img/{page.stem}_regions.png"}
-    plot_dice_vs_time(results, page.parent / figures["dice_vs_time"])
+    figures = {"regions": f"img/{page.stem}_regions.png"}
     plot_region_bars(results, page.parent / figures["regions"])
+    if results["cost"]:  # no inference times, no Dice-vs-time plot
+        figures["dice_vs_time"] = f"img/{page.stem}_dice_vs_time.png"
+        plot_dice_vs_time(results, page.parent / figures["dice_vs_time"])
     notes = args.notes.read_text() if args.notes else ""
     command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     with atomic_path(page) as tmp:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from kd_components.networks.student import build_student
 from kd_components.pipeline.benchmark import (
     ROWS,
     BenchmarkSettings,
     benchmark_stages,
+    network_sizes,
     row_schedule,
     schedule,
     split_cases,
@@ -137,3 +139,14 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "as recorded when each ran: 3 min 01 s; of the stages this invocation ran: 1 min 01 s." in page
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page
+
+
+def test_page_without_timing_still_has_sizes_and_says_cost_was_not_measured(tmp_path: Path) -> None:
+    results = {**_results(), "cost": [], "sizes": network_sizes(["student"], 32)}
+    assert results["sizes"]["student"]["params"] == sum(p.numel() for p in build_student().parameters())
+    assert results["sizes"]["student"]["gflops_patch"] > 0
+    page = render_results(results, "python scripts/benchmark_kd.py --no-timing", {"regions": "b.png"})
+    params = f"{results['sizes']['student']['params']:,}"
+    assert f"| student student | 72 | {params} |" in page  # sizes are counted, not timed
+    assert "*Not measured*: this page was made with `--no-timing`" in page and "| network |" not in page
+    assert "Dice vs inference time" not in page

@@ -59,6 +59,7 @@ __all__ = [
     "benchmark_stages",
     "collect_results",
     "measure_inference",
+    "network_sizes",
     "run_benchmark",
     "schedule",
     "split_cases",
@@ -319,6 +320,19 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
     return stages
 
 
+def network_sizes(networks: Sequence[str], roi: int) -> dict[str, dict[str, float]]:
+    """Parameters and forward GFLOPs per ``roi``^3 patch of each network, counted on the meta device
+    (no weights are allocated, nothing is timed): the size columns of the results table."""
+    from kd_components.benchmarking import build_network, count_flops
+
+    sizes = {}
+    for name in dict.fromkeys(networks):
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_network(name, roi).parameters())
+        sizes[name] = {"params": params, "gflops_patch": count_flops(name, roi)[0] / 1e9}
+    return sizes
+
+
 def measure_inference(network: str, shape: Sequence[int], roi: int, overlap: float) -> dict[str, Any]:
     """Parameters, FLOPs per ``roi``^3 patch, and sliding-window inference time and peak memory on one
     random ``(1, 4, *shape)`` volume with MONAI's ``SlidingWindowInferer`` (batch 1 per window, eval
@@ -400,6 +414,7 @@ def run_benchmark(settings: BenchmarkSettings, fresh: bool = False, timing: bool
     for stage in benchmark_stages(settings):
         runner.run(stage)
     results = {"settings": _jsonable(asdict(settings)), "rows": collect_results(settings)}
+    results["sizes"] = network_sizes([row["network"] for row in results["rows"].values()], settings.timing_roi)
     cost_path = settings.output_dir / "inference_cost.json"
     if timing:
         costs = []

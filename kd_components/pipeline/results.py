@@ -130,8 +130,9 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         f"{settings['unlabelled']} unlabelled scans (their segmentations are never read) and {settings['test']} "
         "held-out labelled test cases on which every row is scored. The teacher (demo `HybridTeacher`) is trained "
         f"on the labelled cases for {settings['teacher_steps']} optimizer steps; every student gets the same "
-        f"budget of about {settings['student_steps']} optimizer steps (steps, not epochs: an epoch with unlabelled "
-        "scans has more batches), the same data, augmentation, schedule (cosine, lr 3e-3) and patches (64^3, "
+        f"budget of about {settings['student_steps']} optimizer steps (steps, not epochs: an epoch with interleaved "
+        "unlabelled batches has more batches; a paired step holds a labelled and an unlabelled batch), the same "
+        "data, augmentation, schedule (cosine, lr 3e-3) and patches (64^3, "
         f"batch {settings['batch_size']} x 2 patches). Seeds {seeds}: each seed sets initialisation, sampling and "
         f"augmentation of every student row. The teacher is trained with seed(s) {teacher_seeds} only (on 2 CPU "
         "cores one teacher costs as much as four students); a student of seed *s* distils the teacher of seed *s* "
@@ -145,7 +146,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, row in rows.items():
-        net = cost.get(row["network"], {})
+        net = results.get("sizes", {}).get(row["network"]) or cost.get(row["network"], {})
         params = f"{net['params']:,}" if net else "n/a"
         flops = f"{net['gflops_patch']:.1f}" if net else "n/a"
         gap = gap_closed(rows, key)
@@ -170,10 +171,18 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         f"BraTS-size volume 4 x {' x '.join(map(str, settings['timing_shape']))}, each network in a fresh "
         "process, one run after nothing else was warmed up (it includes first-call overheads). Peak RSS is "
         "the process's maximum resident memory; baseline is Python + torch + MONAI before the network exists.",
-        "| network | parameters | GFLOPs / 96³ patch | inference (s) | vs default teacher | peak RSS (GiB) | "
-        "baseline RSS (GiB) | load avg |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if cost:
+        lines += [
+            "| network | parameters | GFLOPs / 96³ patch | inference (s) | vs default teacher | peak RSS (GiB) | "
+            "baseline RSS (GiB) | load avg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines.append(
+            "*Not measured*: this page was made with `--no-timing` and no earlier measurement is saved in its "
+            "output folder (`inference_cost.json`)."
+        )
     reference = cost.get("default", {}).get("inference_s")
     for name, net in cost.items():
         speedup = f"{reference / net['inference_s']:.1f}x faster" if reference and name != "default" else ""
@@ -187,7 +196,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "`default` is the full-size teacher (VGG19 width 64 + ViT-B/16), measured for cost only: it is not "
         "trained here (a CPU cannot). `demo` is the teacher that was trained above.",
         "## Plots",
-        f"![Dice vs inference time]({figures['dice_vs_time']})",
+        *([f"![Dice vs inference time]({figures['dice_vs_time']})"] if "dice_vs_time" in figures else []),
         f"![Dice per region]({figures['regions']})",
         "## Per-seed mean Dice",
         "| row | " + " | ".join(f"seed {s}" for s in settings["seeds"]) + " |",
