@@ -280,7 +280,9 @@ def test_pickles_with_code_are_refused_everywhere_weights_are_loaded(tmp_path: P
     assert not marker.exists()
 
 
-def _tiny_trainer(loss_values: list[float], tmp_path: Path) -> tuple[SupervisedTrainer, torch.nn.Module, list]:
+def _tiny_trainer(
+    loss_values: list[float], tmp_path: Path, resume_from: str = ""
+) -> tuple[SupervisedTrainer, torch.nn.Module, list]:
     """A 1-layer network trained on 2 batches per epoch with a loss that returns ``loss_values`` in turn."""
     network = torch.nn.Conv3d(1, 1, 1)
     calls = iter(loss_values)
@@ -299,7 +301,7 @@ def _tiny_trainer(loss_values: list[float], tmp_path: Path) -> tuple[SupervisedT
         loss_function=loss,
         train_handlers=[FiniteLossGuard()],
     )
-    ResumableCheckpoint(tmp_path, {"model": network, "optimizer": optimizer}).attach(trainer)
+    ResumableCheckpoint(tmp_path, {"model": network, "optimizer": optimizer}, resume_from=resume_from).attach(trainer)
     snapshots: list = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: snapshots.append(network.weight.detach().clone()))
     return trainer, network, snapshots
@@ -334,6 +336,24 @@ def test_a_failed_save_keeps_the_checkpoint_it_was_to_replace(tmp_path: Path, mo
         trainer.run()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest_checkpoint_epoch=1.pt"]  # no partial temp file
     assert _checkpoint_epoch(tmp_path / "latest_checkpoint_epoch=1.pt") == 1
+
+
+def test_resume_after_a_kill_between_save_and_removal_takes_the_newer_checkpoint(tmp_path: Path) -> None:
+    older = tmp_path / "latest_checkpoint_epoch=1.pt"
+    trainer, _, _ = _tiny_trainer([0.5] * 2, tmp_path)
+    trainer.state.max_epochs = 1
+    trainer.run()
+    epoch_1 = older.read_bytes()
+    trainer, _, _ = _tiny_trainer([0.5] * 4, tmp_path)
+    trainer.state.max_epochs = 2
+    trainer.run()
+    newer = tmp_path / "latest_checkpoint_epoch=2.pt"
+    older.write_bytes(epoch_1)  # as a kill would leave it: the new one saved, the old one not yet removed
+    os.utime(older, (newer.stat().st_mtime - 60,) * 2)
+    resumed, _, _ = _tiny_trainer([0.5] * 2, tmp_path, resume_from="latest")
+    resumed.run()
+    assert resumed.state.epoch == 3 and resumed.state.iteration == 6  # continued after epoch 2, not epoch 1
+    assert sorted(p.name for p in tmp_path.glob("latest*.pt")) == ["latest_checkpoint_epoch=3.pt"]
 
 
 def test_nan_guard_names_the_loss_term() -> None:
