@@ -13,8 +13,8 @@ Regime (see ``docs/results.md`` for the measured table):
   epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
   and seed, and is selected by the same validation set. Rows: labels only; + soft-target KD;
   + soft-target and feature KD; the same with the unlabelled scans, interleaved (their batches take
-  steps of their own) and paired (each step one labelled and one unlabelled batch, so the labelled
-  batches seen are those of the label-only row); MONAI's model-zoo BraTS SegResNet
+  steps of their own) and paired (each step one labelled and one unlabelled batch, so as many
+  labelled batches are seen as in the label-only row); MONAI's model-zoo BraTS SegResNet
   (``init_filters`` 16, blocks 1-2-2-4) on labels only.
 - **Seeds.** Each student row is trained with every seed in ``seeds`` (the data split is fixed; the
   seed sets initialisation, patch sampling and augmentation); a student of seed *s* learns from the
@@ -324,11 +324,12 @@ def network_sizes(networks: Sequence[str], roi: int) -> dict[str, dict[str, floa
     """Parameters and forward GFLOPs per ``roi``^3 patch of each network, counted on the meta device
     (no weights are allocated, nothing is timed): the size columns of the results table."""
     from kd_components.benchmarking import build_network, count_flops
+    from kd_components.tracking import count_parameters
 
     sizes = {}
     for name in dict.fromkeys(networks):
         with torch.device("meta"):
-            params = sum(p.numel() for p in build_network(name, roi).parameters())
+            params = count_parameters(build_network(name, roi))
         sizes[name] = {"params": params, "gflops_patch": count_flops(name, roi)[0] / 1e9}
     return sizes
 
@@ -339,11 +340,11 @@ def measure_inference(network: str, shape: Sequence[int], roi: int, overlap: flo
     mode, ``torch.no_grad()``). Meant to run in a fresh process (:func:`measure_inference_in_fresh_process`)."""
     from monai.inferers import SlidingWindowInferer
 
-    from kd_components.benchmarking import build_network, count_flops
+    from kd_components.benchmarking import build_network
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
+    size = network_sizes([network], roi)[network]
     torch.manual_seed(0)
-    flops, _ = count_flops(network, roi)
     model = build_network(network, roi).eval()
     volume = torch.randn(1, len(MODALITIES), *shape)
     inferer = SlidingWindowInferer(roi_size=(roi,) * 3, sw_batch_size=1, overlap=overlap, mode="gaussian")
@@ -356,8 +357,7 @@ def measure_inference(network: str, shape: Sequence[int], roi: int, overlap: flo
     seconds = time.perf_counter() - start
     return {
         "network": network,
-        "params": sum(p.numel() for p in model.parameters()),
-        "gflops_patch": flops / 1e9,
+        **size,
         "inference_s": seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB,
         "baseline_rss_gib": baseline,
