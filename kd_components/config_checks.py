@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from numbers import Real
 from typing import Any
 
-from kd_components.engines.mixing import MIXING_MODES
+from kd_components.data.mixing import MIXING_MODES
 
 __all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
 

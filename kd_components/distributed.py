@@ -2,14 +2,11 @@
 
 The overlays follow MONAI's model-zoo bundles (``torch.distributed.run`` sets ``LOCAL_RANK``, ``RANK`` and
 ``WORLD_SIZE``; the network is wrapped in ``DistributedDataParallel``; data loaders take a
-``DistributedSampler``); these functions hold the logic the JSON should not:
+``DistributedSampler``); these functions hold the ``torch.distributed`` logic the JSON should not
+(the handler filter of the overlays is :func:`kd_components.handlers.main_process_handlers`):
 
 - :func:`init_distributed` / :func:`destroy_distributed`: the process group (NCCL on GPU, gloo on CPU);
 - :func:`local_device`: ``cuda:<LOCAL_RANK>`` when CUDA is present, else the CPU;
-- :func:`main_process_handlers`: a handler list without the logging, progress and checkpoint-saving
-  handlers on ranks other than 0 (so one process writes logs, TensorBoard files and ``model.pt``);
-- :func:`unwrap_module`: the bare network inside a ``DistributedDataParallel``/``DataParallel`` wrapper
-  (feature hooks are placed by module path on the bare network);
 - :func:`average_gradients`: averaging across ranks the gradients of trainable parameters that live
   outside the DDP-wrapped network (the feature-distillation adapters).
 """
@@ -17,44 +14,19 @@ The overlays follow MONAI's model-zoo bundles (``torch.distributed.run`` sets ``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from monai.handlers import (
-    CheckpointSaver,
-    ClearMLHandler,
-    MetricsSaver,
-    MLFlowHandler,
-    StatsHandler,
-    TensorBoardHandler,
-)
 
 __all__ = [
-    "MAIN_PROCESS_HANDLER_TYPES",
     "average_gradients",
     "destroy_distributed",
     "init_distributed",
     "is_distributed",
     "local_device",
-    "main_process_handlers",
-    "unwrap_module",
 ]
-
-#: MONAI handlers that only report or save (logs, TensorBoard/MLflow/ClearML, metric files, the key-metric
-#: ``model.pt``): attached on rank 0 only, as is ``kd_components.handlers.ProgressBar``. Everything else (LR
-#: schedulers, validation, the resumable checkpoint, which every rank must load when resuming and Ignite
-#: saves on rank 0 only) runs on every rank.
-MAIN_PROCESS_HANDLER_TYPES: tuple[type, ...] = (
-    StatsHandler,
-    TensorBoardHandler,
-    MLFlowHandler,
-    ClearMLHandler,
-    MetricsSaver,
-    CheckpointSaver,
-)
 
 
 def is_distributed() -> bool:
@@ -89,42 +61,6 @@ def destroy_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def main_process_handlers(handlers: Sequence[Any] | None, rank: int | None = None) -> list[Any]:
-    """
-    ``handlers`` for this rank: all of them on rank 0 (or without distribution), and on other ranks all
-    but the instances of :data:`MAIN_PROCESS_HANDLER_TYPES` and ``kd_components.handlers.ProgressBar``.
-
-    The filter is by type, not by position, so handlers added to a bundle's list later are kept (on every
-    rank) unless they are of a reporting/saving type. In a config::
-
-        "train#trainer#train_handlers": {"_target_": "kd_components.distributed.main_process_handlers",
-                                         "handlers": "@train#handlers"}
-
-    Args:
-        handlers: the handler objects (``None`` gives an empty list).
-        rank: the process's rank; ``None`` reads it from the process group (0 without one).
-    """
-    from kd_components.handlers.progress import ProgressBar  # here: kd_components.handlers imports the engines
-
-    if rank is None:
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    items = list(handlers or [])
-    if rank == 0:
-        return items
-    return [h for h in items if not isinstance(h, (*MAIN_PROCESS_HANDLER_TYPES, ProgressBar))]
-
-
-def unwrap_module(module: nn.Module) -> nn.Module:
-    """The network inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper (``module`` itself otherwise).
-
-    Module paths of the bare network (``down_layers.1``) gain a ``module.`` prefix in the wrapper; hooks and
-    state dicts use the bare one.
-    """
-    while isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
-        module = module.module
-    return module
 
 
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:

@@ -169,16 +169,23 @@ def convert_et_label(label: NdarrayOrTensor, source_et: int, target_et: int) -> 
     return out
 
 
-def brain_mask(image: NdarrayOrTensor) -> NdarrayOrTensor:
-    """Brain voxels of a skull-stripped multi-channel image ``(C, H, W, D)``: ``(1, H, W, D)`` uint8.
+def brain_mask(image: NdarrayOrTensor, channel_dim: int = 0) -> NdarrayOrTensor:
+    """Brain voxels of a skull-stripped multi-channel image: uint8, 1 where any channel is non-zero.
 
-    A voxel belongs to the brain when any channel is non-zero (BraTS images are 0 outside the brain,
-    and ``NormalizeIntensityd(nonzero=True)`` keeps them 0). Compute it before intensity augmentations
-    that move the background (``RandShiftIntensityd``), and crop/flip it with the image.
+    The one brain-mask rule of the project (BraTS images are 0 outside the brain, and
+    ``NormalizeIntensityd(nonzero=True)`` keeps them 0). Compute it before intensity augmentations that
+    move the background (``RandShiftIntensityd``), and crop/flip it with the image.
+
+    Args:
+        image: ``(C, H, W, D)`` (``channel_dim=0``) or a batch ``(B, C, H, W, D)`` (``channel_dim=1``).
+        channel_dim: the channel axis. Defaults to 0.
+
+    Returns:
+        the image's shape with one channel: ``(1, H, W, D)`` or ``(B, 1, H, W, D)``.
     """
     if isinstance(image, torch.Tensor):
-        return (image != 0).any(dim=0, keepdim=True).to(torch.uint8)
-    return np.any(np.asarray(image) != 0, axis=0, keepdims=True).astype(np.uint8)
+        return (image != 0).any(dim=channel_dim, keepdim=True).to(torch.uint8)
+    return np.any(np.asarray(image) != 0, axis=channel_dim, keepdims=True).astype(np.uint8)
 
 
 class BrainMaskd(MapTransform):

@@ -24,23 +24,16 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
 from monai.losses import DiceCELoss
 
+from kd_components.checkpoints import TeacherCheckpointError, load_frozen_teacher
 from kd_components.config_checks import BundleSettingError, check_settings
 from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
-from kd_components.engines import (
-    DistillationTrainer,
-    MixedBatchLoader,
-    TeacherCheckpointError,
-    brain_mask_from_image,
-    build_feature_kd_loss,
-    concat_batches,
-    every_n_iterations,
-    load_frozen_teacher,
-    loss_components,
-)
-from kd_components.losses import DistillationLoss, SoftTargetKDLoss
+from kd_components.data.mixing import MixedBatchLoader, concat_batches
+from kd_components.engines import DistillationTrainer
+from kd_components.handlers import every_n_iterations, loss_components
+from kd_components.losses import DistillationLoss, SoftTargetKDLoss, build_feature_kd_loss
 from kd_components.networks import build_teacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
-from kd_components.transforms import BrainMaskd
+from kd_components.transforms import BrainMaskd, brain_mask
 from tests.conftest import REPO_ROOT, write_phantom_datalist
 
 BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
@@ -363,7 +356,7 @@ def test_paired_batch_task_term_on_labelled_samples_kd_terms_on_all() -> None:
             t = teacher(paired["image"])
         seen["pred_batch"] = s.shape[0]
         seen["expected_task"] = DiceCELoss(sigmoid=True)(s[:1], labelled["label"]).item()
-        seen["expected_soft"] = SoftTargetKDLoss(4.0)(s, t, mask=brain_mask_from_image(paired["image"])).item()
+        seen["expected_soft"] = SoftTargetKDLoss(4.0)(s, t, mask=brain_mask(paired["image"], channel_dim=1)).item()
         seen["labelled_only_soft"] = SoftTargetKDLoss(4.0)(s[:1], t[:1], mask=labelled["image"].ne(0).any(1, True))
 
     trainer.run()

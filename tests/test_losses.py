@@ -13,10 +13,10 @@ from monai.losses import DiceLoss
 from monai.networks.nets import SegResNet
 
 from kd_components.constants import MODALITIES, REGIONS
+from kd_components.hooks import FeatureHooks
 from kd_components.losses import (
     DistillationLoss,
     FeatureAdapter,
-    FeatureHooks,
     FeatureKDLoss,
     SoftTargetKDLoss,
     channel_wise_distillation,

@@ -72,7 +72,7 @@ def test_settings_files_extend_monai_defaults_for_the_standard_ids(configs: Path
     assert set(DEFAULT_MLFLOW_SETTINGS["configs"]) <= set(settings["configs"])
     trainer = settings["configs"]["trainer"]
     assert trainer["experiment_param"] == "@mlflow_params" and trainer["close_on_complete"] is True
-    assert trainer["output_transform"]["_target_"] == "kd_components.engines.loss_components"
+    assert trainer["output_transform"]["_target_"] == "kd_components.handlers.loss_components"
 
 
 # ------------------------------------------------------------------------------------- real training runs

@@ -23,11 +23,11 @@ import torch.nn as nn
 from monai.bundle import ConfigWorkflow
 from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
-from kd_components.distributed import main_process_handlers, unwrap_module
-from kd_components.engines import build_feature_kd_loss
-from kd_components.handlers import ProgressBar
+from kd_components.handlers import ProgressBar, main_process_handlers
+from kd_components.losses import build_feature_kd_loss
 from kd_components.networks import build_teacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
+from kd_components.networks.utils import unwrap_module
 from tests.conftest import REPO_ROOT, write_phantom_datalist
 from tests.test_distillation import SMALL, TINY, TINY_TEACHER
 
@@ -97,7 +97,7 @@ def test_overlay_wraps_the_network_in_ddp_shards_the_data_and_filters_handlers(b
         assert overlay[f"{loader}#sampler"]["_target_"] == "DistributedSampler"
     assert overlay["train#dataloader#shuffle"] is False and overlay["validate#sampler"]["even_divisible"] is False
     for handlers in ("train#trainer#train_handlers", "validate#evaluator#val_handlers"):
-        assert overlay[handlers]["_target_"] == "kd_components.distributed.main_process_handlers"
+        assert overlay[handlers]["_target_"] == "kd_components.handlers.main_process_handlers"
     assert overlay["initialize"][0]["_target_"] == "kd_components.distributed.init_distributed"
     assert overlay["finalize"][0]["_target_"] == "kd_components.distributed.destroy_distributed"
     if bundle == STUDENT:  # the unlabelled scans are sharded too

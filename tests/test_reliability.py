@@ -23,16 +23,15 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 
-from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
-from kd_components.engines import load_frozen_teacher
-from kd_components.engines.teacher import TeacherCheckpointError
-from kd_components.handlers import (
+from kd_components.checkpoints import (
     CheckedCheckpointLoader,
     CheckpointLoadError,
-    FiniteLossGuard,
-    NonFiniteLossError,
     ResumableCheckpoint,
+    TeacherCheckpointError,
+    load_frozen_teacher,
 )
+from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
+from kd_components.handlers import FiniteLossGuard, NonFiniteLossError
 from kd_components.io import save_nifti_atomic
 from kd_components.networks import build_teacher
 from tests.conftest import REPO_ROOT, tiny_label

@@ -15,21 +15,19 @@ from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
 from torch.optim import Optimizer
 
-from kd_components.distributed import average_gradients, unwrap_module
-from kd_components.engines.mixing import NUM_LABELLED_KEY
-from kd_components.engines.teacher import freeze
-from kd_components.losses import DistillationLoss, FeatureHooks, resolve_module
+from kd_components.checkpoints.teacher import freeze
+from kd_components.data.mixing import NUM_LABELLED_KEY
+from kd_components.distributed import average_gradients
+from kd_components.hooks import FeatureHooks, resolve_module
+from kd_components.losses import DistillationLoss
+from kd_components.networks.utils import unwrap_module
+from kd_components.transforms import brain_mask
 
-__all__ = ["SCALE_WEIGHT_SOURCES", "DistillationTrainer", "brain_mask_from_image"]
+__all__ = ["SCALE_WEIGHT_SOURCES", "DistillationTrainer"]
 
 #: Where the per-scale weights of the feature loss come from: the teacher's learned fusion weights
 #: (``teacher.scale_weights()``, detached) or the feature loss's own fixed weights.
 SCALE_WEIGHT_SOURCES: tuple[str, ...] = ("teacher", "fixed")
-
-
-def brain_mask_from_image(image: torch.Tensor) -> torch.Tensor:
-    """Brain voxels of a skull-stripped batch ``(B, C, H, W, D)``: ``(B, 1, H, W, D)`` bool, any channel non-zero."""
-    return (image != 0).any(dim=1, keepdim=True)
 
 
 class DistillationTrainer(SupervisedTrainer):
@@ -39,16 +37,16 @@ class DistillationTrainer(SupervisedTrainer):
 
     Each iteration runs the teacher (eval mode, ``torch.no_grad()``) and the student on the same batch
     ``image`` ``(B, 4, H, W, D)``, taps the feature maps named in the loss's ``feature_loss.pairs`` with
-    :class:`~kd_components.losses.FeatureHooks` on both networks (so any eager network can be the
+    :class:`~kd_components.hooks.FeatureHooks` on both networks (so any eager network can be the
     student), and minimises ``task + alpha * soft + beta * feature``:
 
     - the task term (e.g. DiceCE on sigmoid) only for batches with a ``label``; batches without one
-      (unlabelled scans, see :class:`~kd_components.engines.MixedBatchLoader`) learn from the KD terms alone;
+      (unlabelled scans, see :class:`~kd_components.data.MixedBatchLoader`) learn from the KD terms alone;
       in a paired batch (``num_labelled`` = ``B_l``: labelled samples first, then unlabelled ones) the
       task term uses the first ``B_l`` samples and the KD terms all of them;
     - the soft-target term over brain voxels: the batch's ``brain_mask_key`` entry ``(B, 1, H, W, D)``
       when present (computed before intensity augmentation, see ``kd_components.transforms.BrainMaskd``),
-      else the voxels where the image is non-zero;
+      else :func:`~kd_components.transforms.brain_mask` of the image;
     - the feature term weighted per scale by the teacher's learned fusion weights
       (``feature_scale_weights="teacher"``: ``teacher.scale_weights()`` detached, restricted to the tapped
       scales) or by the feature loss's fixed weights (``"fixed"``).
@@ -64,7 +62,7 @@ class DistillationTrainer(SupervisedTrainer):
     stats and MLflow handlers work unchanged. ``engine.state.output`` holds ``image``, ``label`` (labelled
     batches only), ``pred`` (student logits ``(B, 3, H, W, D)``), ``loss`` (the total) and the
     unweighted terms ``loss_task``, ``loss_soft``, ``loss_feature`` (detached scalars; 0 when not
-    computed); :func:`~kd_components.engines.loss_components` gives them to logging handlers.
+    computed); :func:`~kd_components.handlers.loss_components` gives them to logging handlers.
 
     Give the optimizer the student's parameters and the loss's (the feature adapters).
 
@@ -94,11 +92,11 @@ class DistillationTrainer(SupervisedTrainer):
             device: device of the iteration (the student, the loss and the teacher are moved there).
             max_epochs: number of epochs.
             train_data_loader: batches of ``{"image", "label"?, "brain_mask"?}`` (a DataLoader, or a
-                :class:`~kd_components.engines.MixedBatchLoader` of labelled and unlabelled ones).
+                :class:`~kd_components.data.MixedBatchLoader` of labelled and unlabelled ones).
             network: the student (an eager ``nn.Module``, possibly wrapped in ``DistributedDataParallel``).
             optimizer: optimiser over the student's parameters and ``loss_function.parameters()``.
             loss_function: the :class:`~kd_components.losses.DistillationLoss`.
-            teacher: the trained teacher (e.g. from :func:`~kd_components.engines.load_frozen_teacher`);
+            teacher: the trained teacher (e.g. from :func:`~kd_components.checkpoints.load_frozen_teacher`);
                 frozen and put in eval mode here. Needed when a KD term is active; may be ``None`` otherwise.
             feature_scale_weights: ``"teacher"`` or ``"fixed"`` (see the class docstring). Defaults to "teacher".
             brain_mask: restrict the soft-target term to brain voxels. Defaults to True.
@@ -196,7 +194,7 @@ class DistillationTrainer(SupervisedTrainer):
         if key is not None and isinstance(batchdata, Mapping) and isinstance(batchdata.get(key), torch.Tensor):
             mask = batchdata[key].to(device=inputs.device, non_blocking=self.non_blocking)
         else:
-            mask = brain_mask_from_image(inputs)
+            mask = brain_mask(inputs, channel_dim=1)
         return convert_to_tensor(mask, track_meta=False)
 
     def _accumulation_flags(self, engine: DistillationTrainer) -> tuple[bool, bool]:

@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 
-from kd_components.engines.outputs import LOSS_KEYS
+from kd_components.handlers.loss_logging import LOSS_KEYS
 
 __all__ = ["FiniteLossGuard", "NonFiniteLossError"]
 

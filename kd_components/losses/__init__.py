@@ -1,15 +1,15 @@
-"""Distillation losses: soft targets, multi-scale features, their weighted sum, and feature hooks."""
+"""Distillation losses: soft targets, multi-scale features, and their weighted sum."""
 
 from kd_components.losses.combined import DistillationLoss
 from kd_components.losses.feature import (
     FEATURE_DISTANCES,
     FeatureAdapter,
     FeatureKDLoss,
+    build_feature_kd_loss,
     channel_wise_distillation,
     normalized_mse,
     standardize_channels,
 )
-from kd_components.losses.hooks import FeatureHooks, resolve_module
 from kd_components.losses.soft_target import SOFT_TARGET_MODES, SoftTargetKDLoss
 
 __all__ = [
@@ -17,11 +17,10 @@ __all__ = [
     "SOFT_TARGET_MODES",
     "DistillationLoss",
     "FeatureAdapter",
-    "FeatureHooks",
     "FeatureKDLoss",
     "SoftTargetKDLoss",
+    "build_feature_kd_loss",
     "channel_wise_distillation",
     "normalized_mse",
-    "resolve_module",
     "standardize_channels",
 ]

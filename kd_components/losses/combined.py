@@ -96,7 +96,7 @@ class DistillationLoss(nn.Module):
             scale_weights: optional per-scale weights ``(S,)`` for the feature term (e.g. the teacher's
                 ``scale_weights().detach()``).
             num_labelled: in a batch of labelled and unlabelled samples (the labelled first, see
-                :func:`~kd_components.engines.concat_batches`), the number ``B_l`` of labelled ones:
+                :func:`~kd_components.data.mixing.concat_batches`), the number ``B_l`` of labelled ones:
                 ``label`` is ``(B_l, C, H, W, D)`` and the task term uses ``student_logits[:B_l]``; the
                 distillation terms use the whole batch. ``None``: every sample has its label.
 

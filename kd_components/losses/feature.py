@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -12,12 +13,16 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_norm_layer
 
+from kd_components.constants import MODALITIES
+from kd_components.hooks import feature_channels
 from kd_components.losses.soft_target import check_same_shape
+from kd_components.networks.utils import parameter_device
 
 __all__ = [
     "FEATURE_DISTANCES",
     "FeatureAdapter",
     "FeatureKDLoss",
+    "build_feature_kd_loss",
     "channel_wise_distillation",
     "normalized_mse",
     "standardize_channels",
@@ -200,7 +205,7 @@ class FeatureKDLoss(nn.Module):
     Multi-scale feature distillation: ``sum_i w_i * d(adapter_i(s_i), t_i)`` over the tapped scales.
 
     ``pairs`` names, finest first, the teacher and student modules whose outputs are matched (tap them
-    with :class:`~kd_components.losses.FeatureHooks`, e.g. the teacher's ``fusion.fuse.i`` from
+    with :class:`~kd_components.hooks.FeatureHooks`, e.g. the teacher's ``fusion.fuse.i`` from
     ``HybridTeacher.feature_modules()``). One learned :class:`FeatureAdapter` per pair (``adapters.i``)
     maps the student map to the teacher map's channels and size; the teacher features are detached.
     The adapters are parameters of this loss: give them to the optimiser with the student's.
@@ -300,12 +305,12 @@ class FeatureKDLoss(nn.Module):
 
     @property
     def teacher_paths(self) -> list[str]:
-        """Teacher module paths, finest first (for :class:`~kd_components.losses.FeatureHooks`)."""
+        """Teacher module paths, finest first (for :class:`~kd_components.hooks.FeatureHooks`)."""
         return [t for t, _ in self.pairs]
 
     @property
     def student_paths(self) -> list[str]:
-        """Student module paths, finest first (for :class:`~kd_components.losses.FeatureHooks`)."""
+        """Student module paths, finest first (for :class:`~kd_components.hooks.FeatureHooks`)."""
         return [s for _, s in self.pairs]
 
     def forward(
@@ -343,3 +348,38 @@ class FeatureKDLoss(nn.Module):
         w = w.to(device=d.device, dtype=d.dtype)
         self.last_distances, self.last_weights = d.detach(), w.detach()
         return (w * d).sum()
+
+
+def build_feature_kd_loss(
+    student: nn.Module,
+    teacher: nn.Module,
+    pairs: Sequence[Sequence[str]],
+    probe_size: Sequence[int] = (32, 32, 32),
+    in_channels: int = len(MODALITIES),
+    **kwargs: Any,
+) -> FeatureKDLoss:
+    """
+    A :class:`~kd_components.losses.FeatureKDLoss` for ``pairs``, with the channel counts read from the
+    networks (:func:`feature_channels`) and the adapters on the student's device.
+
+    In a bundle config::
+
+        "feature_loss": {"_target_": "kd_components.losses.build_feature_kd_loss", "student": "@network",
+                         "teacher": "@teacher", "pairs": [["fusion.fuse.0", "down_layers.1"], ...]}
+
+    Args:
+        student: the student network (eager; a ``DistributedDataParallel`` wrapper is looked through).
+        teacher: the teacher network (eager).
+        pairs: ``(teacher_path, student_path)`` per scale, finest first.
+        probe_size: spatial size of the probe input for networks that must be run to know their channels.
+        in_channels: channels of the probe input.
+        kwargs: further arguments of :class:`~kd_components.losses.FeatureKDLoss` (``distance``,
+            ``scale_weights``, ``tau``, ``adapter_norm``, ``resize``).
+    """
+    pairs = [tuple(p) for p in pairs]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError(f"pairs must be a non-empty list of (teacher_path, student_path), got {pairs}")
+    teacher_channels = feature_channels(teacher, [t for t, _ in pairs], probe_size, in_channels)
+    student_channels = feature_channels(student, [s for _, s in pairs], probe_size, in_channels)
+    loss = FeatureKDLoss(pairs, student_channels, teacher_channels, **kwargs)
+    return loss.to(parameter_device(student))

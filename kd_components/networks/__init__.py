@@ -4,12 +4,12 @@ from kd_components.networks.configs import TEACHER_CONFIGS, build_teacher, teach
 from kd_components.networks.fusion import GatedFusionBlock, MultiScaleFusion
 from kd_components.networks.hybrid import FUSED_FEATURE_MODULES, FUSED_FEATURE_SCALES, DecoderUpBlock, HybridTeacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, STUDENT_FEATURE_MODULES, build_student
+from kd_components.networks.utils import trainable_parameters, unwrap_module
 from kd_components.networks.vgg import (
     VGG19Encoder3d,
     VGGLoadResult,
     inflate_conv2d_weight,
     load_torchvision_vgg19,
-    trainable_parameters,
 )
 from kd_components.networks.vit import ViTEncoder3d
 
@@ -32,4 +32,5 @@ __all__ = [
     "load_torchvision_vgg19",
     "teacher_config",
     "trainable_parameters",
+    "unwrap_module",
 ]

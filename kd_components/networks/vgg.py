@@ -28,7 +28,6 @@ __all__ = [
     "VGGLoadResult",
     "inflate_conv2d_weight",
     "load_torchvision_vgg19",
-    "trainable_parameters",
 ]
 
 #: Number of 3x3 convolutions in each of the 5 VGG19 stages (16 in all).
@@ -88,8 +87,8 @@ class VGG19Encoder3d(nn.Module):
                 VGG19 (no normalisation). Defaults to instance norm with affine (see the class docstring).
             freeze_stages: freeze the parameters of the first ``freeze_stages`` stages (0..5): they get
                 ``requires_grad=False`` and their norm layers stay in eval mode (no running-statistics
-                updates) even when the module is put in train mode. Use :func:`trainable_parameters`
-                to build the optimizer. Defaults to 0 (nothing frozen).
+                updates) even when the module is put in train mode. Build the optimizer with
+                :func:`~kd_components.networks.trainable_parameters`. Defaults to 0 (nothing frozen).
             pretrained_path: optional path of a torchvision-format VGG19 state dict, loaded with
                 :func:`load_torchvision_vgg19` (strict) before freezing. Defaults to ``None``.
 
@@ -170,15 +169,6 @@ class VGG19Encoder3d(nn.Module):
             x = stage(x)
             features.append(x)
         return features
-
-
-def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``module`` that require gradients (frozen ones left out), for the optimizer.
-
-    In a bundle config:
-    ``"params": {"_target_": "kd_components.networks.trainable_parameters", "module": "@network"}``.
-    """
-    return [p for p in module.parameters() if p.requires_grad]
 
 
 def inflate_conv2d_weight(weight: torch.Tensor, depth: int = 3) -> torch.Tensor:

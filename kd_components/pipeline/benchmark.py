@@ -80,7 +80,7 @@ class Row:
         overrides: bundle overrides of this row.
         unlabelled: how the unlabelled scans are used: ``""`` (not at all), ``"interleave"`` (batches of
             their own, each an optimizer step) or ``"paired"`` (each step one labelled and one unlabelled
-            batch); see :class:`~kd_components.engines.MixedBatchLoader`.
+            batch); see :class:`~kd_components.data.mixing.MixedBatchLoader`.
         kind: ``teacher``, ``student`` (a distillation row) or ``baseline`` (labels only).
     """
 

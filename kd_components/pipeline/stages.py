@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd_components.handlers.resume import LATEST_PREFIX
+from kd_components.checkpoints.resume import LATEST_PREFIX
 from kd_components.io import save_json_atomic
 
 __all__ = ["Stage", "StageError", "StageRunner"]

@@ -9,7 +9,7 @@ from typing import Any
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
-from kd_components.handlers.checkpoint import AtomicCheckpointSaver, CheckedCheckpointLoader
+from kd_components.checkpoints.handlers import AtomicCheckpointSaver, CheckedCheckpointLoader
 
 #: ``file_prefix`` of the interval checkpoints.
 LATEST_PREFIX = "latest"
@@ -28,10 +28,10 @@ class ResumableCheckpoint:
 
     The trainer cannot be referenced from its own handler list in a bundle config (that is a
     circular reference), so this handler adds the engine it is attached to as ``"trainer"`` to
-    ``save_dict`` and then attaches an :class:`~kd_components.handlers.AtomicCheckpointSaver` (MONAI's
+    ``save_dict`` and then attaches an :class:`~kd_components.checkpoints.AtomicCheckpointSaver` (MONAI's
     saver writing through a temporary file, so a kill during a save never leaves a corrupt file; one
     ``latest*.pt`` is kept, older ones of earlier runs are removed) and, when resuming,
-    :class:`~kd_components.handlers.CheckedCheckpointLoader`. Restoring the trainer restores the epoch and
+    :class:`~kd_components.checkpoints.CheckedCheckpointLoader`. Restoring the trainer restores the epoch and
     iteration counters, so training continues after the last completed epoch.
 
     Args:

@@ -1,4 +1,4 @@
-"""Feature taps: forward hooks on submodules named by module path (torchdistill's way)."""
+"""Feature taps: forward hooks on submodules named by module path (torchdistill's way), and the channels they give."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import torch
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["FeatureHooks", "resolve_module"]
+from kd_components.constants import MODALITIES
+from kd_components.networks.utils import parameter_device, unwrap_module
+
+__all__ = ["FeatureHooks", "feature_channels", "resolve_module"]
 
 _MAX_SUGGESTIONS = 8
 
@@ -154,3 +157,42 @@ class FeatureHooks:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.module).__name__}, paths={self.paths}, active={self.active})"
+
+
+def feature_channels(
+    network: nn.Module,
+    paths: Sequence[str],
+    spatial_size: Sequence[int] = (32, 32, 32),
+    in_channels: int = len(MODALITIES),
+) -> list[int]:
+    """
+    Channels of the outputs of the submodules at ``paths`` (e.g. ``["down_layers.1", "down_layers.2"]``).
+
+    A network with ``feature_modules()`` and ``feature_channels`` (the
+    :class:`~kd_components.networks.HybridTeacher`) answers for its own feature modules without running;
+    otherwise one forward of a zero input ``(1, in_channels, *spatial_size)`` is hooked, in eval mode
+    under ``torch.no_grad()`` (the training mode is restored afterwards).
+
+    Args:
+        network: the (eager) network.
+        paths: module paths.
+        spatial_size: spatial size of the probe input (must suit the network). Defaults to 32^3.
+        in_channels: channels of the probe input. Defaults to 4 (``[t1c, t1n, t2w, t2f]``).
+
+    Raises:
+        ValueError: for an unknown path (the message lists valid paths nearby).
+    """
+    network = unwrap_module(network)  # paths name the bare network's modules, also under DDP
+    known = getattr(network, "feature_channels", None)
+    modules = network.feature_modules() if callable(getattr(network, "feature_modules", None)) else None
+    if known is not None and modules is not None and all(p in modules for p in paths):
+        return [int(known[modules.index(p)]) for p in paths]
+    was_training = network.training
+    probe = torch.zeros(1, in_channels, *spatial_size, device=parameter_device(network))
+    with FeatureHooks(network, list(paths), detach=True) as hooks, torch.no_grad():
+        network.eval()
+        try:
+            network(probe)
+            return [int(f.shape[1]) for f in hooks.features()]
+        finally:
+            network.train(was_training)

@@ -23,7 +23,7 @@ def loss_components(output: Any) -> dict[str, float]:
     (after MONAI's decollation) a list of per-sample dicts, which all hold the same loss values. Keys
     that are absent are left out. In a config::
 
-        "output_transform": {"_target_": "kd_components.engines.loss_components", "_mode_": "callable"}
+        "output_transform": {"_target_": "kd_components.handlers.loss_components", "_mode_": "callable"}
     """
     item = output[0] if isinstance(output, list | tuple) and output else output
     if not isinstance(item, dict):
@@ -35,7 +35,7 @@ def every_n_iterations(n: int) -> Callable[[Engine, int], bool]:
     """
     An Ignite event filter that is true every ``n`` iterations, e.g. ``StatsHandler(iteration_log=...)``::
 
-        "iteration_log": {"_target_": "kd_components.engines.every_n_iterations", "n": 10}
+        "iteration_log": {"_target_": "kd_components.handlers.every_n_iterations", "n": 10}
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")

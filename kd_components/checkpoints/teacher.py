@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher", "state_dict_mismatches"]
+from kd_components.checkpoints.state import state_dict_mismatches
 
-#: How many keys of each kind of mismatch an error message lists.
-_SHOWN = 5
+__all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher"]
+
 _DDP_PREFIX = "module."
 
 
@@ -24,38 +24,6 @@ def freeze(network: nn.Module) -> nn.Module:
     """Freeze ``network`` in place for distillation (``requires_grad=False``, eval mode) and return it."""
     network.requires_grad_(False)
     return network.eval()
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else "")
-
-
-def state_dict_mismatches(network: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    """
-    How ``state`` fails to fit ``network`` for a strict load: one line each for missing keys, unexpected
-    keys and shape mismatches (at most a few keys listed per line); empty when it fits.
-
-    Args:
-        network: the network the state dict should load into.
-        state: a state dict (parameter and buffer tensors by name).
-    """
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {list(v.shape)} vs network {list(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
-    ]
-    lines = []
-    if missing:
-        lines.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-    if unexpected:
-        lines.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
-    if shapes:
-        lines.append(f"{len(shapes)} shape mismatch(es): {_listed(shapes)}")
-    return lines
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -90,7 +58,7 @@ def load_frozen_teacher(
 
     In a bundle config::
 
-        "teacher": {"_target_": "kd_components.engines.load_frozen_teacher",
+        "teacher": {"_target_": "kd_components.checkpoints.load_frozen_teacher",
                     "network": "@teacher_def", "ckpt_path": "@teacher_ckpt", "device": "@device"}
 
     Args:

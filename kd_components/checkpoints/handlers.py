@@ -1,4 +1,4 @@
-"""Checkpoints of a bundle: written atomically, and loaded with an error that names the file and what does not fit."""
+"""Ignite/MONAI checkpoint handlers: atomic writes, and loads whose errors name the file and what does not fit."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from kd_components.distributed import unwrap_module
-from kd_components.engines.teacher import state_dict_mismatches
+from kd_components.checkpoints.state import state_dict_mismatches
 from kd_components.io import atomic_path
+from kd_components.networks.utils import unwrap_module
 
 __all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "CheckedCheckpointLoader", "CheckpointLoadError"]
 
