@@ -1,5 +1,10 @@
 """Checks of bundle settings: a wrong override is an error that names the setting, before anything trains.
 
+Each bundle's ``train.json`` lists its settings once, under ``settings`` (``{"epochs": "@epochs", ...}``):
+``checked_settings`` checks them with :func:`check_settings` and ``configs/mlflow.json`` records them as the
+run's parameters. :data:`SETTING_RULES` is the one home of what each setting may hold; a test fails when a
+bundle setting has no rule here.
+
 ``python -m monai.bundle run ... --epochs abc`` hands the bundle the string ``"abc"``; Python Fire turns
 ``--use_unlabelled false`` into the string ``"false"``, which is true in Python. Without a check such
 values surface much later as an obscure error deep in Ignite, or are silently misread. Bundle configs
@@ -10,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
 from kd_components.data.mixing import MIXING_MODES
+from kd_components.losses.feature import FEATURE_DISTANCES
+from kd_components.losses.terms import SCALE_WEIGHT_SOURCES
 
 __all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
 
@@ -87,6 +94,18 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _one_of(choices: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
+
+
+def _module_pairs(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) > 0
+        and all(isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(m, str) for m in p) for p in value)
+    )
+
+
 #: Setting name -> (test, what is expected). Settings a bundle does not pass are not checked.
 SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (_positive_int, "a positive integer"),
@@ -107,7 +126,13 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "sw_overlap": (_fraction, "a number in [0, 1)"),
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
     "use_unlabelled": (_flag, "true or false"),
-    "unlabelled_mixing": (lambda v: v in MIXING_MODES, " or ".join(repr(m) for m in MIXING_MODES)),
+    "unlabelled_mixing": _one_of(MIXING_MODES),
+    "unlabelled_split": (_text, "the name of a datalist split, e.g. 'testing' (a string)"),
+    "feature_distance": _one_of(tuple(FEATURE_DISTANCES)),
+    "feature_scale_weights": _one_of(SCALE_WEIGHT_SOURCES),
+    "feature_pairs": (_module_pairs, "a non-empty list of [teacher_module_path, student_module_path] pairs"),
+    "data_list_file_path": (_text, "a path (a string)"),
+    "dataset_dir": (_text, "a path (a string)"),
     "amp": (_flag, "true or false"),
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),
     "teacher_ckpt": (_text, "a path (a string)"),
@@ -115,18 +140,23 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_settings(**settings: Any) -> dict[str, Any]:
+def check_settings(settings: Mapping[str, Any] | None = None, **more: Any) -> dict[str, Any]:
     """Check bundle settings against :data:`SETTING_RULES`, log them, and return them unchanged.
 
     Every wrong setting is reported at once. In a bundle config::
 
-        "checked_settings": {"_target_": "kd_components.config_checks.check_settings",
-                             "epochs": "@epochs", "seed": "@seed", ...}
+        "settings": {"epochs": "@epochs", "seed": "@seed", ...},
+        "checked_settings": {"_target_": "kd_components.config_checks.check_settings", "settings": "@settings"},
         "training": ["@checked_settings", "$monai.utils.set_determinism(seed=@seed)", "$@train#trainer.run()"]
+
+    Args:
+        settings: setting name -> value.
+        more: further settings as keyword arguments.
 
     Raises:
         BundleSettingError: listing each setting with a wrong type or value, what it got and what is expected.
     """
+    settings = {**(settings or {}), **more}
     problems = []
     for name, value in settings.items():
         rule = SETTING_RULES.get(name)
@@ -135,7 +165,7 @@ def check_settings(**settings: Any) -> dict[str, Any]:
     if problems:
         raise BundleSettingError("invalid bundle settings:\n" + "\n".join(problems))
     logger.info("settings: %s", _describe(settings))
-    return dict(settings)
+    return settings
 
 
 def _describe(settings: Mapping[str, Any]) -> str:

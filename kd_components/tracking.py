@@ -41,24 +41,29 @@ def run_params(
     values: Mapping[str, Any],
     network: nn.Module | None = None,
     teacher: nn.Module | None = None,
+    bundle: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, str | int | float | bool]:
     """
     The parameters of a training run, for ``MLFlowHandler(experiment_param=...)``.
 
     Args:
-        values: settings to record as they are, e.g. ``{"fold": 0, "seed": 0, "patch_size": [96, 96, 96]}``;
-            lists and other non-scalars are written as JSON, ``None`` as ``"null"``.
+        values: settings to record as they are, e.g. ``{"fold": 0, "seed": 0, "patch_size": [96, 96, 96]}``
+            (a bundle passes its ``settings``); lists and other non-scalars are written as JSON, ``None`` as ``"null"``.
         network: the trained network: adds ``network_class``, ``num_parameters`` and
             ``num_trainable_parameters``.
         teacher: a distillation teacher (``None`` when distillation is off): adds ``teacher_class`` and
             ``teacher_num_parameters``.
+        bundle: the bundle's name, recorded as ``bundle``.
+        extra: further values recorded like ``values`` (e.g. a network argument such as ``init_filters``).
 
     In a config::
 
-        "experiment_param": {"_target_": "kd_components.tracking.run_params",
-                             "values": {"fold": "@fold", "seed": "@seed"}, "network": "@network"}
+        "experiment_param": {"_target_": "kd_components.tracking.run_params", "bundle": "hybrid_teacher",
+                             "values": "@settings", "network": "@network"}
     """
-    params = {str(k): _param_value(v) for k, v in values.items()}
+    params = {} if bundle is None else {"bundle": bundle}
+    params.update({str(k): _param_value(v) for k, v in {**values, **(extra or {})}.items()})
     if network is not None:
         params["network_class"] = type(network).__name__
         params["num_parameters"] = count_parameters(network)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from monai.bundle import ConfigParser
 
-from kd_components.config_checks import BundleSettingError, as_bool, check_settings
+from kd_components.config_checks import SETTING_RULES, BundleSettingError, as_bool, check_settings
 from tests.conftest import REPO_ROOT
 
 
@@ -54,3 +56,31 @@ def test_check_settings_lists_every_wrong_setting() -> None:
 
 def test_unknown_settings_pass_unchecked() -> None:
     assert check_settings(anything="goes") == {"anything": "goes"}
+
+
+@pytest.mark.parametrize("bundle", ["hybrid_teacher", "distilled_student"])
+def test_every_bundle_setting_is_listed_once_and_has_a_rule(bundle: str) -> None:
+    """A setting's value lives at the top of ``train.json``; ``settings`` lists it (checked and tracked from
+    there) and ``SETTING_RULES`` says what it may hold. Adding a setting and forgetting either fails here."""
+    config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "train.json").read_text())
+    settings = config["settings"]
+    assert all(value == f"@{name}" for name, value in settings.items()), settings
+    assert not [name for name in settings if name not in SETTING_RULES], "settings without a rule in SETTING_RULES"
+
+    def is_value(value: object) -> bool:  # a number, a flag, a text or a list of them: not an expression or component
+        if isinstance(value, list):
+            return all(is_value(v) for v in value)
+        return isinstance(value, bool | int | float) or (isinstance(value, str) and value[:1] not in "$@")
+
+    literals = {name for name, value in config.items() if is_value(value)}
+    assert literals - {"bundle_root"} <= set(settings), f"top-level values not in settings: {literals - set(settings)}"
+    mlflow = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "mlflow.json").read_text())
+    assert mlflow["configs"]["mlflow_params"]["values"] == "@settings"
+
+
+@pytest.mark.parametrize("bundle", ["hybrid_teacher", "distilled_student"])
+def test_the_bundle_defaults_pass_the_checks(bundle: str) -> None:
+    parser = ConfigParser()
+    parser.read_config(REPO_ROOT / "bundles" / bundle / "configs" / "train.json")
+    settings = parser.get_parsed_content("settings")
+    assert check_settings(settings) == settings

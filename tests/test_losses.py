@@ -15,10 +15,15 @@ from monai.networks.nets import SegResNet
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.hooks import FeatureHooks
 from kd_components.losses import (
+    DistillationInputs,
     DistillationLoss,
+    DistillationTerm,
     FeatureAdapter,
     FeatureKDLoss,
+    FeatureTerm,
     SoftTargetKDLoss,
+    SoftTargetTerm,
+    TaskTerm,
     channel_wise_distillation,
     normalized_mse,
 )
@@ -273,73 +278,130 @@ def test_feature_loss_shape_errors() -> None:
 
 
 class Forbidden(nn.Module):
-    """A loss term that must not be computed."""
+    """A loss that must not be computed."""
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise AssertionError("an inactive distillation term was computed")
 
 
-def combined_inputs() -> dict[str, object]:
+def combined_inputs(labelled: bool = True) -> DistillationInputs:
     student, teacher = feature_maps()
-    return {
-        "student_logits": logits(8, 8, 8, requires_grad=True),
-        "teacher_logits": logits(8, 8, 8),
-        "label": (torch.rand(B, C, 8, 8, 8) > 0.5).float(),
-        "student_feats": [s.requires_grad_(True) for s in student],
-        "teacher_feats": teacher,
-    }
+    return DistillationInputs(
+        student_logits=logits(8, 8, 8, requires_grad=True),
+        teacher_logits=logits(8, 8, 8),
+        label=(torch.rand(B, C, 8, 8, 8) > 0.5).float() if labelled else None,
+        student_features={s: f.requires_grad_(True) for (_, s), f in zip(PAIRS, student, strict=True)},
+        teacher_features={t: f for (t, _), f in zip(PAIRS, teacher, strict=True)},
+    )
+
+
+def objective(
+    task: nn.Module, soft: nn.Module | None, feature: FeatureKDLoss | None, alpha: float, beta: float
+) -> DistillationLoss:
+    """The student bundle's three terms, with fixed feature scale weights (no teacher network here)."""
+    return DistillationLoss(
+        {
+            "task": TaskTerm(task),
+            "soft": SoftTargetTerm(soft, weight=alpha),
+            "feature": FeatureTerm(feature, weight=beta, scale_weights="fixed"),
+        }
+    )
 
 
 def test_distillation_loss_components_and_total() -> None:
     task, soft, feature = DiceLoss(sigmoid=True), SoftTargetKDLoss(), FeatureKDLoss(PAIRS, [4, 8], [6, 10])
-    loss = DistillationLoss(task, soft, feature, alpha=0.7, beta=0.3)
+    loss = objective(task, soft, feature, alpha=0.7, beta=0.3)
     x = combined_inputs()
-    out = loss(**x)
-    assert set(out) == {"loss", "loss_task", "loss_soft", "loss_feature"}
-    assert close(out["loss_task"], task(x["student_logits"], x["label"]))
-    assert close(out["loss_soft"], soft(x["student_logits"], x["teacher_logits"]))
-    assert close(out["loss_feature"], feature(x["student_feats"], x["teacher_feats"]))
+    out = loss(x)
+    assert set(out) == set(loss.output_keys) == {"loss", "loss_task", "loss_soft", "loss_feature"}
+    student_feats, teacher_feats = list(x.student_features.values()), list(x.teacher_features.values())
+    assert close(out["loss_task"], task(x.student_logits, x.label))
+    assert close(out["loss_soft"], soft(x.student_logits, x.teacher_logits))
+    assert close(out["loss_feature"], feature(student_feats, teacher_feats))
     assert close(out["loss"], out["loss_task"] + 0.7 * out["loss_soft"] + 0.3 * out["loss_feature"])
     assert all(not out[k].requires_grad and out[k].ndim == 0 for k in ("loss_task", "loss_soft", "loss_feature"))
     out["loss"].backward()
-    assert x["student_logits"].grad.abs().sum() > 0
-    assert all(s.grad.abs().sum() > 0 for s in x["student_feats"])
-    assert all(a.conv.conv.weight.grad is not None for a in loss.feature_loss.adapters)
+    assert x.student_logits.grad.abs().sum() > 0
+    assert all(s.grad.abs().sum() > 0 for s in student_feats)
+    assert all(a.conv.conv.weight.grad is not None for a in feature.adapters)
     assert {id(p) for p in loss.parameters()} == {id(p) for p in feature.parameters()}  # adapters reach the optimiser
+    assert loss.needs_teacher and loss.student_paths == [s for _, s in PAIRS]
+    assert loss.teacher_paths == [t for t, _ in PAIRS]
 
 
 def test_distillation_loss_with_zero_weights_is_exactly_the_task_loss() -> None:
     task = DiceLoss(sigmoid=True)
     x = combined_inputs()
-    out = DistillationLoss(task, Forbidden(), Forbidden(), alpha=0.0, beta=0.0)(
-        x["student_logits"], None, label=x["label"]
-    )
-    assert torch.equal(out["loss"], task(x["student_logits"], x["label"]))
+    x.teacher_logits = None
+    loss = objective(task, Forbidden(), None, alpha=0.0, beta=0.0)
+    out = loss(x)
+    assert torch.equal(out["loss"], task(x.student_logits, x.label))
     assert out["loss_soft"].item() == 0.0 and out["loss_feature"].item() == 0.0
+    assert not loss.needs_teacher and loss.student_paths == [] and list(loss.active_terms()) == ["task"]
 
 
 def test_distillation_loss_unlabelled_uses_only_kd_terms() -> None:
     soft, feature = SoftTargetKDLoss(), FeatureKDLoss(PAIRS, [4, 8], [6, 10])
-    x = combined_inputs()
-    x["label"] = None
-    out = DistillationLoss(Forbidden(), soft, feature, alpha=2.0, beta=0.5)(**x)
+    x = combined_inputs(labelled=False)
+    out = objective(Forbidden(), soft, feature, alpha=2.0, beta=0.5)(x)
     assert out["loss_task"].item() == 0.0
-    expected = 2.0 * soft(x["student_logits"], x["teacher_logits"]) + 0.5 * feature(
-        x["student_feats"], x["teacher_feats"]
+    expected = 2.0 * soft(x.student_logits, x.teacher_logits) + 0.5 * feature(
+        list(x.student_features.values()), list(x.teacher_features.values())
     )
     assert close(out["loss"], expected) and out["loss"] > 0
 
 
-def test_distillation_loss_errors() -> None:
+class MeanProbabilityTerm(DistillationTerm):
+    """A term from outside the project: the mean student probability, on every sample."""
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        return torch.sigmoid(inputs.student_logits).mean()
+
+
+def test_a_new_term_is_one_entry_named_in_the_output() -> None:
+    task = DiceLoss(sigmoid=True)
+    loss = DistillationLoss({"task": TaskTerm(task), "prior": MeanProbabilityTerm(weight=0.25)})
     x = combined_inputs()
+    out = loss(x)
+    assert set(out) == {"loss", "loss_task", "loss_prior"}
+    assert close(out["loss_prior"], torch.sigmoid(x.student_logits).mean())
+    assert close(out["loss"], out["loss_task"] + 0.25 * out["loss_prior"])
+    assert not loss.needs_teacher  # this term needs neither the teacher's logits nor its features
+    unlabelled = loss(combined_inputs(labelled=False))  # a term without label needs runs on unlabelled batches
+    assert unlabelled["loss_task"].item() == 0.0 and close(unlabelled["loss"], 0.25 * unlabelled["loss_prior"])
+
+
+def test_paired_batches_give_the_task_term_the_labelled_samples_only() -> None:
+    task = DiceLoss(sigmoid=True, reduction="mean")
+    x = combined_inputs()
+    x.num_labelled, x.label = 1, x.label[:1]
+    out = DistillationLoss({"task": TaskTerm(task)})(x)
+    assert close(out["loss_task"], task(x.student_logits[:1], x.label))
+    x.num_labelled = 2  # but one label
+    with pytest.raises(ValueError, match="num_labelled=2 does not fit a batch of 2 samples with 1 labels"):
+        DistillationLoss({"task": TaskTerm(task)})(x)
+
+
+def test_distillation_loss_errors() -> None:
+    x = combined_inputs(labelled=False)
     with pytest.raises(ValueError, match="nothing to learn"):
-        DistillationLoss(DiceLoss(sigmoid=True), SoftTargetKDLoss(), alpha=0.0, beta=0.0)(x["student_logits"])
+        objective(DiceLoss(sigmoid=True), SoftTargetKDLoss(), None, alpha=0.0, beta=0.0)(x)
     with pytest.raises(ValueError, match="nothing to learn"):
-        DistillationLoss(DiceLoss(sigmoid=True))(x["student_logits"], x["teacher_logits"])
-    with pytest.raises(ValueError, match="teacher_logits"):
-        DistillationLoss(DiceLoss(sigmoid=True), SoftTargetKDLoss())(x["student_logits"], None, x["label"])
+        DistillationLoss({"task": TaskTerm(DiceLoss(sigmoid=True))})(x)
+    x = combined_inputs()
+    x.teacher_logits = None
+    with pytest.raises(ValueError, match="teacher's logits"):
+        objective(DiceLoss(sigmoid=True), SoftTargetKDLoss(), None, alpha=1.0, beta=0.0)(x)
     with pytest.raises(ValueError, match="non-negative"):
-        DistillationLoss(DiceLoss(sigmoid=True), alpha=-1.0)
+        TaskTerm(DiceLoss(sigmoid=True), weight=-1.0)
+    with pytest.raises(ValueError, match="identifiers"):
+        DistillationLoss({"soft target": TaskTerm(DiceLoss(sigmoid=True))})
+    with pytest.raises(ValueError, match="must be a DistillationTerm"):
+        DistillationLoss({"task": DiceLoss(sigmoid=True)})
+    with pytest.raises(ValueError, match="at least one term"):
+        DistillationLoss({})
+    with pytest.raises(ValueError, match="scale_weights must be one of"):
+        FeatureTerm(None, scale_weights="learned")
 
 
 # ---------------------------------------------------------------- hooks
@@ -443,15 +505,24 @@ def test_hooks_capture_teacher_fused_features_for_feature_kd() -> None:
     assert all(not f.requires_grad for f in teacher_feats)
     assert close(teacher_feats[0].mean(dim=(2, 3, 4)), 0.0, tol=1e-4)  # unweighted, instance-normalised
     # end to end: 1/2..1/8 student maps against 1/2..1/16 teacher maps (the last one downsampled)
+    pairs = list(zip(teacher.feature_modules(), student_paths, strict=True))
+    feature = FeatureKDLoss(pairs, [16, 32, 64, 64], teacher.feature_channels)
     loss = DistillationLoss(
-        DiceLoss(sigmoid=True),
-        SoftTargetKDLoss(),
-        FeatureKDLoss(
-            list(zip(teacher.feature_modules(), student_paths, strict=True)), [16, 32, 64, 64], teacher.feature_channels
-        ),
+        {
+            "task": TaskTerm(DiceLoss(sigmoid=True)),
+            "soft": SoftTargetTerm(SoftTargetKDLoss()),
+            "feature": FeatureTerm(feature),
+        }
     )
+    loss.check_networks(student, teacher)
     out = loss(
-        student_logits, teacher_logits, None, student_feats, teacher_feats, scale_weights=teacher.scale_weights()
+        DistillationInputs(
+            student_logits,
+            teacher_logits,
+            student_features=dict(zip(student_paths, student_feats, strict=True)),
+            teacher_features=dict(zip(teacher.feature_modules(), teacher_feats, strict=True)),
+            teacher=teacher,
+        )
     )
     assert torch.isfinite(out["loss"]) and out["loss_feature"] > 0
-    assert close(loss.feature_loss.last_weights, torch.full((4,), 0.25))  # the teacher's weights at initialisation
+    assert close(feature.last_weights, torch.full((4,), 0.25))  # the teacher's weights at initialisation

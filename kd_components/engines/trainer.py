@@ -18,51 +18,48 @@ from torch.optim import Optimizer
 from kd_components.checkpoints.teacher import freeze
 from kd_components.data.mixing import NUM_LABELLED_KEY
 from kd_components.distributed import average_gradients
-from kd_components.hooks import FeatureHooks, resolve_module
-from kd_components.losses import DistillationLoss
+from kd_components.hooks import FeatureHooks
+from kd_components.losses import DistillationInputs, DistillationLoss
+from kd_components.losses.combined import LOSS_PREFIX
 from kd_components.networks.utils import unwrap_module
 from kd_components.transforms import brain_mask
 
-__all__ = ["SCALE_WEIGHT_SOURCES", "DistillationTrainer"]
-
-#: Where the per-scale weights of the feature loss come from: the teacher's learned fusion weights
-#: (``teacher.scale_weights()``, detached) or the feature loss's own fixed weights.
-SCALE_WEIGHT_SOURCES: tuple[str, ...] = ("teacher", "fixed")
+__all__ = ["DistillationTrainer"]
 
 
 class DistillationTrainer(SupervisedTrainer):
     """
     MONAI's :class:`~monai.engines.SupervisedTrainer` with a frozen teacher and a
-    :class:`~kd_components.losses.DistillationLoss`.
+    :class:`~kd_components.losses.DistillationLoss` (an open set of named, weighted terms).
 
-    Each iteration runs the teacher (eval mode, ``torch.no_grad()``) and the student on the same batch
-    ``image`` ``(B, 4, H, W, D)``, taps the feature maps named in the loss's ``feature_loss.pairs`` with
-    :class:`~kd_components.hooks.FeatureHooks` on both networks (so any eager network can be the
-    student), and minimises ``task + alpha * soft + beta * feature``:
+    Each iteration runs the student on the batch ``image`` ``(B, 4, H, W, D)`` and, when an active term
+    needs it (``loss_function.needs_teacher``), the teacher (eval mode, ``torch.no_grad()``) on the same
+    batch. The feature maps at the module paths the active terms name (``student_paths``,
+    ``teacher_paths``) are tapped with :class:`~kd_components.hooks.FeatureHooks` on both networks, so any
+    eager network can be the student. The terms get a :class:`~kd_components.losses.DistillationInputs`:
 
-    - the task term (e.g. DiceCE on sigmoid) only for batches with a ``label``; batches without one
-      (unlabelled scans, see :class:`~kd_components.data.MixedBatchLoader`) learn from the KD terms alone;
-      in a paired batch (``num_labelled`` = ``B_l``: labelled samples first, then unlabelled ones) the
-      task term uses the first ``B_l`` samples and the KD terms all of them;
-    - the soft-target term over brain voxels: the batch's ``brain_mask_key`` entry ``(B, 1, H, W, D)``
-      when present (computed before intensity augmentation, see ``kd_components.transforms.BrainMaskd``),
-      else :func:`~kd_components.transforms.brain_mask` of the image;
-    - the feature term weighted per scale by the teacher's learned fusion weights
-      (``feature_scale_weights="teacher"``: ``teacher.scale_weights()`` detached, restricted to the tapped
-      scales) or by the feature loss's fixed weights (``"fixed"``).
+    - ``label`` only for batches with one; a term that needs labels (the task term) is skipped for
+      batches without (unlabelled scans, see :class:`~kd_components.data.mixing.MixedBatchLoader`); in a
+      paired batch (``num_labelled`` = ``B_l``: labelled samples first, then unlabelled ones) it uses the
+      first ``B_l`` samples and the other terms all of them;
+    - ``mask``: the batch's ``brain_mask_key`` entry ``(B, 1, H, W, D)`` when present (computed before
+      intensity augmentation, see ``kd_components.transforms.BrainMaskd``), else
+      :func:`~kd_components.transforms.brain_mask` of the image;
+    - the tapped features by module path, and the teacher (e.g. for its learned scale weights).
 
-    When neither KD term is active (``alpha = beta = 0``) the teacher is not run at all: the step is
-    exactly the supervised baseline. The teacher stays frozen (``requires_grad=False``) and in eval mode
-    (re-set every iteration, after ``network.train()``), so its weights and buffers never change.
+    When no active term needs the teacher the teacher is not run at all: with the task term alone the
+    step is exactly the supervised baseline. The teacher stays frozen (``requires_grad=False``) and in
+    eval mode (re-set every iteration, after ``network.train()``), so its weights and buffers never change.
 
-    The iteration follows ``SupervisedTrainer._iteration``: the same events fire
-    (``IterationEvents.FORWARD_COMPLETED``, ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``,
-    ``MODEL_COMPLETED``), AMP uses ``torch.autocast("cuda")`` and the trainer's GradScaler when ``amp``
-    is true, and ``optim_set_to_none`` and ``accumulation_steps`` behave as there. So checkpoint, metric,
-    stats and MLflow handlers work unchanged. ``engine.state.output`` holds ``image``, ``label`` (labelled
-    batches only), ``pred`` (student logits ``(B, 3, H, W, D)``), ``loss`` (the total) and the
-    unweighted terms ``loss_task``, ``loss_soft``, ``loss_feature`` (detached scalars; 0 when not
-    computed); :func:`~kd_components.handlers.loss_components` gives them to logging handlers.
+    The iteration follows ``SupervisedTrainer._iteration`` (``tests/test_library_contract.py`` checks that
+    it still matches MONAI's): the same events fire (``IterationEvents.FORWARD_COMPLETED``,
+    ``LOSS_COMPLETED``, ``BACKWARD_COMPLETED``, ``MODEL_COMPLETED``), AMP uses ``torch.autocast("cuda")``
+    and the trainer's GradScaler when ``amp`` is true, and ``optim_set_to_none`` and
+    ``accumulation_steps`` behave as there. So checkpoint, metric, stats and MLflow handlers work
+    unchanged. ``engine.state.output`` holds ``image``, ``label`` (labelled batches only), ``pred``
+    (student logits ``(B, 3, H, W, D)``), ``loss`` (the total) and every term's unweighted value under
+    ``loss_<name>`` (detached scalars; 0 when not computed); :func:`~kd_components.handlers.loss_components`
+    gives them to logging handlers.
 
     Give the optimizer the student's parameters and the loss's (the feature adapters).
 
@@ -82,8 +79,6 @@ class DistillationTrainer(SupervisedTrainer):
         optimizer: Optimizer,
         loss_function: DistillationLoss,
         teacher: nn.Module | None = None,
-        feature_scale_weights: str = "teacher",
-        brain_mask: bool = True,
         brain_mask_key: str | None = "brain_mask",
         **kwargs: Any,
     ) -> None:
@@ -97,9 +92,7 @@ class DistillationTrainer(SupervisedTrainer):
             optimizer: optimiser over the student's parameters and ``loss_function.parameters()``.
             loss_function: the :class:`~kd_components.losses.DistillationLoss`.
             teacher: the trained teacher (e.g. from :func:`~kd_components.checkpoints.load_frozen_teacher`);
-                frozen and put in eval mode here. Needed when a KD term is active; may be ``None`` otherwise.
-            feature_scale_weights: ``"teacher"`` or ``"fixed"`` (see the class docstring). Defaults to "teacher".
-            brain_mask: restrict the soft-target term to brain voxels. Defaults to True.
+                frozen and put in eval mode here. Needed when an active term uses it; may be ``None`` otherwise.
             brain_mask_key: batch key of a precomputed brain mask ``(B, 1, H, W, D)``; when absent from a
                 batch (or ``None``), the mask is ``image != 0`` in any channel. Defaults to "brain_mask".
             kwargs: other arguments of :class:`~monai.engines.SupervisedTrainer` (``inferer``,
@@ -109,8 +102,8 @@ class DistillationTrainer(SupervisedTrainer):
 
         Raises:
             TypeError: if ``loss_function`` is not a ``DistillationLoss``.
-            ValueError: for a missing teacher, unknown feature paths, an unknown ``feature_scale_weights``,
-                a teacher without ``scale_weights()``/``feature_modules()`` with ``"teacher"`` weights, a
+            ValueError: for a missing teacher, networks that do not serve an active term (unknown feature
+                paths, teacher scale weights without a teacher that has them: ``check_networks``), a
                 teacher that shares parameters with the student, or an unsupported argument.
         """
         if not isinstance(loss_function, DistillationLoss):
@@ -118,10 +111,6 @@ class DistillationTrainer(SupervisedTrainer):
         for unsupported in ("iteration_update", "compile"):
             if kwargs.get(unsupported):
                 raise ValueError(f"DistillationTrainer does not support {unsupported}=...")
-        if feature_scale_weights not in SCALE_WEIGHT_SOURCES:
-            raise ValueError(
-                f"feature_scale_weights must be one of {SCALE_WEIGHT_SOURCES}, got {feature_scale_weights!r}"
-            )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -132,11 +121,9 @@ class DistillationTrainer(SupervisedTrainer):
             **kwargs,
         )
         self.loss_function: DistillationLoss
-        self.needs_teacher = loss_function.soft_active or loss_function.feature_active
-        if self.needs_teacher and teacher is None:
-            raise ValueError(
-                "DistillationTrainer: a teacher is needed when alpha * soft_loss or beta * feature_loss is active"
-            )
+        if loss_function.needs_teacher and teacher is None:
+            active = list(loss_function.active_terms())
+            raise ValueError(f"DistillationTrainer: a teacher is needed by the active loss terms {active}")
         if teacher is not None:
             student_params = {id(p) for p in network.parameters()}
             if any(id(p) in student_params for p in teacher.parameters()):
@@ -147,49 +134,11 @@ class DistillationTrainer(SupervisedTrainer):
             self.add_event_handler(
                 Events.EPOCH_STARTED, lambda engine: train_data_loader.set_epoch(engine.state.epoch - 1)
             )
-        self.feature_scale_weights = feature_scale_weights
-        self.brain_mask = brain_mask
         self.brain_mask_key = brain_mask_key
-        self._scale_index: list[int] | None = None
-        if loss_function.feature_active:
-            feature_loss = loss_function.feature_loss
-            for path in feature_loss.student_paths:
-                resolve_module(unwrap_module(network), path)  # fail now, not at the first iteration
-            for path in feature_loss.teacher_paths:
-                resolve_module(teacher, path)
-            if feature_scale_weights == "teacher":
-                self._scale_index = self._teacher_scale_index(teacher, feature_loss.teacher_paths)
+        loss_function.check_networks(unwrap_module(network), teacher)  # fail now, not at the first iteration
 
-    @staticmethod
-    def _teacher_scale_index(teacher: nn.Module, paths: list[str]) -> list[int]:
-        """Positions of ``paths`` among the teacher's fused scales (``teacher.feature_modules()``)."""
-        has_scales = callable(getattr(teacher, "scale_weights", None))
-        if not (has_scales and callable(getattr(teacher, "feature_modules", None))):
-            raise ValueError(
-                f'feature_scale_weights="teacher" needs a teacher with scale_weights() and feature_modules() '
-                f'(a HybridTeacher); {type(teacher).__name__} has not: use "fixed"'
-            )
-        modules = list(teacher.feature_modules())
-        unknown = [p for p in paths if p not in modules]
-        if unknown:
-            raise ValueError(
-                f'feature_scale_weights="teacher": teacher paths {unknown} are not its weighted scales {modules}; '
-                'tap those, or use "fixed"'
-            )
-        return [modules.index(p) for p in paths]
-
-    def scale_weights(self) -> torch.Tensor | None:
-        """Per-scale weights ``(num_pairs,)`` for the feature loss this iteration (``None``: the loss's fixed ones)."""
-        if self._scale_index is None or self.teacher is None:
-            return None
-        with torch.no_grad():
-            weights = self.teacher.scale_weights().detach().float()
-        return weights[self._scale_index]
-
-    def _soft_mask(self, batchdata: Any, inputs: torch.Tensor) -> torch.Tensor | None:
-        """The voxels of the soft-target term ``(B, 1, H, W, D)``, or ``None`` for all voxels."""
-        if not (self.brain_mask and self.loss_function.soft_active):
-            return None
+    def _brain_mask(self, batchdata: Any, inputs: torch.Tensor) -> torch.Tensor:
+        """The brain voxels of the batch ``(B, 1, H, W, D)``: the precomputed mask, else computed from the image."""
         key = self.brain_mask_key
         if key is not None and isinstance(batchdata, Mapping) and isinstance(batchdata.get(key), torch.Tensor):
             mask = batchdata[key].to(device=inputs.device, non_blocking=self.non_blocking)
@@ -234,40 +183,39 @@ class DistillationTrainer(SupervisedTrainer):
             kwargs: dict = {}
         else:
             inputs, targets, args, kwargs = batch
-        mask = self._soft_mask(batchdata, inputs)
+        mask = self._brain_mask(batchdata, inputs)
         num_labelled = batchdata.get(NUM_LABELLED_KEY) if isinstance(batchdata, Mapping) else None
         engine.state.output = {Keys.IMAGE: inputs}
         if targets is not None:
             engine.state.output[Keys.LABEL] = targets
         loss_fn = engine.loss_function
-        feature_loss = loss_fn.feature_loss if loss_fn.feature_active else None
+        student_paths, teacher_paths = loss_fn.student_paths, loss_fn.teacher_paths
 
         def _compute_pred_loss() -> None:
-            teacher_logits = teacher_feats = student_feats = None
+            teacher_logits = None
             with contextlib.ExitStack() as hooks:  # taps only during this forward: validation runs untapped
-                if feature_loss is not None:
-                    s_hooks = hooks.enter_context(
-                        FeatureHooks(unwrap_module(engine.network), feature_loss.student_paths)
-                    )
-                    t_hooks = hooks.enter_context(FeatureHooks(self.teacher, feature_loss.teacher_paths, detach=True))
-                if self.needs_teacher:
+                s_hooks = t_hooks = None
+                if student_paths:
+                    s_hooks = hooks.enter_context(FeatureHooks(unwrap_module(engine.network), student_paths))
+                if teacher_paths:
+                    t_hooks = hooks.enter_context(FeatureHooks(self.teacher, teacher_paths, detach=True))
+                if loss_fn.needs_teacher:
                     with torch.no_grad():
                         teacher_logits = engine.inferer(inputs, self.teacher, *args, **kwargs)
-                    teacher_feats = t_hooks.features() if feature_loss is not None else None
                 engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network, *args, **kwargs)
                 engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-                student_feats = s_hooks.features() if feature_loss is not None else None
-            terms = loss_fn(
-                engine.state.output[Keys.PRED],
-                teacher_logits,
-                targets,
-                student_feats,
-                teacher_feats,
-                mask=mask,
-                scale_weights=self.scale_weights() if feature_loss is not None else None,
-                num_labelled=num_labelled,
-            )
-            engine.state.output[Keys.LOSS] = terms.pop("loss").mean()
+                step = DistillationInputs(
+                    student_logits=engine.state.output[Keys.PRED],
+                    teacher_logits=teacher_logits,
+                    label=targets,
+                    num_labelled=num_labelled,
+                    mask=mask,
+                    student_features=dict(zip(student_paths, s_hooks.features(), strict=True)) if s_hooks else {},
+                    teacher_features=dict(zip(teacher_paths, t_hooks.features(), strict=True)) if t_hooks else {},
+                    teacher=self.teacher,
+                )
+            terms = loss_fn(step)
+            engine.state.output[Keys.LOSS] = terms.pop(LOSS_PREFIX).mean()
             engine.state.output.update(terms)
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 

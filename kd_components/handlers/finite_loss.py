@@ -9,7 +9,7 @@ import torch
 from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 
-from kd_components.handlers.loss_logging import LOSS_KEYS
+from kd_components.handlers.loss_logging import is_loss_key
 
 __all__ = ["FiniteLossGuard", "NonFiniteLossError"]
 
@@ -33,15 +33,9 @@ class FiniteLossGuard:
     :class:`~kd_components.engines.DistillationTrainer` after the loss and before ``backward()``), so the
     weights in memory never take a NaN step and no checkpoint handler sees them: training stops, and the
     last checkpoint on disk (``models/model.pt``, ``models/latest*.pt``) is the last good one. The message
-    names the epoch, the iteration and every loss term (``loss``, ``loss_task``, ``loss_soft``,
-    ``loss_feature``) with its value, so it is clear which term went wrong.
-
-    Args:
-        loss_keys: the entries of ``engine.state.output`` to check.
+    names the epoch, the iteration and every loss entry (``loss`` and the terms' ``loss_<name>``, e.g.
+    ``loss_task``, ``loss_soft``, ``loss_feature``) with its value, so it is clear which term went wrong.
     """
-
-    def __init__(self, loss_keys: tuple[str, ...] = LOSS_KEYS) -> None:
-        self.loss_keys = tuple(loss_keys)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
@@ -50,7 +44,7 @@ class FiniteLossGuard:
         output = engine.state.output
         if not isinstance(output, dict):
             return
-        values = {k: _value(output[k]) for k in self.loss_keys if k in output}
+        values = {k: _value(v) for k, v in output.items() if is_loss_key(k)}
         bad = [k for k, v in values.items() if v is not None and not math.isfinite(v)]
         if not bad:
             return

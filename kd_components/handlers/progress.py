@@ -8,6 +8,8 @@ from typing import Any
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
+from kd_components.handlers.loss_logging import is_loss_key
+
 
 def _first(value: Any) -> Any:
     """MONAI engines decollate outputs into a list of per-sample dicts; the loss is the same in each."""
@@ -17,11 +19,12 @@ def _first(value: Any) -> Any:
 class ProgressBar:
     """Ignite's :class:`~ignite.handlers.ProgressBar`, attachable from a config (``attach(engine)`` only).
 
-    Shows the values under ``output_keys`` of the iteration output (e.g. ``["loss"]``, or the loss
-    components of distillation) and, with ``metric_names="all"``, the engine's metrics.
+    Shows values of the iteration output (by default its loss entries: ``loss`` and, for distillation,
+    each term's ``loss_<name>``) and, with ``metric_names="all"``, the engine's metrics.
 
     Args:
-        output_keys: keys of ``engine.state.output`` (a dict, or MONAI's list of per-sample dicts) to show.
+        output_keys: keys of ``engine.state.output`` (a dict, or MONAI's list of per-sample dicts) to show;
+            ``None`` (the default) shows every loss entry (:func:`~kd_components.handlers.loss_logging.is_loss_key`).
         metric_names: passed to Ignite (``"all"`` or a list of metric names); ``None`` shows none.
         desc: text before the bar.
         persist: keep the bar on screen after each epoch.
@@ -29,12 +32,12 @@ class ProgressBar:
 
     def __init__(
         self,
-        output_keys: Sequence[str] = ("loss",),
+        output_keys: Sequence[str] | None = None,
         metric_names: str | Sequence[str] | None = None,
         desc: str | None = None,
         persist: bool = False,
     ) -> None:
-        self.output_keys = list(output_keys)
+        self.output_keys = None if output_keys is None else list(output_keys)
         self.metric_names = metric_names
         self.bar = IgniteProgressBar(persist=persist, desc=desc or "")
 
@@ -42,7 +45,8 @@ class ProgressBar:
         item = _first(output)
         if not isinstance(item, dict):
             return {}
-        return {k: float(_first(item[k])) for k in self.output_keys if k in item}
+        keys = [k for k in item if is_loss_key(k)] if self.output_keys is None else self.output_keys
+        return {k: float(_first(item[k])) for k in keys if k in item}
 
     def attach(self, engine: Engine) -> None:
         self.bar.attach(engine, metric_names=self.metric_names, output_transform=self._values)

@@ -1,6 +1,6 @@
-"""Distillation losses: soft targets, multi-scale features, and their weighted sum."""
+"""Distillation losses: soft targets, multi-scale features, and the objective as named, weighted terms."""
 
-from kd_components.losses.combined import DistillationLoss
+from kd_components.losses.combined import LOSS_PREFIX, DistillationLoss, loss_key
 from kd_components.losses.feature import (
     FEATURE_DISTANCES,
     FeatureAdapter,
@@ -11,16 +11,32 @@ from kd_components.losses.feature import (
     standardize_channels,
 )
 from kd_components.losses.soft_target import SOFT_TARGET_MODES, SoftTargetKDLoss
+from kd_components.losses.terms import (
+    SCALE_WEIGHT_SOURCES,
+    DistillationInputs,
+    DistillationTerm,
+    FeatureTerm,
+    SoftTargetTerm,
+    TaskTerm,
+)
 
 __all__ = [
     "FEATURE_DISTANCES",
+    "LOSS_PREFIX",
+    "SCALE_WEIGHT_SOURCES",
     "SOFT_TARGET_MODES",
+    "DistillationInputs",
     "DistillationLoss",
+    "DistillationTerm",
     "FeatureAdapter",
     "FeatureKDLoss",
+    "FeatureTerm",
     "SoftTargetKDLoss",
+    "SoftTargetTerm",
+    "TaskTerm",
     "build_feature_kd_loss",
     "channel_wise_distillation",
+    "loss_key",
     "normalized_mse",
     "standardize_channels",
 ]

@@ -1,140 +1,122 @@
-"""The distillation objective: the task loss plus weighted soft-target and feature KD terms."""
+"""The distillation objective: a weighted sum of named terms declared in the bundle config."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["DistillationLoss"]
+from kd_components.losses.terms import DistillationInputs, DistillationTerm
+
+__all__ = ["LOSS_PREFIX", "DistillationLoss", "loss_key"]
+
+#: ``engine.state.output`` holds the total under ``"loss"`` and the unweighted term ``name`` under ``"loss_<name>"``.
+LOSS_PREFIX = "loss"
+
+
+def loss_key(name: str) -> str:
+    """The output and logging key of the term ``name``: ``"loss_<name>"`` (e.g. ``loss_soft``)."""
+    return f"{LOSS_PREFIX}_{name}"
 
 
 class DistillationLoss(nn.Module):
     """
-    ``loss = task(student_logits, label) + alpha * soft(student_logits, teacher_logits)
-    + beta * feature(student_feats, teacher_feats)``.
+    ``loss = sum_name weight_name * term_name(inputs)`` over the active terms, an open set of
+    :class:`~kd_components.losses.DistillationTerm` modules named in the config.
 
-    The task term is used only when a ``label`` is given: unlabelled batches learn from the KD terms
-    alone. A KD term is *active* when its loss is given and its weight is non-zero; an inactive term is
-    not computed at all (no teacher outputs needed), so ``alpha = beta = 0`` is exactly the task loss:
-    the no-distillation baseline. The feature loss's adapters are submodules of this module: give
-    ``loss.parameters()`` to the optimiser along with the student's.
+    A term that needs labels (the task term) is skipped for a batch without labels: unlabelled batches
+    learn from the other terms alone. A term with weight 0 (or without its loss, e.g. a feature term
+    disabled with ``beta = 0``) is not computed at all, so the task term alone is exactly the supervised
+    baseline, and the teacher is not even run (:attr:`needs_teacher`). The terms' parameters (the feature
+    adapters) are this module's: give ``loss.parameters()`` to the optimiser with the student's.
 
-    ``forward`` returns a dict: ``"loss"`` (the total, with its graph) and ``"loss_task"``,
-    ``"loss_soft"``, ``"loss_feature"``: the unweighted terms, detached for logging (zero tensors for
-    terms not computed), so that ``loss = loss_task + alpha * loss_soft + beta * loss_feature``.
+    ``forward`` returns a dict: ``"loss"`` (the total, with its graph) and ``"loss_<name>"`` for every
+    declared term: its unweighted value, detached for logging (0 when not computed). The logging handlers
+    (:func:`~kd_components.handlers.loss_components`) take the names from there.
 
-    Example::
+    Example (what the student's ``train.json`` declares)::
 
-        loss = DistillationLoss(DiceFocalLoss(sigmoid=True), SoftTargetKDLoss(4.0), FeatureKDLoss(...), 1.0, 0.5)
-        out = loss(student_logits, teacher_logits, label, s_hooks.features(), t_hooks.features(), mask=brain)
+        loss = DistillationLoss({
+            "task": TaskTerm(DiceCELoss(sigmoid=True)),
+            "soft": SoftTargetTerm(SoftTargetKDLoss(4.0), weight=1.0),
+            "feature": FeatureTerm(build_feature_kd_loss(student, teacher, pairs), weight=0.1),
+        })
+        out = loss(DistillationInputs(student_logits, teacher_logits, label, ...))
         out["loss"].backward()
+
+    Args:
+        terms: term name -> term module; a ``None`` module is a declared but inactive term. Names are
+            identifiers (letters, digits, ``_``).
+
+    Raises:
+        ValueError: for no terms, a name that is not an identifier, or a module that is not a DistillationTerm.
     """
 
-    def __init__(
-        self,
-        task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        soft_loss: nn.Module | None = None,
-        feature_loss: nn.Module | None = None,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-    ) -> None:
-        """
-        Args:
-            task_loss: supervised loss ``task_loss(student_logits, label) -> scalar``, e.g. MONAI's
-                ``DiceFocalLoss(sigmoid=True)`` on the ``[TC, WT, ET]`` channels.
-            soft_loss: the soft-target term, ``soft_loss(student_logits, teacher_logits, mask=...)``
-                (a :class:`~kd_components.losses.SoftTargetKDLoss`), or ``None``.
-            feature_loss: the feature term, ``feature_loss(student_feats, teacher_feats, scale_weights=...)``
-                (a :class:`~kd_components.losses.FeatureKDLoss`), or ``None``.
-            alpha: weight of the soft-target term, non-negative. Defaults to 1.0.
-            beta: weight of the feature term, non-negative. Defaults to 1.0.
-
-        Raises:
-            ValueError: for a negative weight.
-        """
+    def __init__(self, terms: Mapping[str, DistillationTerm | None]) -> None:
         super().__init__()
-        if alpha < 0 or beta < 0:
-            raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
-        self.task_loss = task_loss
-        self.soft_loss = soft_loss
-        self.feature_loss = feature_loss
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        if not terms:
+            raise ValueError("DistillationLoss needs at least one term")
+        for name, term in terms.items():
+            if not (isinstance(name, str) and name.isidentifier()):
+                raise ValueError(f"loss term names must be identifiers, got {name!r}")
+            if term is not None and not isinstance(term, DistillationTerm):
+                raise ValueError(f"loss term {name!r} must be a DistillationTerm, got {type(term).__name__}")
+        self.names: list[str] = list(terms)
+        self.terms = nn.ModuleDict({name: term for name, term in terms.items() if term is not None})
+
+    def active_terms(self) -> dict[str, DistillationTerm]:
+        """The terms that are computed, by name."""
+        return {name: term for name, term in self.terms.items() if term.active}
 
     @property
-    def soft_active(self) -> bool:
-        """Whether the soft-target term is computed (a loss is given and ``alpha != 0``)."""
-        return self.soft_loss is not None and self.alpha != 0
+    def needs_teacher(self) -> bool:
+        """Whether an active term needs the teacher's logits or features."""
+        return any(t.needs_teacher or t.teacher_paths for t in self.active_terms().values())
 
     @property
-    def feature_active(self) -> bool:
-        """Whether the feature term is computed (a loss is given and ``beta != 0``)."""
-        return self.feature_loss is not None and self.beta != 0
+    def student_paths(self) -> list[str]:
+        """The student module paths that active terms tap (each once, in order)."""
+        return list(dict.fromkeys(p for t in self.active_terms().values() for p in t.student_paths))
 
-    def forward(
-        self,
-        student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor | None = None,
-        label: torch.Tensor | None = None,
-        student_feats: Sequence[torch.Tensor] | None = None,
-        teacher_feats: Sequence[torch.Tensor] | None = None,
-        mask: torch.Tensor | None = None,
-        scale_weights: torch.Tensor | None = None,
-        num_labelled: int | None = None,
-    ) -> dict[str, torch.Tensor]:
+    @property
+    def teacher_paths(self) -> list[str]:
+        """The teacher module paths that active terms tap (each once, in order)."""
+        return list(dict.fromkeys(p for t in self.active_terms().values() for p in t.teacher_paths))
+
+    @property
+    def output_keys(self) -> list[str]:
+        """``["loss", "loss_<name>", ...]``: the keys :meth:`forward` returns."""
+        return [LOSS_PREFIX, *(loss_key(n) for n in self.names)]
+
+    def check_networks(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Let every active term check the networks before training (see ``DistillationTerm.check_networks``)."""
+        for term in self.active_terms().values():
+            term.check_networks(student, teacher)
+
+    def forward(self, inputs: DistillationInputs) -> dict[str, torch.Tensor]:
         """
         Args:
-            student_logits: student logits ``(B, C, H, W, D)``.
-            teacher_logits: teacher logits ``(B, C, H, W, D)``; needed when the soft term is active.
-            label: target for the task loss, e.g. ``(B, C, H, W, D)`` region masks, or ``None`` for an
-                unlabelled batch.
-            student_feats: student feature maps, one per scale (needed when the feature term is active).
-            teacher_feats: teacher feature maps, one per scale (needed when the feature term is active).
-            mask: optional voxel mask ``(B, 1, H, W, D)`` for the soft term (e.g. brain voxels).
-            scale_weights: optional per-scale weights ``(S,)`` for the feature term (e.g. the teacher's
-                ``scale_weights().detach()``).
-            num_labelled: in a batch of labelled and unlabelled samples (the labelled first, see
-                :func:`~kd_components.data.mixing.concat_batches`), the number ``B_l`` of labelled ones:
-                ``label`` is ``(B_l, C, H, W, D)`` and the task term uses ``student_logits[:B_l]``; the
-                distillation terms use the whole batch. ``None``: every sample has its label.
+            inputs: the step's logits, labels, mask and tapped features.
 
         Returns:
-            ``{"loss": total, "loss_task": ..., "loss_soft": ..., "loss_feature": ...}`` (the last three
-            detached scalars).
+            ``{"loss": total, "loss_<name>": unweighted value, ...}`` (the terms detached scalars).
 
         Raises:
-            ValueError: with no label and no active KD term (nothing to learn from), or when an active
-                term's teacher/student inputs are missing.
+            ValueError: when no active term applies to the batch (no label and no distillation term).
         """
-        if label is None and not (self.soft_active or self.feature_active):
-            raise ValueError(
-                "DistillationLoss: no label and no active distillation term (alpha * soft_loss and "
-                "beta * feature_loss are both off): this batch has nothing to learn from"
-            )
-        zero = torch.zeros((), device=student_logits.device)
-        terms = {"loss_task": zero, "loss_soft": zero, "loss_feature": zero}
+        zero = torch.zeros((), device=inputs.student_logits.device)
+        values = {loss_key(name): zero for name in self.names}
         total: torch.Tensor | None = None
-        if label is not None:
-            labelled_logits = student_logits
-            if num_labelled is not None:
-                if not 0 < num_labelled <= student_logits.shape[0] or label.shape[0] != num_labelled:
-                    raise ValueError(
-                        f"DistillationLoss: num_labelled={num_labelled} does not fit a batch of "
-                        f"{student_logits.shape[0]} samples with {label.shape[0]} labels"
-                    )
-                labelled_logits = student_logits[:num_labelled]
-            terms["loss_task"] = total = self.task_loss(labelled_logits, label)
-        if self.soft_active:
-            if teacher_logits is None:
-                raise ValueError("DistillationLoss: alpha > 0 with a soft_loss needs teacher_logits")
-            terms["loss_soft"] = soft = self.soft_loss(student_logits, teacher_logits, mask=mask)
-            total = self.alpha * soft if total is None else total + self.alpha * soft
-        if self.feature_active:
-            if student_feats is None or teacher_feats is None:
-                raise ValueError("DistillationLoss: beta > 0 with a feature_loss needs student_feats and teacher_feats")
-            terms["loss_feature"] = feat = self.feature_loss(student_feats, teacher_feats, scale_weights=scale_weights)
-            total = self.beta * feat if total is None else total + self.beta * feat
-        assert total is not None  # guaranteed by the check above
-        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+        for name, term in self.active_terms().items():
+            if term.needs_label and inputs.label is None:
+                continue
+            value = term(inputs)
+            values[loss_key(name)] = value.detach()
+            total = term.weight * value if total is None else total + term.weight * value
+        if total is None:
+            raise ValueError(
+                "DistillationLoss: no active term applies to this batch (no label, and no distillation term "
+                f"with a non-zero weight among {self.names}): it has nothing to learn from"
+            )
+        return {LOSS_PREFIX: total, **values}

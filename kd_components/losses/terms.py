@@ -1,0 +1,286 @@
+"""The terms of the distillation objective: each one a name, a weight and a module in the bundle config.
+
+A term sees one step's :class:`DistillationInputs` (the student's and the teacher's logits, the labels,
+the brain mask and the feature maps tapped by module path) and returns a scalar. It says what it needs
+(``needs_label``, ``needs_teacher``, ``student_paths``, ``teacher_paths``), so that
+:class:`~kd_components.engines.DistillationTrainer` runs the teacher and places feature hooks only when
+an active term asks for them. A new term (e.g. a pseudo-label term for unlabelled scans) is a subclass
+of :class:`DistillationTerm` and one entry under ``loss_terms`` in the student's ``train.json``::
+
+    "loss_terms": {
+        "task": {"_target_": "kd_components.losses.TaskTerm", "loss": "@task_loss"},
+        "soft": {"_target_": "kd_components.losses.SoftTargetTerm", "loss": "@soft_loss", "weight": "@alpha"},
+        "pseudo": {"_target_": "my_package.PseudoLabelTerm", "threshold": 0.9, "weight": 0.5}
+    }
+
+Its unweighted value is then logged as ``loss_pseudo`` by the progress bar, ``StatsHandler``,
+TensorBoard and MLflow, with no other edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from kd_components.hooks import resolve_module
+from kd_components.losses.feature import FeatureKDLoss
+
+__all__ = [
+    "SCALE_WEIGHT_SOURCES",
+    "DistillationInputs",
+    "DistillationTerm",
+    "FeatureTerm",
+    "SoftTargetTerm",
+    "TaskTerm",
+]
+
+#: Where :class:`FeatureTerm` takes its per-scale weights from: the teacher's learned fusion weights
+#: (``teacher.scale_weights()``, detached) or the feature loss's own fixed weights.
+SCALE_WEIGHT_SOURCES: tuple[str, ...] = ("teacher", "fixed")
+
+
+@dataclass
+class DistillationInputs:
+    """What the terms of one distillation step may use.
+
+    Attributes:
+        student_logits: the student's logits ``(B, C, H, W, D)``.
+        teacher_logits: the frozen teacher's logits ``(B, C, H, W, D)``; ``None`` when no active term
+            needs the teacher.
+        label: the targets ``(B_l, C, H, W, D)`` of the first ``B_l`` samples, or ``None`` for a batch
+            without labels.
+        num_labelled: ``B_l`` in a batch of labelled samples followed by unlabelled ones (see
+            :func:`~kd_components.data.mixing.concat_batches`); ``None``: every sample has its label.
+        mask: brain voxels ``(B, 1, H, W, D)`` (uint8 or bool), or ``None``.
+        student_features: the student's tapped feature maps by module path, ``(B, C_i, h_i, w_i, d_i)``.
+        teacher_features: the teacher's tapped feature maps by module path (detached).
+        teacher: the frozen teacher itself (e.g. for its learned scale weights), or ``None``.
+    """
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    label: torch.Tensor | None = None
+    num_labelled: int | None = None
+    mask: torch.Tensor | None = None
+    student_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    teacher_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    teacher: nn.Module | None = None
+
+    def labelled_logits(self) -> torch.Tensor:
+        """The student's logits of the labelled samples ``(B_l, C, H, W, D)``.
+
+        Raises:
+            ValueError: when ``num_labelled`` does not fit the batch or the labels.
+        """
+        if self.num_labelled is None:
+            return self.student_logits
+        batch = self.student_logits.shape[0]
+        labels = None if self.label is None else self.label.shape[0]
+        if not 0 < self.num_labelled <= batch or labels != self.num_labelled:
+            raise ValueError(
+                f"num_labelled={self.num_labelled} does not fit a batch of {batch} samples with {labels} labels"
+            )
+        return self.student_logits[: self.num_labelled]
+
+
+class DistillationTerm(nn.Module):
+    """One weighted term of :class:`~kd_components.losses.DistillationLoss`.
+
+    Subclasses implement :meth:`forward` (``DistillationInputs -> scalar``, the *unweighted* value) and
+    set what they need. A term is *active* when its weight is non-zero and it is usable (see
+    :attr:`active`); an inactive term is not computed and logs 0.
+
+    Attributes:
+        needs_label: the term is computed only for batches with labels (skipped, and logged 0, otherwise).
+        needs_teacher: the term uses ``teacher_logits`` (the trainer then runs the teacher).
+
+    Args:
+        weight: the term's weight in the total, non-negative. Defaults to 1.0.
+
+    Raises:
+        ValueError: for a negative or non-finite weight.
+    """
+
+    needs_label: bool = False
+    needs_teacher: bool = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        weight = float(weight)
+        if not (weight >= 0 and weight != float("inf")):
+            raise ValueError(f"{type(self).__name__}: weight must be a finite non-negative number, got {weight}")
+        self.weight = weight
+
+    @property
+    def active(self) -> bool:
+        """Whether the term is computed: a non-zero weight (subclasses add their own conditions)."""
+        return self.weight != 0
+
+    @property
+    def student_paths(self) -> list[str]:
+        """Module paths of the student whose outputs this term uses (feature hooks go there)."""
+        return []
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        """Module paths of the teacher whose outputs this term uses."""
+        return []
+
+    def check_networks(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Fail before training when the networks cannot serve this term (by default: unknown module paths).
+
+        Args:
+            student: the bare student (not a DDP wrapper).
+            teacher: the frozen teacher, or ``None``.
+
+        Raises:
+            ValueError: for an unknown module path (the message lists valid paths nearby), or a missing teacher.
+        """
+        for path in self.student_paths:
+            resolve_module(student, path)
+        if self.teacher_paths and teacher is None:
+            raise ValueError(f"{type(self).__name__} taps the teacher's {self.teacher_paths}, but there is no teacher")
+        for path in self.teacher_paths:
+            resolve_module(teacher, path)
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        """The unweighted value of the term for one step (a scalar tensor)."""
+        raise NotImplementedError
+
+
+class TaskTerm(DistillationTerm):
+    """The supervised term: ``loss(student_logits[:B_l], label)`` on the labelled samples of the batch.
+
+    Args:
+        loss: a supervised loss ``loss(logits, label) -> scalar``, e.g. MONAI's ``DiceCELoss(sigmoid=True)``
+            on the ``[TC, WT, ET]`` channels.
+        weight: its weight. Defaults to 1.0.
+    """
+
+    needs_label = True
+
+    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], weight: float = 1.0) -> None:
+        super().__init__(weight)
+        self.loss = loss
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        if inputs.label is None:
+            raise ValueError("TaskTerm: the batch has no label")
+        return self.loss(inputs.labelled_logits(), inputs.label)
+
+
+class SoftTargetTerm(DistillationTerm):
+    """Soft targets: ``loss(student_logits, teacher_logits, mask=brain)`` over every sample of the batch.
+
+    Args:
+        loss: a soft-target loss called as ``loss(student_logits, teacher_logits, mask=...)``, e.g.
+            :class:`~kd_components.losses.SoftTargetKDLoss`; ``None`` makes the term inactive.
+        weight: its weight (``alpha``). Defaults to 1.0.
+        masked: restrict it to the brain mask of :class:`DistillationInputs` (when there is one).
+            Defaults to True.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, loss: nn.Module | None, weight: float = 1.0, masked: bool = True) -> None:
+        super().__init__(weight)
+        self.loss = loss
+        self.masked = masked
+
+    @property
+    def active(self) -> bool:
+        return self.loss is not None and super().active
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        if self.loss is None or inputs.teacher_logits is None:
+            raise ValueError("SoftTargetTerm needs a loss and the teacher's logits")
+        mask = inputs.mask if self.masked else None
+        return self.loss(inputs.student_logits, inputs.teacher_logits, mask=mask)
+
+
+class FeatureTerm(DistillationTerm):
+    """Multi-scale feature distillation with a :class:`~kd_components.losses.FeatureKDLoss` (its adapters
+    are this term's parameters), on the maps tapped at the loss's ``pairs``.
+
+    The per-scale weights are the teacher's learned fusion weights (``scale_weights="teacher"``:
+    ``teacher.scale_weights()`` detached, restricted to the tapped scales; needs a teacher with
+    ``scale_weights()`` and ``feature_modules()``, a :class:`~kd_components.networks.HybridTeacher`) or
+    the loss's own fixed weights (``"fixed"``).
+
+    Args:
+        loss: the feature loss (e.g. from :func:`~kd_components.losses.build_feature_kd_loss`); ``None``
+            makes the term inactive (the bundle disables it when ``beta`` is 0).
+        weight: its weight (``beta``). Defaults to 1.0.
+        scale_weights: ``"teacher"`` or ``"fixed"``. Defaults to "teacher".
+
+    Raises:
+        ValueError: for an unknown ``scale_weights``.
+    """
+
+    def __init__(self, loss: FeatureKDLoss | None, weight: float = 1.0, scale_weights: str = "teacher") -> None:
+        super().__init__(weight)
+        if scale_weights not in SCALE_WEIGHT_SOURCES:
+            raise ValueError(f"scale_weights must be one of {SCALE_WEIGHT_SOURCES}, got {scale_weights!r}")
+        self.loss = loss
+        self.scale_weights = scale_weights
+        self._scale_index: list[int] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.loss is not None and super().active
+
+    @property
+    def student_paths(self) -> list[str]:
+        return [] if self.loss is None else self.loss.student_paths
+
+    @property
+    def teacher_paths(self) -> list[str]:
+        return [] if self.loss is None else self.loss.teacher_paths
+
+    def check_networks(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Resolve the paths and, with ``"teacher"`` weights, find the tapped scales among the teacher's.
+
+        Raises:
+            ValueError: for unknown paths, or ``"teacher"`` weights with a teacher that has no learned
+                scale weights or whose weighted scales are not the tapped ones.
+        """
+        super().check_networks(student, teacher)
+        if self.scale_weights == "teacher" and self.teacher_paths:
+            self._scale_index = self._teacher_scale_index(teacher)
+
+    def _teacher_scale_index(self, teacher: nn.Module | None) -> list[int]:
+        """Positions of the tapped teacher paths among the teacher's weighted scales (``feature_modules()``)."""
+        has = [callable(getattr(teacher, name, None)) for name in ("scale_weights", "feature_modules")]
+        if not all(has):
+            raise ValueError(
+                f'scale_weights="teacher" needs a teacher with scale_weights() and feature_modules() '
+                f'(a HybridTeacher); {type(teacher).__name__} has not: use "fixed"'
+            )
+        modules = list(teacher.feature_modules())
+        unknown = [p for p in self.teacher_paths if p not in modules]
+        if unknown:
+            raise ValueError(
+                f'scale_weights="teacher": teacher paths {unknown} are not its weighted scales {modules}; '
+                'tap those, or use "fixed"'
+            )
+        return [modules.index(p) for p in self.teacher_paths]
+
+    def teacher_scale_weights(self, teacher: nn.Module | None) -> torch.Tensor | None:
+        """The per-scale weights ``(num_pairs,)`` taken from ``teacher``, or ``None`` for the loss's fixed ones."""
+        if self.scale_weights != "teacher" or teacher is None:
+            return None
+        if self._scale_index is None:
+            self._scale_index = self._teacher_scale_index(teacher)
+        with torch.no_grad():
+            weights = teacher.scale_weights().detach().float()
+        return weights[self._scale_index]
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        if self.loss is None:
+            raise ValueError("FeatureTerm has no feature loss")
+        student = [inputs.student_features[p] for p in self.student_paths]
+        teacher = [inputs.teacher_features[p] for p in self.teacher_paths]
+        return self.loss(student, teacher, scale_weights=self.teacher_scale_weights(inputs.teacher))
