@@ -8,9 +8,7 @@ import pytest
 from monai.bundle import verify_metadata
 
 from kd_components.constants import MODALITIES, REGIONS
-from tests.conftest import REPO_ROOT
-
-SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
+from tests.conftest import METADATA_SCHEMA, REPO_ROOT
 
 
 @pytest.mark.parametrize("bundle", ["hybrid_teacher", "distilled_student"])
@@ -22,6 +20,6 @@ def test_metadata_is_valid_and_matches_the_conventions(bundle: str) -> None:
     assert list(fmt["outputs"]["pred"]["channel_def"].values()) == list(REGIONS)
     assert fmt["inputs"]["image"]["num_channels"] == len(MODALITIES)
     assert fmt["outputs"]["pred"]["num_channels"] == len(REGIONS)
-    if not SCHEMA.exists():
-        pytest.skip(f"local MONAI metadata schema not found at {SCHEMA}")
-    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))
+    if not METADATA_SCHEMA.exists():
+        pytest.skip(f"local MONAI metadata schema not found at {METADATA_SCHEMA}")
+    verify_metadata(meta_file=str(meta_file), filepath=str(METADATA_SCHEMA))

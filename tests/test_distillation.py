@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow, ckpt_export
+from monai.bundle import ckpt_export
 from monai.data import load_net_with_metadata
 from monai.engines.utils import IterationEvents
 from monai.handlers import StatsHandler
@@ -26,34 +21,37 @@ from monai.losses import DiceCELoss
 
 from kd_components.checkpoints import TeacherCheckpointError, load_frozen_teacher
 from kd_components.config_checks import BundleSettingError, check_settings
-from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
+from kd_components.constants import MODALITIES, REGIONS
 from kd_components.data.mixing import MixedBatchLoader, concat_batches
 from kd_components.engines import DistillationTrainer
 from kd_components.handlers import every_n_iterations, loss_components
-from kd_components.losses import DistillationLoss, SoftTargetKDLoss, build_feature_kd_loss
-from kd_components.networks import build_teacher
+from kd_components.losses import (
+    DistillationLoss,
+    FeatureTerm,
+    SoftTargetKDLoss,
+    SoftTargetTerm,
+    TaskTerm,
+    build_feature_kd_loss,
+)
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
 from kd_components.transforms import BrainMaskd, brain_mask
-from tests.conftest import REPO_ROOT, write_phantom_datalist
+from tests.conftest import (
+    REPO_ROOT,
+    SMALL_PATCHES,
+    STUDENT_BUNDLE_TINY,
+    TINY_TEACHER,
+    assert_evaluation_metrics,
+    assert_label_map_of,
+    build_tiny_teacher,
+    bundle_command,
+    bundle_workflow,
+    phantom_overrides,
+    run_checked,
+)
 
 BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 CONFIGS = BUNDLE / "configs"
-PATCH = (32, 32, 32)
-#: A teacher small enough for CPU tests (the demo configuration, thinner), as in tests/test_teacher_bundle.py.
-TINY_TEACHER: dict[str, Any] = {
-    "vgg_width": 4,
-    "vit_hidden_size": 48,
-    "vit_mlp_dim": 96,
-    "vit_num_layers": 4,
-    "vit_num_heads": 2,
-    "vit_out_layers": [1, 2, 3, 4],
-    "fusion_channels": [4, 8, 8, 16],
-    "decoder_channels": [4, 8, 8, 16],
-}
-#: Small patches and sliding windows for the bundle configs (inference.json has no teacher).
-SMALL = {"patch_size": list(PATCH), "num_workers": 0, "sw_batch_size": 8, "sw_overlap": 0.0}
-#: The tiny teacher and small patches as train.json overrides.
-TINY = {"teacher_config": "demo", **{f"teacher_def#{k}": v for k, v in TINY_TEACHER.items()}, **SMALL}
+PATCH = tuple(SMALL_PATCHES["patch_size"])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +59,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny_teacher(**overrides: Any) -> nn.Module:
     torch.manual_seed(0)
-    return build_teacher("demo", **{**TINY_TEACHER, "img_size": PATCH, **overrides})
+    return build_tiny_teacher(**{"img_size": PATCH, **overrides})
 
 
 def tiny_student() -> nn.Module:
@@ -86,12 +84,19 @@ def make_trainer(
     alpha: float = 1.0,
     beta: float = 1.0,
     teacher: nn.Module | None = None,
+    scale_weights: str = "teacher",
     **kwargs: Any,
 ) -> tuple[DistillationTrainer, DistillationLoss, nn.Module, nn.Module | None]:
+    """A trainer with the student bundle's three terms (task, soft, feature), as its ``train.json`` declares them."""
     student = tiny_student()
     teacher = tiny_teacher() if teacher is None and (alpha or beta) else teacher
     feature_loss = build_feature_kd_loss(student, teacher, DEFAULT_FEATURE_PAIRS) if teacher is not None else None
-    loss = DistillationLoss(DiceCELoss(sigmoid=True), SoftTargetKDLoss(4.0), feature_loss, alpha=alpha, beta=beta)
+    terms = {
+        "task": TaskTerm(DiceCELoss(sigmoid=True)),
+        "soft": SoftTargetTerm(SoftTargetKDLoss(4.0), weight=alpha),
+        "feature": FeatureTerm(feature_loss, weight=beta, scale_weights=scale_weights),
+    }
+    loss = DistillationLoss(terms)
     optimizer = torch.optim.Adam([*student.parameters(), *loss.parameters()], lr=1e-2)
     trainer = DistillationTrainer(
         device="cpu",
@@ -122,7 +127,7 @@ def test_trainer_fires_events_logs_components_trains_student_and_adapters_and_ke
     batches = [labelled_batch(0), unlabelled_batch(1), labelled_batch(2)]
     trainer, loss, student, _ = make_trainer(batches, teacher=teacher)
     teacher.train()  # e.g. a handler switched modes: the trainer re-sets eval mode every iteration
-    student_before, adapters_before = clone_state(student), clone_state(loss.feature_loss)
+    student_before, adapters_before = clone_state(student), clone_state(loss.terms.feature)
 
     events: Counter[str] = Counter()
     for event in (*IterationEvents, Events.ITERATION_COMPLETED):
@@ -152,7 +157,7 @@ def test_trainer_fires_events_logs_components_trains_student_and_adapters_and_ke
         assert out["loss"] == pytest.approx(total, rel=1e-5)
     # the student and the adapters learned; the teacher did not change at all and stayed frozen in eval mode
     assert any(not torch.equal(v, student.state_dict()[k]) for k, v in student_before.items())
-    assert any(not torch.equal(v, loss.feature_loss.state_dict()[k]) for k, v in adapters_before.items())
+    assert any(not torch.equal(v, loss.terms.feature.state_dict()[k]) for k, v in adapters_before.items())
     after = teacher.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert teacher_modes == [False] * 3 and not teacher.training
@@ -220,16 +225,25 @@ def test_amp_branch_steps_through_the_grad_scaler() -> None:
 
 def test_feature_scale_weights_are_the_teachers_or_fixed() -> None:
     trainer, loss, _, teacher = make_trainer([labelled_batch(0)])
-    torch.testing.assert_close(trainer.scale_weights(), teacher.scale_weights().detach())
+    feature = loss.terms.feature
+    torch.testing.assert_close(feature.teacher_scale_weights(teacher), teacher.scale_weights().detach())
     trainer.run()
-    torch.testing.assert_close(loss.feature_loss.last_weights, teacher.scale_weights().detach())
-    fixed, *_ = make_trainer([labelled_batch(0)], feature_scale_weights="fixed")
-    assert fixed.scale_weights() is None
-    with pytest.raises(ValueError, match="feature_scale_weights must be one of"):
-        make_trainer([labelled_batch(0)], feature_scale_weights="learned")
-    with pytest.raises(ValueError, match="a teacher is needed"):
-        soft_only = DistillationLoss(DiceCELoss(sigmoid=True), SoftTargetKDLoss())
+    torch.testing.assert_close(feature.loss.last_weights, teacher.scale_weights().detach())
+    fixed_trainer, fixed, *_ = make_trainer([labelled_batch(0)], scale_weights="fixed")
+    assert fixed.terms.feature.teacher_scale_weights(teacher) is None
+    fixed_trainer.run()
+    torch.testing.assert_close(fixed.terms.feature.loss.last_weights, torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match="a teacher is needed by the active loss terms"):
+        soft_only = DistillationLoss(
+            {"task": TaskTerm(DiceCELoss(sigmoid=True)), "soft": SoftTargetTerm(SoftTargetKDLoss())}
+        )
         DistillationTrainer("cpu", 1, [], tiny_student(), trainer.optimizer, soft_only)
+    with pytest.raises(ValueError, match=r"has no submodule 'fusion.fuse.9'"):
+        bad = build_feature_kd_loss(tiny_student(), teacher, [("fusion.fuse.0", "down_layers.1")])
+        bad.pairs[0] = ("fusion.fuse.9", "down_layers.1")
+        DistillationTrainer(
+            "cpu", 1, [], tiny_student(), trainer.optimizer, DistillationLoss({"f": FeatureTerm(bad)}), teacher=teacher
+        )
 
 
 def test_feature_kd_loss_reads_channels_from_both_networks() -> None:
@@ -259,7 +273,7 @@ def test_load_frozen_teacher_loads_strictly_and_freezes(tmp_path: Path) -> None:
     torch.save({"model": source.state_dict(), "trainer": {"epoch": 3}}, wrapped)
     for path in (raw, wrapped):
         torch.manual_seed(123)
-        teacher = build_teacher("demo", **{**TINY_TEACHER, "img_size": PATCH}).train()
+        teacher = build_tiny_teacher(img_size=PATCH).train()
         assert load_frozen_teacher(teacher, path, "cpu") is teacher
         assert all(torch.equal(v, source.state_dict()[k]) for k, v in teacher.state_dict().items())
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -366,9 +380,6 @@ def test_paired_batch_task_term_on_labelled_samples_kd_terms_on_all() -> None:
     assert seen["loss_soft"] != pytest.approx(seen["labelled_only_soft"].item(), rel=1e-3)
     total = seen["loss_task"] + 0.5 * seen["loss_soft"] + 2.0 * seen["loss_feature"]
     assert seen["loss"] == pytest.approx(total, rel=1e-5)
-    wrong = DistillationLoss(DiceCELoss(sigmoid=True), alpha=0.0, beta=0.0)
-    with pytest.raises(ValueError, match="num_labelled=2 does not fit a batch of 2 samples with 1 labels"):
-        wrong(torch.zeros(2, 3, 4, 4, 4), label=torch.zeros(1, 3, 4, 4, 4), num_labelled=2)
 
 
 class _ShortLoader:
@@ -392,33 +403,6 @@ def test_brain_mask_transform_marks_non_zero_voxels() -> None:
 # ---------------------------------------------------------------------------------------------- bundle
 
 
-@pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Four small phantoms (three labelled in three folds, one unlabelled), their datalist and a tiny teacher."""
-    root = tmp_path_factory.mktemp("student")
-    data, datalist = write_phantom_datalist(root, 4, unlabelled=1, num_folds=3, seed=5)
-    teacher_ckpt = root / "teacher" / "model.pt"
-    teacher_ckpt.parent.mkdir()
-    torch.save(build_teacher("demo", **TINY_TEACHER).state_dict(), teacher_ckpt)
-    return {"data": data, "datalist": datalist, "teacher_ckpt": teacher_ckpt, "bundle": root / "bundle"}
-
-
-def _cli_overrides(values: dict[str, Any]) -> list[str]:
-    return [arg for k, v in values.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
-
-
-def _workflow(files: list[str], workflow_type: str, **overrides: Any) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / f) for f in files],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        **overrides,
-    )
-    workflow.initialize()
-    return workflow
-
-
 @pytest.mark.parametrize(
     "files, workflow_type",
     [(["train.json"], "train"), (["train.json", "demo.json"], "train"), (["inference.json"], "infer")],
@@ -426,16 +410,15 @@ def _workflow(files: list[str], workflow_type: str, **overrides: Any) -> ConfigW
 def test_workflow_properties_are_complete(
     files: list[str], workflow_type: str, phantom_data: dict[str, Path], tmp_path: Path
 ) -> None:
-    workflow = _workflow(
+    workflow = bundle_workflow(
+        CONFIGS,
         files,
         workflow_type,
-        bundle_root=str(tmp_path),
-        dataset_dir=str(phantom_data["data"]),
-        data_list_file_path=str(phantom_data["datalist"]),
+        **phantom_overrides(phantom_data, tmp_path),
         **(
-            {"teacher_ckpt": str(phantom_data["teacher_ckpt"]), "cache_rate": 0.0, **TINY}
+            {"teacher_ckpt": str(phantom_data["teacher_ckpt"]), "cache_rate": 0.0, **STUDENT_BUNDLE_TINY}
             if files[0] == "train.json"
-            else SMALL
+            else SMALL_PATCHES
         ),
     )
     assert workflow.check_properties() in (None, [])
@@ -445,27 +428,28 @@ def test_default_student_is_much_smaller_than_the_teacher_and_the_baseline_needs
     phantom_data: dict[str, Path], tmp_path: Path
 ) -> None:
     common = {
-        "bundle_root": str(tmp_path),
-        "dataset_dir": str(phantom_data["data"]),
-        "data_list_file_path": str(phantom_data["datalist"]),
+        **phantom_overrides(phantom_data, tmp_path),
         "cache_rate": 0.0,
-        **TINY,
+        **STUDENT_BUNDLE_TINY,
     }
-    parser = _workflow(["train.json"], "train", **common).parser
+    parser = bundle_workflow(CONFIGS, ["train.json"], "train", **common).parser
     student = parser.get_parsed_content("network_def")
     assert sum(p.numel() for p in student.parameters()) < 178.7e6 / 30
     # alpha = beta = 0: the baseline, without teacher (no checkpoint needed), adapters or unlabelled data
-    baseline = _workflow(["train.json"], "train", alpha=0, beta=0, teacher_ckpt=str(tmp_path / "absent.pt"), **common)
+    baseline = bundle_workflow(
+        CONFIGS, ["train.json"], "train", alpha=0, beta=0, teacher_ckpt=str(tmp_path / "absent.pt"), **common
+    )
     trainer = baseline.parser.get_parsed_content("train#trainer")
     assert trainer.teacher is None and list(trainer.loss_function.parameters()) == []
     assert trainer.data_loader.num_unlabelled == 0 and trainer.data_loader.num_labelled > 0
     # distillation on labelled scans only
-    labelled_only = _workflow(
-        ["train.json"], "train", use_unlabelled=False, teacher_ckpt=str(phantom_data["teacher_ckpt"]), **common
+    labelled_only = bundle_workflow(
+        CONFIGS, ["train.json"], "train", use_unlabelled=False, teacher_ckpt=str(phantom_data["teacher_ckpt"]), **common
     )
     assert labelled_only.parser.get_parsed_content("train#mixed_loader").num_unlabelled == 0
     # paired: each step one labelled and one unlabelled batch, the task loss on the labelled samples
-    paired = _workflow(
+    paired = bundle_workflow(
+        CONFIGS,
         ["train.json"],
         "train",
         unlabelled_mixing="paired",
@@ -486,20 +470,12 @@ def test_default_student_is_much_smaller_than_the_teacher_and_the_baseline_needs
 
 def test_distil_infer_evaluate_export_on_phantoms(phantom_data: dict[str, Path]) -> None:
     bundle_root = phantom_data["bundle"]
-    common = {
-        "bundle_root": str(bundle_root),
-        "dataset_dir": str(phantom_data["data"]),
-        "data_list_file_path": str(phantom_data["datalist"]),
-        **SMALL,
-    }
+    common = {**phantom_overrides(phantom_data, bundle_root), **SMALL_PATCHES}
     train = [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(train)]
     run = {"epochs": 1, "val_interval": 1, "num_samples": 1, "batch_size": 1, "log_interval": 1}
-    cmd += _cli_overrides({**common, **TINY, **run, "teacher_ckpt": str(phantom_data["teacher_ckpt"])})
-    cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    overrides = {**common, **STUDENT_BUNDLE_TINY, **run, "teacher_ckpt": str(phantom_data["teacher_ckpt"])}
+    cmd = bundle_command(train, overrides, logging_file=CONFIGS / "logging.conf")
+    result = run_checked(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     # 2 labelled training cases + 1 unlabelled case, batch size 1: 3 iterations, one without a label
     iterations = [line for line in result.stdout.splitlines() if "Iter:" in line and "loss_soft" in line]
     assert len(iterations) == 3 and sum("loss_task: 0.0000" in line for line in iterations) == 1, result.stdout[-3000:]
@@ -511,27 +487,19 @@ def test_distil_infer_evaluate_export_on_phantoms(phantom_data: dict[str, Path])
     (latest,) = models.glob("latest*.pt")
     full = torch.load(latest, map_location="cpu", weights_only=True)
     assert set(full["model"]) == student_keys
-    assert any(k.startswith("feature_loss.adapters.") for k in full["distillation_loss"])
+    assert any(k.startswith("terms.feature.loss.adapters.") for k in full["distillation_loss"])
 
-    infer = _workflow(["inference.json"], "infer", **common)
+    infer = bundle_workflow(CONFIGS, ["inference.json"], "infer", **common)
     infer.run()
     infer.finalize()
     out_dir = bundle_root / "eval"
     test_case = json.loads(phantom_data["datalist"].read_text())["testing"][0]
-    saved = nib.load(out_dir / f"{test_case['case_id']}.nii.gz")
-    source = nib.load(phantom_data["data"] / test_case["image"][0])
-    assert saved.shape == source.shape
-    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-5)
-    assert set(np.unique(np.asarray(saved.dataobj)).tolist()) <= {0, 1, 2, ET_LABEL}
+    assert_label_map_of(out_dir / f"{test_case['case_id']}.nii.gz", phantom_data["data"] / test_case["image"][0])
 
-    evaluate = _workflow([*train, str(CONFIGS / "evaluate.json")], "eval", **common)
+    evaluate = bundle_workflow(CONFIGS, [*train, "evaluate.json"], "eval", **common)
     evaluate.run()
     evaluate.finalize()
-    with open(out_dir / "metrics.csv") as f:
-        metrics = dict(csv.reader(f))
-    for name in ("val_mean_dice", "val_dice_tc", "val_dice_wt", "val_dice_et", "val_hd95_tc", "val_hd95_wt"):
-        assert name in metrics
-    assert 0.0 <= float(metrics["val_dice_wt"]) <= 1.0
+    assert_evaluation_metrics(out_dir)
 
     # TorchScript export of the trained student equals the eager network
     ts_path = bundle_root / "model.ts"

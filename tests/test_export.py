@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,25 +22,17 @@ from kd_components.data.phantoms import make_phantom_dataset
 from kd_components.deploy import load_deployed_bundle
 from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx
 from kd_components.networks.student import build_student
-from tests.conftest import REPO_ROOT
-from tests.test_distillation import TINY_TEACHER
+from tests.conftest import REPO_ROOT, cli_overrides, run_checked, tiny_teacher_overrides
 
 #: Tolerance of the TorchScript export against the eager network (float32, CPU).
 TS_ATOL, TS_RTOL = 1e-5, 1e-4
 #: Per bundle: ``network_def`` overrides giving a CPU-sized network, and an input shape it accepts.
 BUNDLES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "distilled_student": ({"network_def#init_filters": 8}, (1, len(MODALITIES), 48, 40, 32)),
-    "hybrid_teacher": (
-        {"teacher_config": "demo", **{f"network_def#{k}": v for k, v in TINY_TEACHER.items()}},
-        (1, len(MODALITIES), 64, 64, 32),
-    ),
+    "hybrid_teacher": (tiny_teacher_overrides("network_def"), (1, len(MODALITIES), 64, 64, 32)),
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _cli_overrides(values: dict[str, Any]) -> list[str]:
-    return [arg for k, v in values.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
 
 
 def _network(bundle: Path, overrides: dict[str, Any]) -> torch.nn.Module:
@@ -64,10 +55,8 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     torch.save(network.state_dict(), root / "model.pt")
     cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(root / "model.ts")]
     cmd += ["--ckpt_file", str(root / "model.pt"), "--meta_file", "configs/metadata.json"]
-    cmd += ["--config_file", "configs/inference.json", *_cli_overrides(overrides)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=bundle, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    cmd += ["--config_file", "configs/inference.json", *cli_overrides(overrides)]
+    run_checked(cmd, cwd=bundle, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return {"bundle": bundle, "ts": root / "model.ts", "network": network, "shape": shape, "root": root}
 
 

@@ -27,7 +27,7 @@ from kd_components.losses import (
     channel_wise_distillation,
     normalized_mse,
 )
-from kd_components.networks import build_teacher
+from tests.conftest import build_tiny_teacher
 
 B, C = 2, len(REGIONS)
 SPATIAL = (6, 5, 4)
@@ -480,17 +480,7 @@ def test_hooks_unknown_path_lists_valid_paths() -> None:
 
 
 def test_hooks_capture_teacher_fused_features_for_feature_kd() -> None:
-    teacher = build_teacher(
-        "demo",
-        vgg_width=4,
-        vit_hidden_size=48,
-        vit_mlp_dim=96,
-        vit_num_layers=4,
-        vit_num_heads=2,
-        vit_out_layers=(1, 2, 3, 4),
-        fusion_channels=(4, 8, 8, 16),
-        decoder_channels=(4, 8, 8, 16),
-    ).eval()
+    teacher = build_tiny_teacher().eval()
     student = small_segresnet()
     x = torch.randn(1, len(MODALITIES), 32, 32, 32)
     student_paths = ["down_layers.1", "down_layers.2", "down_layers.3", "down_layers.3"]

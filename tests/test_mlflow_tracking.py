@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,11 +20,17 @@ import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from kd_components.networks import build_teacher
 from kd_components.networks.student import build_student
 from kd_components.tracking import MAX_PARAM_LENGTH, count_parameters, run_name, run_params
-from tests import test_distillation, test_teacher_bundle
-from tests.conftest import REPO_ROOT, write_phantom_datalist
+from tests.conftest import (
+    REPO_ROOT,
+    STUDENT_BUNDLE_TINY,
+    TEACHER_BUNDLE_TINY,
+    build_tiny_teacher,
+    bundle_command,
+    phantom_overrides,
+    run_checked,
+)
 
 TEACHER_CONFIGS = REPO_ROOT / "bundles" / "hybrid_teacher" / "configs"
 STUDENT_CONFIGS = REPO_ROOT / "bundles" / "distilled_student" / "configs"
@@ -39,7 +44,7 @@ REGION_DICE = ("val_mean_dice", "val_dice_tc", "val_dice_wt", "val_dice_et")
 def test_run_params_records_values_as_mlflow_strings_and_counts_parameters() -> None:
     student = build_student(init_filters=4, norm="instance")
     student.conv_final.requires_grad_(False)
-    teacher = build_teacher("demo", **test_distillation.TINY_TEACHER)
+    teacher = build_tiny_teacher()
     params = run_params(
         {"fold": 1, "alpha": 0.5, "patch_size": [32, 32, 32], "amp": False, "none": None},
         network=student,
@@ -78,26 +83,14 @@ def test_settings_files_extend_monai_defaults_for_the_standard_ids(configs: Path
 # ------------------------------------------------------------------------------------- real training runs
 
 
-@pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Four small phantoms (three labelled in three folds, one unlabelled), their datalist and a tiny teacher."""
-    root = tmp_path_factory.mktemp("mlflow")
-    data, datalist = write_phantom_datalist(root, 4, unlabelled=1, num_folds=3, seed=5)
-    teacher_ckpt = root / "teacher.pt"
-    torch.save(build_teacher("demo", **test_distillation.TINY_TEACHER).state_dict(), teacher_ckpt)
-    return {"root": root, "data": data, "datalist": datalist, "teacher_ckpt": teacher_ckpt}
-
-
 def _train(configs: Path, overrides: dict[str, Any], tracking: str, tracking_uri: str) -> None:
     """One epoch of ``python -m monai.bundle run training`` with ``--tracking`` and ``--tracking_uri``."""
-    files = [str(configs / "train.json"), str(configs / "demo.json")]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files)]
-    cmd += test_distillation._cli_overrides({"epochs": 1, "val_interval": 1, "num_samples": 1, **overrides})
-    cmd += ["--logging_file", str(configs / "logging.conf"), "--tracking", tracking, "--tracking_uri", tracking_uri]
+    files = [configs / "train.json", configs / "demo.json"]
+    values = {"epochs": 1, "val_interval": 1, "num_samples": 1, **overrides}
+    cmd = bundle_command(files, values, logging_file=configs / "logging.conf")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)  # it would take precedence over --tracking_uri
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_checked([*cmd, "--tracking", tracking, "--tracking_uri", tracking_uri], env=env)
 
 
 def _only_run(client: MlflowClient, experiment_name: str) -> Run:
@@ -127,9 +120,8 @@ def test_teacher_with_monai_default_tracking_and_with_its_settings_file(
     phantom_data: dict[str, Path], tmp_path: Path
 ) -> None:
     overrides = {
-        **test_teacher_bundle.TINY,
-        "dataset_dir": str(phantom_data["data"]),
-        "data_list_file_path": str(phantom_data["datalist"]),
+        **TEACHER_BUNDLE_TINY,
+        **phantom_overrides(phantom_data),
         "batch_size": 2,
         "seed": 3,
     }
@@ -158,7 +150,7 @@ def test_teacher_with_monai_default_tracking_and_with_its_settings_file(
         "teacher_config": "demo",
     }
     assert params["patch_size"] == "[32, 32, 32]" and params["network_class"] == "HybridTeacher"
-    assert int(params["num_parameters"]) == count_parameters(build_teacher("demo", **test_distillation.TINY_TEACHER))
+    assert int(params["num_parameters"]) == count_parameters(build_tiny_teacher())
     assert [step for step, _ in _history(client, run, "loss")] == [1]
     for key in REGION_DICE:
         assert [step for step, _ in _history(client, run, key)] == [1], key
@@ -208,10 +200,8 @@ def mlflow_server(root: Path) -> Iterator[str]:
 def test_student_distillation_is_one_run_on_a_tracking_server(phantom_data: dict[str, Path], tmp_path: Path) -> None:
     bundle_root = tmp_path / "bundle"
     overrides = {
-        **test_distillation.TINY,
-        "bundle_root": str(bundle_root),
-        "dataset_dir": str(phantom_data["data"]),
-        "data_list_file_path": str(phantom_data["datalist"]),
+        **STUDENT_BUNDLE_TINY,
+        **phantom_overrides(phantom_data, bundle_root),
         "teacher_ckpt": str(phantom_data["teacher_ckpt"]),
         "batch_size": 1,
         "log_interval": 1,
@@ -228,9 +218,7 @@ def test_student_distillation_is_one_run_on_a_tracking_server(phantom_data: dict
         assert {k: params[k] for k in expected} == expected
         assert params["patch_size"] == "[32, 32, 32]" and params["student_init_filters"] == "8"
         assert int(params["num_parameters"]) == count_parameters(build_student())
-        assert int(params["teacher_num_parameters"]) == count_parameters(
-            build_teacher("demo", **test_distillation.TINY_TEACHER)
-        )
+        assert int(params["teacher_num_parameters"]) == count_parameters(build_tiny_teacher())
         # 2 labelled + 1 unlabelled batches: every loss term at every iteration, the task loss 0 once
         history = {k: _history(client, run, k) for k in ("loss", "loss_task", "loss_soft", "loss_feature")}
         for key, values in history.items():

@@ -12,41 +12,45 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
-from monai.bundle import ConfigWorkflow
 from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
 from kd_components.handlers import ProgressBar, main_process_handlers
 from kd_components.losses import build_feature_kd_loss
-from kd_components.networks import build_teacher
 from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
 from kd_components.networks.utils import unwrap_module
-from tests.conftest import REPO_ROOT, write_phantom_datalist
-from tests.test_distillation import SMALL, TINY, TINY_TEACHER
+from tests.conftest import (
+    REPO_ROOT,
+    SMALL_PATCHES,
+    STUDENT_BUNDLE_TINY,
+    build_tiny_teacher,
+    bundle_command,
+    bundle_workflow,
+    phantom_overrides,
+    run_checked,
+)
 
 STUDENT = REPO_ROOT / "bundles" / "distilled_student"
 TEACHER = REPO_ROOT / "bundles" / "hybrid_teacher"
 #: The student starts predicting foreground almost everywhere, so that each validation case has its own non-zero Dice.
 HIGH_PRIOR = {"network_def#output_prior": 0.9}
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # five small phantoms (four labelled in two folds of two, one unlabelled) and a tiny teacher
+    pytest.mark.phantoms(num_cases=5, num_folds=2),
+]
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _cli_overrides(values: dict[str, Any]) -> list[str]:
-    return [arg for k, v in values.items() for arg in (f"--{k}", json.dumps(v) if not isinstance(v, str) else v)]
 
 
 def test_main_process_handlers_drop_reporting_and_saving_handlers_on_other_ranks(tmp_path: Path) -> None:
@@ -71,20 +75,9 @@ def test_feature_paths_name_the_bare_student_inside_a_ddp_wrapper() -> None:
     student = build_student(init_filters=4, norm="instance")
     wrapped = Wrapped(student)
     assert unwrap_module(wrapped) is student
-    teacher = build_teacher("demo", **TINY_TEACHER)
+    teacher = build_tiny_teacher()
     loss = build_feature_kd_loss(wrapped, teacher, DEFAULT_FEATURE_PAIRS)
     assert loss.student_paths == [s for _, s in DEFAULT_FEATURE_PAIRS]
-
-
-@pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Five small phantoms (four labelled in two folds of two, one unlabelled), their datalist, a tiny teacher."""
-    root = tmp_path_factory.mktemp("multi_gpu")
-    data, datalist = write_phantom_datalist(root, 5, unlabelled=1, num_folds=2, seed=5)
-    teacher_ckpt = root / "teacher" / "model.pt"
-    teacher_ckpt.parent.mkdir()
-    torch.save(build_teacher("demo", **TINY_TEACHER).state_dict(), teacher_ckpt)
-    return {"data": data, "datalist": datalist, "teacher_ckpt": teacher_ckpt, "bundle": root / "bundle"}
 
 
 @pytest.mark.parametrize("bundle", [STUDENT, TEACHER], ids=["student", "teacher"])
@@ -110,22 +103,16 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     bundle_root = phantom_data["bundle"]
     configs = STUDENT / "configs"
     files = [str(configs / f) for f in ("train.json", "demo.json", "multi_gpu_train.json")]
-    common = {
-        "bundle_root": str(bundle_root),
-        "dataset_dir": str(phantom_data["data"]),
-        "data_list_file_path": str(phantom_data["datalist"]),
-        **SMALL,
-    }
+    common = {**phantom_overrides(phantom_data, bundle_root), **SMALL_PATCHES}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
     launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    cmd = [*launch, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(files)]
     run = {"epochs": 1, "val_interval": 1, "num_samples": 1, "batch_size": 1, "log_interval": 1, "cache_rate": 0.0}
-    cmd += _cli_overrides({**common, **TINY, **run, **HIGH_PRIOR, "teacher_ckpt": str(phantom_data["teacher_ckpt"])})
-    cmd += ["--logging_file", str(configs / "logging.conf")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env=env)
+    teacher = {**STUDENT_BUNDLE_TINY, "teacher_ckpt": str(phantom_data["teacher_ckpt"])}
+    cmd = bundle_command(
+        files, {**common, **teacher, **run, **HIGH_PRIOR}, logging_file=configs / "logging.conf", launcher=launch
+    )
+    result = run_checked(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-4000:]
 
     # 2 training cases + 1 unlabelled case split over 2 ranks (padded): 2 iterations per rank, rank 0 logs them
     iterations = [line for line in result.stdout.splitlines() if "Iter:" in line and "loss_soft" in line]
@@ -145,15 +132,7 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     assert len(best) == 2 and best[0] == best[1], log[-4000:]
 
     # ... which is what one process evaluating the saved student on the whole validation fold finds
-    evaluate = ConfigWorkflow(
-        config_file=[*files[:2], str(configs / "evaluate.json")],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=False,
-        workflow_type="eval",
-        **common,
-        **HIGH_PRIOR,
-    )
-    evaluate.initialize()
+    evaluate = bundle_workflow(configs, [*files[:2], "evaluate.json"], "eval", **common, **HIGH_PRIOR)
     evaluate.run()
     evaluate.finalize()
     with open(bundle_root / "eval" / "metrics.csv") as f:

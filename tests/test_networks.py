@@ -26,20 +26,16 @@ from kd_components.networks import (
     trainable_parameters,
 )
 from kd_components.networks.vgg import TORCHVISION_VGG19_CONV_INDICES
+from tests.conftest import TINY_TEACHER
 
 #: torchvision VGG19 ``features`` channels (``cfg["E"]``): 16 convolutions.
 VGG19_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
-#: A tiny teacher for CPU tests (32^3 inputs).
+#: The tiny teacher as complete ``HybridTeacher`` arguments for 32^3 inputs, with four ViT heads and a thinner decoder.
 TINY = {
+    **TINY_TEACHER,
     "img_size": (32, 32, 32),
-    "vgg_width": 4,
-    "vit_hidden_size": 48,
-    "vit_mlp_dim": 96,
-    "vit_num_layers": 4,
     "vit_num_heads": 4,
     "vit_patch_size": 16,
-    "vit_out_layers": (1, 2, 3, 4),
-    "fusion_channels": (4, 8, 8, 16),
     "decoder_channels": (4, 4, 8, 8),
 }
 

@@ -6,24 +6,25 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import download, verify_metadata
 
-from kd_components.constants import ET_LABEL
-from kd_components.data.phantoms import make_phantom_dataset
-from kd_components.networks import build_teacher
 from kd_components.packaging import BundlePackagingError, bundle_files, package_bundle, packaged_metadata
-from tests import test_distillation, test_teacher_bundle
-from tests.conftest import REPO_ROOT
-from tests.test_bundle_metadata import SCHEMA
+from tests.conftest import (
+    METADATA_SCHEMA,
+    REPO_ROOT,
+    TEACHER_BUNDLE_TINY,
+    assert_label_map_of,
+    build_tiny_teacher,
+    bundle_command,
+    run_checked,
+    write_phantom_datalist,
+)
 
 BUNDLES = REPO_ROOT / "bundles"
 
@@ -57,8 +58,9 @@ def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: 
     assert next(iter(meta["changelog"].items())) == ("0.2.0", "packaged for a test")
     assert "0.1.0" in meta["changelog"]  # earlier entries are kept
     assert (bundle / "configs" / "metadata.json").read_bytes() == meta_before  # the bundle is not changed
-    if SCHEMA.exists():
-        verify_metadata(meta_file=str(tmp_path / "unzipped" / name / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    if METADATA_SCHEMA.exists():
+        meta_file = tmp_path / "unzipped" / name / "configs" / "metadata.json"
+        verify_metadata(meta_file=str(meta_file), filepath=str(METADATA_SCHEMA))
     # the same bundle gives the same bytes; the default version is the metadata's
     assert cli.main([*args, "--changelog", "packaged for a test", "--output-dir", str(tmp_path / "again")]) == 0
     assert _sha256(path) == _sha256(tmp_path / "again" / path.name)
@@ -93,13 +95,12 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_inference(tmp_path: Path) -> None:
     import package_bundle as cli
-    import prepare_datalist
 
     # a trained bundle's stand-in: the repository bundle plus a freshly initialised tiny teacher's weights
     bundle = _copy_bundle("hybrid_teacher", tmp_path / "src")
     (bundle / "models").mkdir()
     torch.manual_seed(0)
-    network = build_teacher("demo", **test_distillation.TINY_TEACHER)
+    network = build_tiny_teacher()
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
     (bundle / "models" / "latest_epoch=1.pt").write_bytes(b"training state, not for packages")
     args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--with-weights"]
@@ -113,28 +114,19 @@ def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_infer
     root = installed / "hybrid_teacher"
     assert (root / "configs" / "inference.json").is_file() and (root / "models" / "model.pt").is_file()
 
-    data = tmp_path / "data"
-    make_phantom_dataset(data, 3, seed=7, profile="small", unlabelled=1, workers=1, progress=False)
-    datalist = tmp_path / "datalist.json"
-    args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "2", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    data, datalist = write_phantom_datalist(tmp_path, 3, unlabelled=1, num_folds=2, seed=7)
     overrides = {
-        **test_teacher_bundle.TINY,
+        **TEACHER_BUNDLE_TINY,
         "bundle_root": str(root),
         "dataset_dir": str(data),
         "data_list_file_path": str(datalist),
     }
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "inference.json")]
-    cmd += [*test_teacher_bundle._cli_overrides(overrides), "--logging_file", str(root / "configs" / "logging.conf")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    configs = root / "configs"
+    cmd = bundle_command([configs / "inference.json"], overrides, run_id=None, logging_file=configs / "logging.conf")
     # run outside the repository: the installed bundle needs only the installed kd_components package
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_checked(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     (case,) = json.loads(datalist.read_text())["testing"]
-    saved = nib.load(root / "eval" / f"{case['case_id']}.nii.gz")
-    source = nib.load(data / case["image"][0])
-    assert saved.shape == source.shape and saved.get_data_dtype() == np.uint8
-    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-5)
-    assert set(np.unique(np.asarray(saved.dataobj)).tolist()) <= {0, 1, 2, ET_LABEL}
+    saved = assert_label_map_of(root / "eval" / f"{case['case_id']}.nii.gz", data / case["image"][0])
+    assert saved.get_data_dtype() == np.uint8
     assert (root / "eval" / "volumes.csv").is_file()

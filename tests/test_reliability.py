@@ -12,7 +12,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,20 +32,11 @@ from kd_components.checkpoints import (
 from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
 from kd_components.handlers import FiniteLossGuard, NonFiniteLossError
 from kd_components.io import save_nifti_atomic
-from kd_components.networks import build_teacher
-from tests.conftest import REPO_ROOT, tiny_label
-from tests.test_teacher_bundle import TINY, _cli_overrides
+from tests.conftest import REPO_ROOT, TEACHER_BUNDLE_TINY, build_tiny_teacher, bundle_command, run_checked, tiny_label
 
 CONFIGS = REPO_ROOT / "bundles" / "hybrid_teacher" / "configs"
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")]
 SHAPE = (24, 20, 16)
-#: The TINY teacher with a thinner VGG: the same architecture family, another size.
-OTHER_WIDTH = {**TINY, "network_def#vgg_width": 2}
-
-
-def _tiny_network(overrides: dict = TINY) -> torch.nn.Module:
-    args = {k.split("#", 1)[1]: v for k, v in overrides.items() if k.startswith("network_def#")}
-    return build_teacher(overrides["teacher_config"], **args)
 
 
 def _write_case(root: Path, cid: str, labelled: bool = True, seed: int = 0) -> Path:
@@ -80,13 +70,12 @@ def _train_command(data: Path, datalist: Path, run: Path, **settings: object) ->
         "dataset_dir": str(data),
         "data_list_file_path": str(datalist),
         "output_dir": str(run / "tb"),
-        **TINY,
+        **TEACHER_BUNDLE_TINY,
         "num_samples": 1,
         "batch_size": 1,
         **settings,
     }
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(TRAIN)]
-    return [*cmd, *_cli_overrides(values), "--logging_file", str(CONFIGS / "logging.conf")]
+    return bundle_command(TRAIN, values, logging_file=CONFIGS / "logging.conf")
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -139,20 +128,15 @@ def test_killed_training_resumes_from_the_last_completed_epoch(tmp_path: Path) -
         log.append((delay, epoch))
         saved_epoch = epoch
     assert saved_epoch < epochs, f"training finished before the last kill: {log}"
-    final = subprocess.run(
-        [*_train_command(data, datalist, run, epochs=epochs, val_interval=4), "--resume_from", "latest"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=600,
+    final = run_checked(
+        [*_train_command(data, datalist, run, epochs=epochs, val_interval=4), "--resume_from", "latest"]
     )
-    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert f"continuing after epoch {saved_epoch} " in final.stdout
     every = sorted(models.glob("latest*.pt"))
     assert [p.name for p in every] == [f"latest_checkpoint_epoch={epochs}.pt"]
     assert _checkpoint_epoch(every[0]) == epochs
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-    _tiny_network().load_state_dict(state, strict=True)
+    build_tiny_teacher().load_state_dict(state, strict=True)
     assert sorted(p.name for p in models.iterdir()) == ["latest_checkpoint_epoch=12.pt", "model.pt"]
 
 
@@ -161,14 +145,7 @@ def test_same_seed_gives_the_same_model_and_metrics_and_the_seed_is_logged(tmp_p
     outputs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         run = tmp_path / name
-        result = subprocess.run(
-            _train_command(data, datalist, run, epochs=2, val_interval=1, seed=seed),
-            capture_output=True,
-            text=True,
-            cwd=REPO_ROOT,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = run_checked(_train_command(data, datalist, run, epochs=2, val_interval=1, seed=seed))
         assert re.search(rf"settings: .*\bseed={seed}\b", result.stdout), result.stdout[-2000:]
         metrics = re.findall(r"val_mean_dice: ([0-9.]+)", result.stdout)
         assert len(metrics) >= 2, result.stdout[-2000:]
@@ -182,8 +159,7 @@ def test_same_seed_gives_the_same_model_and_metrics_and_the_seed_is_logged(tmp_p
 
 def test_wrong_override_types_stop_before_training_and_name_the_setting(tmp_path: Path) -> None:
     values = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "nowhere"), "epochs": "ten"}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(TRAIN)]
-    cmd += [*_cli_overrides(values), "--patch_size", "64", "--learning_rate", "-0.1"]
+    cmd = [*bundle_command(TRAIN, values), "--patch_size", "64", "--learning_rate", "-0.1"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode != 0
     assert "invalid bundle settings:" in result.stderr
@@ -211,11 +187,10 @@ def test_batch_inference_skips_invalid_cases_reports_them_and_writes_the_others(
 
     bundle = tmp_path / "bundle"
     (bundle / "models").mkdir(parents=True)
-    torch.save(_tiny_network().state_dict(), bundle / "models" / "model.pt")
+    torch.save(build_tiny_teacher().state_dict(), bundle / "models" / "model.pt")
     out_dir = tmp_path / "predictions"
-    values = {"bundle_root": str(bundle), "dataset_dir": str(data), "output_dir": str(out_dir), **TINY}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
-    cmd += [*_cli_overrides(values), "--data_list_file_path", ""]
+    values = {"bundle_root": str(bundle), "dataset_dir": str(data), "output_dir": str(out_dir), **TEACHER_BUNDLE_TINY}
+    cmd = [*bundle_command([CONFIGS / "inference.json"], values, run_id=None), "--data_list_file_path", ""]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
 
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
@@ -240,8 +215,8 @@ def _engine_with_loader(loader: CheckedCheckpointLoader) -> Engine:
 
 def test_checkpoint_of_another_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
-    torch.save(_tiny_network(OTHER_WIDTH).state_dict(), ckpt)
-    network = _tiny_network()
+    torch.save(build_tiny_teacher(vgg_width=2).state_dict(), ckpt)  # the same architecture family, another size
+    network = build_tiny_teacher()
     before = {k: v.clone() for k, v in network.state_dict().items()}
     with pytest.raises(CheckpointLoadError, match=r"(?s)checkpoint .*model\.pt does not fit.*shape mismatch"):
         _engine_with_loader(CheckedCheckpointLoader(str(ckpt), {"model": network})).run([0])
@@ -266,7 +241,7 @@ class _Payload:
 def test_pickles_with_code_are_refused_everywhere_weights_are_loaded(tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pt"
-    network = _tiny_network()
+    network = build_tiny_teacher()
     torch.save({"model": network.state_dict(), "extra": _Payload(marker)}, evil)
     with pytest.raises(CheckpointLoadError, match=r"cannot read checkpoint .*evil\.pt"):
         _engine_with_loader(CheckedCheckpointLoader(str(evil), {"model": network})).run([0])

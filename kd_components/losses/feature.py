@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
-from monai.networks.layers.utils import get_norm_layer
+from monai.networks.layers import get_norm_layer
 
 from kd_components.constants import MODALITIES
 from kd_components.hooks import feature_channels
