@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import Any
 
+import torch
+
 from kd_components.data.mixing import MIXING_MODES
 from kd_components.losses.feature import FEATURE_DISTANCES
 from kd_components.losses.terms import SCALE_WEIGHT_SOURCES
@@ -98,6 +100,16 @@ def _one_of(choices: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
 
 
+def _available_device(value: Any) -> bool:
+    try:
+        device = torch.device(value)
+    except (TypeError, RuntimeError, ValueError):
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    return device.type == "cpu" or (device.type == "mps" and torch.backends.mps.is_available())
+
+
 def _module_pairs(value: Any) -> bool:
     return (
         isinstance(value, list | tuple)
@@ -132,6 +144,12 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "feature_scale_weights": _one_of(SCALE_WEIGHT_SOURCES),
     "feature_pairs": (_module_pairs, "a non-empty list of [teacher_module_path, student_module_path] pairs"),
     "data_list_file_path": (_text, "a path (a string)"),
+    "output_dir": (_text, "a path (a string)"),
+    "infer_split": (_text, "the name of a datalist split, e.g. 'testing' (a string)"),
+    "device": (
+        _available_device,
+        f"an available device, e.g. 'cpu' or 'cuda:0' (CUDA devices here: {torch.cuda.device_count()})",
+    ),
     "dataset_dir": (_text, "a path (a string)"),
     "amp": (_flag, "true or false"),
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),

@@ -1,10 +1,12 @@
-"""Atomic file output: a reader never sees a half-written file, even if the writer is killed."""
+"""Atomic file output (a reader never sees a half-written file, even if the writer is killed), and a check
+that an output folder can take the results before a run starts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,3 +82,40 @@ def save_figure_atomic(figure: Figure, path: str | os.PathLike[str], dpi: int = 
     with atomic_path(output) as tmp:
         figure.savefig(tmp, dpi=dpi, format="png")
     return output
+
+
+#: Free space an inference run asks for before its first case (label maps are about 0.1-1 MB each).
+MIN_FREE_MB = 100
+
+
+class OutputDirError(OSError):
+    """The output folder cannot take the results: it is a file, cannot be created or written, or is full."""
+
+
+def check_output_dir(path: str | os.PathLike[str], min_free_mb: float = MIN_FREE_MB) -> Path:
+    """Make sure outputs can be written under ``path`` before any case runs; create it if needed.
+
+    A file in the way, a parent that is a file, a read-only folder or a nearly full disk would otherwise
+    surface only after the network has run on the first case, as a long traceback.
+
+    Raises:
+        OutputDirError: naming the folder and what is wrong.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirError(f"output_dir {folder} is a file, not a folder: choose another --output_dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputDirError(f"cannot create output_dir {folder}: {err.strerror or err}") from err
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise OutputDirError(f"output_dir {folder} is not writable: {err.strerror or err}") from err
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < min_free_mb:
+        raise OutputDirError(
+            f"only {free_mb:.0f} MB free under output_dir {folder}; at least {min_free_mb:.0f} MB are needed"
+        )
+    return folder

@@ -15,6 +15,7 @@ them (a 4 in BraTS-2023 data would otherwise vanish from every region).
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from monai.utils import TransformBackends
 from kd_components.constants import BACKGROUND_LABEL, ET_LABEL, NETC_LABEL, REGIONS, SNFH_LABEL, allowed_labels
 
 TC_INDEX, WT_INDEX, ET_INDEX = (REGIONS.index(r) for r in ("TC", "WT", "ET"))
+
+#: Datalist key of a case's id, and the metadata key :class:`CaseIdToMetad` copies it to.
+CASE_ID_KEY = "case_id"
 
 
 def _unique_values(label: NdarrayOrTensor) -> set[int | float]:
@@ -220,13 +224,76 @@ class BrainMaskd(MapTransform):
         return d
 
 
+class CaseIdToMetad(MapTransform):
+    """Copy the datalist entry's case id (``d[case_id_key]``) into the metadata of the images under ``keys``.
+
+    MONAI carries an image's metadata through preprocessing, the network and postprocessing to the
+    prediction, so writers and handlers name their outputs by it (:func:`kd_components.writers.case_id_of`)
+    instead of by an input file name, which two cases may share (``patient1/t1c.nii.gz``,
+    ``patient2/t1c.nii.gz``). Entries without a case id are left alone.
+
+    Args:
+        keys: image keys (MetaTensors, i.e. after ``LoadImaged``).
+        case_id_key: the entry's case-id key, also the metadata key. Defaults to ``"case_id"``.
+    """
+
+    def __init__(self, keys: KeysCollection, case_id_key: str = CASE_ID_KEY, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.case_id_key = case_id_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        case_id = d.get(self.case_id_key)
+        if case_id is None:
+            return d
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", None)
+            if meta is not None:
+                meta[self.case_id_key] = Path(str(case_id)).name  # load_decathlon_datalist may prefix base_dir
+        return d
+
+
+class DropNonFinited(MapTransform):
+    """Drop a prediction whose values are not all finite, so that no label map or volume is made from it.
+
+    NaN or Inf logits (an input or weights that overflow) would otherwise become an empty label map with
+    0 mL everywhere. The key is removed and ``d[problem_key]`` says why, naming the case; the following
+    postprocessing transforms skip the missing key (``allow_missing_keys``) and
+    :class:`~kd_components.handlers.InferenceSummary` reports the case as skipped (exit status 1).
+
+    Args:
+        keys: prediction keys, e.g. ``"pred"`` (logits ``(C, H, W, D)``).
+        problem_key: where the reason goes. Defaults to ``"problem"``.
+    """
+
+    def __init__(self, keys: KeysCollection, problem_key: str = "problem", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.problem_key = problem_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            values = torch.as_tensor(d[key])
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                d.pop(key)
+                d[self.problem_key] = (
+                    f"the network output has {bad} non-finite value(s) of {values.numel()} (NaN/Inf): no label map "
+                    "written (check the input's intensities and the checkpoint's weights)"
+                )
+        return d
+
+
 __all__ = [
+    "CASE_ID_KEY",
     "ET_INDEX",
     "TC_INDEX",
     "WT_INDEX",
     "BrainMaskd",
     "BratsLabelsToRegions",
     "BratsLabelsToRegionsd",
+    "CaseIdToMetad",
+    "DropNonFinited",
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
     "brain_mask",

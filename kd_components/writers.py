@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from monai.utils import ImageMetaKey
 
 from kd_components.constants import CASE_ID_PATTERN, MODALITIES, NIFTI_EXTENSIONS
 from kd_components.io import atomic_path
+from kd_components.transforms import CASE_ID_KEY
 
 
 class AtomicNibabelWriter(NibabelWriter):
@@ -41,28 +43,38 @@ def case_id_from_path(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def case_id_of(meta: Mapping[str, Any] | None) -> str | None:
+    """The case id of an image or prediction from its MONAI metadata: the datalist's ``case_id`` (put there by
+    :class:`~kd_components.transforms.CaseIdToMetad`), else the BraTS id of its first source file
+    (:func:`case_id_from_path`); ``None`` without either. The one rule by which every output is named."""
+    meta = meta or {}
+    case_id = meta.get(CASE_ID_KEY)
+    if isinstance(case_id, list | tuple):
+        case_id = case_id[0] if case_id else None
+    if case_id:
+        return str(case_id)
+    source = meta.get(ImageMetaKey.FILENAME_OR_OBJ)
+    if isinstance(source, list | tuple):
+        source = source[0] if source else None
+    return case_id_from_path(source) if source else None
+
+
 def brats_case_name_formatter(metadict: dict | None, saver: Any) -> dict[str, Any]:
     """``output_name_formatter`` for ``SaveImage(d)``: name outputs ``<case_id>`` (+ the saver's postfix).
 
-    The case id comes from the first input image's file name (``filename_or_obj``).
+    The case id is :func:`case_id_of` the prediction's metadata: the datalist's case id, else the BraTS id of
+    the first input file.
     """
-    source = (metadict or {}).get(ImageMetaKey.FILENAME_OR_OBJ)
-    if not source:
-        raise ValueError("cannot name the output: the prediction carries no source file name (filename_or_obj)")
-    if isinstance(source, list | tuple):
-        source = source[0]
-    return {"subject": case_id_from_path(source), "idx": None}
+    case_id = case_id_of(metadict)
+    if not case_id:
+        raise ValueError("cannot name the output: the prediction carries no case id and no source file name")
+    return {"subject": case_id, "idx": None}
 
 
 def case_meta_from_batch(batch: list[dict[str, Any]], image_key: str = "image") -> list[dict[str, str]]:
     """``batch_transform`` for MONAI's ``MetricsSaver``: per-case rows named by BraTS case id.
 
-    ``batch`` is the decollated batch of an evaluator (a list of per-case dicts); the case id comes
-    from the image's source file name.
+    ``batch`` is the decollated batch of an evaluator (a list of per-case dicts); the case id is
+    :func:`case_id_of` the image's metadata.
     """
-    rows = []
-    for item in batch:
-        meta = getattr(item[image_key], "meta", {})
-        source = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
-        rows.append({ImageMetaKey.FILENAME_OR_OBJ: case_id_from_path(source) if source else ""})
-    return rows
+    return [{ImageMetaKey.FILENAME_OR_OBJ: case_id_of(getattr(item[image_key], "meta", {})) or ""} for item in batch]

@@ -13,7 +13,7 @@ from ignite.engine import Engine
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from kd_components.checkpoints.state import state_dict_mismatches
+from kd_components.checkpoints.state import non_finite_tensors, state_dict_mismatches
 from kd_components.io import atomic_path
 from kd_components.networks.utils import unwrap_module
 
@@ -108,9 +108,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
         problems = self._mismatches(checkpoint)
         if problems:
             raise CheckpointLoadError(
-                f"checkpoint {path} does not fit the network definition (another architecture or size? check "
-                "the network settings, e.g. teacher_config, against the ones it was trained with); nothing was "
-                "loaded:\n  " + "\n  ".join(problems)
+                f"checkpoint {path} does not fit the network definition or holds non-finite weights (another "
+                "architecture or size? check the network settings, e.g. teacher_config, against the ones it was "
+                "trained with; NaN weights come from a diverged run); nothing was loaded:\n  " + "\n  ".join(problems)
             )
         prior_max_epochs = engine.state.max_epochs  # as MONAI: keep the run's max_epochs
         Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=True)
@@ -135,5 +135,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 if not isinstance(state, dict):
                     lines.append(f"'{key}': expected a state dict, got {type(state).__name__}")
                     continue
-                lines.extend(f"'{key}' ({type(module).__name__}): {m}" for m in state_dict_mismatches(module, state))
+                problems = [*state_dict_mismatches(module, state), *non_finite_tensors(state)]
+                lines.extend(f"'{key}' ({type(module).__name__}): {m}" for m in problems)
         return lines

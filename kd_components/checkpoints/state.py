@@ -1,4 +1,4 @@
-"""How a state dict fits a network: the one check behind every checkpoint load of the project."""
+"""How a state dict fits a network, and whether its weights are finite: the checks behind every checkpoint load."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-__all__ = ["state_dict_mismatches"]
+__all__ = ["non_finite_tensors", "state_dict_mismatches"]
 
 #: How many keys of each kind of mismatch an error message lists.
 _SHOWN = 5
@@ -43,3 +43,15 @@ def state_dict_mismatches(network: nn.Module, state: Mapping[str, torch.Tensor])
     if shapes:
         lines.append(f"{len(shapes)} shape mismatch(es): {_listed(shapes)}")
     return lines
+
+
+def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """How ``state`` holds NaN or Inf weights: one line naming the tensors (at most a few), or empty when all
+    floating-point tensors are finite. A network with such weights gives NaN everywhere: an empty label map,
+    0 mL, with no error, unless the load refuses it."""
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+    return [f"{len(bad)} tensor(s) with NaN or Inf values: {_listed(bad)}"] if bad else []

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kd_components.checkpoints.state import state_dict_mismatches
+from kd_components.checkpoints.state import non_finite_tensors, state_dict_mismatches
 
 __all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher"]
 
@@ -80,6 +80,9 @@ def load_frozen_teacher(
             f"teacher checkpoint not found: {path} (train the hybrid_teacher bundle first, or pass --teacher_ckpt)"
         )
     state = _read_state_dict(path)
+    nan = non_finite_tensors(state)
+    if nan:
+        raise TeacherCheckpointError(f"teacher checkpoint {path} holds non-finite weights (a diverged run?): {nan[0]}")
     problems = state_dict_mismatches(network, state)
     if problems:
         raise TeacherCheckpointError(

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 from ignite.engine import Engine, Events
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.utils import ImageMetaKey
 
 from kd_components.constants import ET_LABEL, REGIONS
 from kd_components.io import atomic_path, save_json_atomic
 from kd_components.transforms import BratsLabelsToRegions
-from kd_components.writers import case_id_from_path
+from kd_components.writers import case_id_of
 
 
 def region_volumes_ml(
@@ -70,10 +69,11 @@ class RegionVolumeWriter:
     def __call__(self, engine: Engine) -> None:
         outputs = engine.state.output
         for item in outputs if isinstance(outputs, list) else [outputs]:
+            if self.pred_key not in item:  # dropped by DropNonFinited: no label map, no volumes
+                continue
             pred = item[self.pred_key]
             meta = getattr(pred, "meta", {})
-            source = meta.get(ImageMetaKey.FILENAME_OR_OBJ, "")
-            row = {"case_id": case_id_from_path(source) if source else f"case_{len(self.rows)}"}
+            row = {"case_id": case_id_of(meta) or f"case_{len(self.rows)}"}
             row.update(region_volumes_ml(pred, meta.get("affine", np.eye(4)), self.et_label))
             self.rows.append(row)
         self.write()
