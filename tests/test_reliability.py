@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedTrainer
+from monai.engines import Evaluator, SupervisedTrainer
 
 from kd_components.checkpoints import (
     CheckedCheckpointLoader,
@@ -30,7 +30,7 @@ from kd_components.checkpoints import (
     load_frozen_teacher,
 )
 from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
-from kd_components.handlers import FiniteLossGuard, NonFiniteLossError
+from kd_components.handlers import FinalValidationHandler, FiniteLossGuard, NonFiniteLossError
 from kd_components.io import save_nifti_atomic
 from tests.conftest import REPO_ROOT, TEACHER_BUNDLE_TINY, build_tiny_teacher, bundle_command, run_checked, tiny_label
 
@@ -338,3 +338,32 @@ def test_nan_guard_names_the_loss_term() -> None:
         FiniteLossGuard()(engine)
     engine.state.output = {"loss": torch.tensor(0.3), "loss_task": 0.3}
     FiniteLossGuard()(engine)  # finite: nothing happens
+
+
+def test_a_training_shorter_than_val_interval_still_leaves_a_model(tmp_path: Path) -> None:
+    """``--epochs 1`` with ``val_interval`` 6 never validated, so no ``model.pt`` was written and inference failed."""
+    data, datalist = _dataset(tmp_path)
+    run = tmp_path / "run"
+    result = subprocess.run(
+        _train_command(data, datalist, run, epochs=1, val_interval=6), capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (run / "models" / "model.pt").is_file()
+    assert result.stdout.count("SupervisedEvaluator - INFO - Engine run finished") == 1  # one validation
+
+
+def test_final_validation_runs_at_each_interval_and_once_after_the_last_epoch() -> None:
+    class CountingEvaluator(Evaluator):
+        def __init__(self) -> None:
+            super().__init__(device="cpu", val_data_loader=[0], iteration_update=lambda e, b: None)
+            self.epochs: list[int] = []
+
+        def run(self, global_epoch: int = 1) -> None:  # type: ignore[override]
+            self.epochs.append(global_epoch)
+
+    for max_epochs, expected in ((1, [1]), (12, [6, 12]), (14, [6, 12, 14])):
+        validator = CountingEvaluator()
+        trainer = Engine(lambda e, b: None)
+        FinalValidationHandler(interval=6, validator=validator).attach(trainer)
+        trainer.run([0], max_epochs=max_epochs)
+        assert validator.epochs == expected, (max_epochs, validator.epochs)

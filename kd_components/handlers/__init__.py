@@ -7,9 +7,11 @@ from kd_components.handlers.main_process import MAIN_PROCESS_HANDLER_TYPES, main
 from kd_components.handlers.metrics import HausdorffDistanceMM, voxel_spacing
 from kd_components.handlers.progress import ProgressBar
 from kd_components.handlers.region_volumes import RegionVolumeWriter, region_volumes_ml
+from kd_components.handlers.validation import FinalValidationHandler
 
 __all__ = [
     "MAIN_PROCESS_HANDLER_TYPES",
+    "FinalValidationHandler",
     "FiniteLossGuard",
     "HausdorffDistanceMM",
     "InferenceSummary",
