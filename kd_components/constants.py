@@ -56,3 +56,53 @@ def case_id(task: str, subject: int, timepoint: int = 0) -> str:
 def case_file_name(cid: str, suffix: str, extension: str = ".nii.gz") -> str:
     """File name of one volume of a case: ``<case_id>-<suffix><extension>`` (suffix: a modality or ``seg``)."""
     return f"{cid}-{suffix}{extension}"
+
+
+#: How a BraTS-2023 case id is written, for messages about folders that are not taken as cases.
+CASE_ID_FORMAT: str = (
+    "BraTS-<TASK>-<5 digits>-<3 digits> with TASK one of " + ", ".join(TASK_PREFIXES) + ", e.g. BraTS-GLI-00000-000"
+)
+#: A BraTS case id anywhere inside a longer name (``"BraTS-GLI-00001-000 (copy)"``), in any letter case; ASCII
+#: digits only.
+CASE_ID_SEARCH: re.Pattern[str] = re.compile(
+    r"BraTS-(?P<task>" + "|".join(TASK_PREFIXES) + r")-(?P<subject>[0-9]{5})-(?P<timepoint>[0-9]{3})",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def match_case_id(name: str) -> re.Match[str] | None:
+    """``name`` as a whole as a BraTS case id in any letter case (``brats-gli-00001-000`` too), else ``None``.
+
+    Folder and file names are matched this way; :data:`CASE_ID_PATTERN` is the canonical spelling. A name with
+    anything around the id (a trailing space or newline, `` (copy)``) does not match.
+    """
+    return CASE_ID_SEARCH.fullmatch(name)
+
+
+#: File-name suffixes that name a modality (``...-t1c.nii.gz``, ``..._flair.nii.gz``): the BraTS-2023 suffixes and
+#: the BraTS 2017-2021 ones (``t1ce``, ``t1``, ``t2``, ``flair``), each mapped to its BraTS-2023 name.
+MODALITY_SUFFIXES: dict[str, str] = {
+    **{m: m for m in MODALITIES},
+    "t1ce": "t1c",
+    "t1": "t1n",
+    "t2": "t2w",
+    "flair": "t2f",
+}
+_MODALITY_IN_NAME = re.compile(
+    r"(?:^|[-_.])(?P<suffix>" + "|".join(sorted(MODALITY_SUFFIXES, key=len, reverse=True)) + r")\.nii(?:\.gz)?$",
+    re.IGNORECASE,
+)
+
+
+def modality_of_file(name: str) -> str | None:
+    """The modality a NIfTI file's name says it holds (``BraTS-GLI-00000-000-T1C.nii.gz -> "t1c"``,
+    ``BraTS2021_00000_flair.nii.gz -> "t2f"``, ``patient1/t2w.nii.gz -> "t2w"``), or ``None`` when the name
+    carries no modality suffix (``a.nii.gz``)."""
+    match = _MODALITY_IN_NAME.search(name.rsplit("/", 1)[-1])
+    return MODALITY_SUFFIXES[match["suffix"].lower()] if match else None
+
+
+#: Largest image intensity accepted (absolute value, after NIfTI scaling, as float32). float32 ends at about
+#: 3.4e38; z-scoring a volume sums its voxels in float32, which for a 240x240x155 scan overflows from about 1e32,
+#: and more voxels lower that. 1e20 leaves room for 1e18 voxels and is far above any real MR intensity.
+MAX_ABS_INTENSITY: float = 1e20

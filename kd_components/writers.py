@@ -10,7 +10,7 @@ from typing import Any
 from monai.data import NibabelWriter
 from monai.utils import ImageMetaKey
 
-from kd_components.constants import CASE_ID_PATTERN, MODALITIES, NIFTI_EXTENSIONS
+from kd_components.constants import MODALITIES, NIFTI_EXTENSIONS, match_case_id
 from kd_components.io import atomic_path
 from kd_components.transforms import CASE_ID_KEY
 
@@ -38,7 +38,7 @@ def case_id_from_path(path: str | os.PathLike[str]) -> str:
             name = name[: -len(ext)]
             break
     stem, _, suffix = name.rpartition("-")
-    if suffix in MODALITIES and CASE_ID_PATTERN.match(stem):
+    if suffix.lower() in MODALITIES and match_case_id(stem):
         return stem
     return name
 

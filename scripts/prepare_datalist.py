@@ -5,9 +5,12 @@
                                        [--et-label 3] [--skip-invalid] [--workers N]
 
 Cases with a segmentation go to ``training`` (with a ``fold``), cases without one to ``testing``.
-Every case is checked first (modalities, readability, 3D, shapes, affines, finite voxels, label
-values). Any invalid case stops the run with one line per problem, unless ``--skip-invalid``:
-then the valid cases are written and the invalid ones are listed (on stderr and under ``invalid``
+Case folders are found at any depth (names in any letter case, symlinked folders followed); every
+folder that holds NIfTI files but is not taken as a case is named with the reason (a name that is not
+a BraTS case id, with the id it probably should have). Every case is checked first (modalities,
+readability, 3D, shapes, affines, voxel values as the network reads them, label values). Any invalid
+case or folder not taken stops the run with one line per problem, unless ``--skip-invalid``: then the
+valid cases are written and the others are listed (on stderr, and under ``invalid`` and ``not_cases``
 in the JSON). Exit status: 0 on success, 1 when invalid cases stop the run, 2 on bad arguments.
 """
 
@@ -18,7 +21,7 @@ import sys
 from collections import Counter
 
 from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
-from kd_components.data.brats import AFFINE_ATOL, InvalidCaseError, discover_cases, validate_cases
+from kd_components.data.brats import AFFINE_ATOL, CaseProblem, InvalidCaseError, find_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
 
@@ -43,30 +46,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _print_not_cases(not_cases: list[CaseProblem], dataset_dir: str, prefix: str) -> None:
+    """The folders not taken as cases, on stderr: ``<prefix>: N folder(s) under D ...`` and one line each."""
+    print(
+        f"{prefix}: {len(not_cases)} folder(s) under {dataset_dir} hold NIfTI files but are not taken as cases:",
+        file=sys.stderr,
+    )
+    for problem in not_cases:
+        print(f"  {problem.case_id!r}: {problem.problem}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cases = discover_cases(args.dataset_dir)
+        discovery = find_cases(args.dataset_dir)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    cases, not_cases = discovery.cases, discovery.not_cases
+    for note in discovery.notes:
+        print(f"note: {note}", file=sys.stderr)
     if not cases:
         print(
             f"error: no BraTS case folders (named like BraTS-GLI-00000-000) under {args.dataset_dir}", file=sys.stderr
         )
+        if not_cases:
+            _print_not_cases(not_cases, args.dataset_dir, "error")
         return 1
     reports = validate_cases(
         cases, et_label=args.et_label, affine_atol=args.affine_atol, workers=args.workers, progress=not args.quiet
     )
     try:
         datalist = build_datalist(
-            reports, args.dataset_dir, args.num_folds, args.seed, args.et_label, skip_invalid=args.skip_invalid
+            reports,
+            args.dataset_dir,
+            args.num_folds,
+            args.seed,
+            args.et_label,
+            skip_invalid=args.skip_invalid,
+            not_cases=not_cases,
         )
     except InvalidCaseError as err:
-        bad = sorted({p.case_id for p in err.problems})
-        print(f"error: {len(bad)} of {len(cases)} cases are invalid:", file=sys.stderr)
-        for problem in err.problems:
-            print(f"  {problem}", file=sys.stderr)
+        problems = [p for p in err.problems if p not in not_cases]
+        if problems:
+            bad = sorted({p.case_id for p in problems})
+            print(f"error: {len(bad)} of {len(cases)} cases are invalid:", file=sys.stderr)
+            for problem in problems:
+                print(f"  {problem}", file=sys.stderr)
+        if not_cases:
+            _print_not_cases(not_cases, args.dataset_dir, "error")
         print("fix them, or pass --skip-invalid to write the valid cases and list these", file=sys.stderr)
         return 1
     except ValueError as err:
@@ -78,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: skipped {len(skipped)} invalid case(s):", file=sys.stderr)
         for p in datalist["invalid"]:
             print(f"  {p['case_id']}: {p['file']}: {p['problem']}", file=sys.stderr)
+    if not_cases:
+        _print_not_cases(not_cases, args.dataset_dir, "warning")
     fold_sizes = Counter(e["fold"] for e in datalist["training"])
     folds = ", ".join(f"{k}:{fold_sizes[k]}" for k in sorted(fold_sizes))
     print(
         f"wrote {args.output}: {datalist['numTraining']} labelled cases (fold sizes {folds}), "
-        f"{datalist['numTest']} unlabelled, {len({p['case_id'] for p in datalist['invalid']})} skipped"
+        f"{datalist['numTest']} unlabelled, {len({p['case_id'] for p in datalist['invalid']})} skipped, "
+        f"{len(datalist['not_cases'])} folder(s) not taken as cases"
     )
     return 0
 

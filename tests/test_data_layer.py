@@ -22,6 +22,11 @@ from tests.conftest import TINY_SHAPE, tiny_label
 MakeCase = Callable[..., Path]
 
 
+def _scan(shape: tuple[int, ...] = TINY_SHAPE) -> np.ndarray:
+    """A scan with contrast (a constant one is a problem of its own)."""
+    return np.random.default_rng(3).uniform(1, 100, shape).astype(np.float32)
+
+
 def _problems(folder: Path, **kwargs) -> list[str]:
     (case,) = [c for c in discover_cases(folder.parent) if c.case_id == folder.name]
     return [str(p) for p in validate_case(case, **kwargs).problems]
@@ -77,7 +82,7 @@ def test_ambiguous_extension(make_case: MakeCase) -> None:
 
 
 def test_shape_mismatch_between_modalities(make_case: MakeCase) -> None:
-    folder = make_case(overrides={"t2w": np.ones((12, 10, 9), np.float32)})
+    folder = make_case(overrides={"t2w": _scan((12, 10, 9))})
     (problem,) = _problems(folder)
     assert "-t2w.nii.gz" in problem and "shape (12, 10, 9) differs from" in problem and "-t1c.nii.gz" in problem
 
@@ -86,12 +91,12 @@ def test_affine_mismatch_between_modalities(make_case: MakeCase) -> None:
     folder = make_case()
     shifted = np.diag([-1.0, -1.0, 1.0, 1.0])
     shifted[0, 3] = 5.0
-    save_nifti_atomic(np.ones(TINY_SHAPE, np.float32), shifted, folder / case_file_name(folder.name, "t1n"))
+    save_nifti_atomic(_scan(), shifted, folder / case_file_name(folder.name, "t1n"))
     (problem,) = _problems(folder)
     assert "-t1n.nii.gz" in problem and "affine differs" in problem and "5 mm" in problem
     # a difference below the tolerance is accepted
     shifted[0, 3] = 1e-5
-    save_nifti_atomic(np.ones(TINY_SHAPE, np.float32), shifted, folder / case_file_name(folder.name, "t1n"))
+    save_nifti_atomic(_scan(), shifted, folder / case_file_name(folder.name, "t1n"))
     assert _problems(folder) == []
 
 
