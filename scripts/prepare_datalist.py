@@ -22,7 +22,7 @@ from collections import Counter
 
 from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
 from kd_components.data.brats import AFFINE_ATOL, CaseProblem, InvalidCaseError, find_cases, validate_cases
-from kd_components.data.datalist import build_datalist
+from kd_components.data.datalist import build_datalist, empty_segmentations
 from kd_components.io import save_json_atomic
 
 
@@ -108,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p['case_id']}: {p['file']}: {p['problem']}", file=sys.stderr)
     if not_cases:
         _print_not_cases(not_cases, args.dataset_dir, "warning")
+    for case_id in empty_segmentations(reports):
+        print(
+            f"warning: {case_id}: the segmentation holds no tumour (every voxel 0): its Dice is 0 for any prediction "
+            "with tumour and undefined for an empty one, so it can move validation means a lot",
+            file=sys.stderr,
+        )
     fold_sizes = Counter(e["fold"] for e in datalist["training"])
     folds = ", ".join(f"{k}:{fold_sizes[k]}" for k in sorted(fold_sizes))
     print(

@@ -486,3 +486,19 @@ def test_discovery_keeps_plain_datasets_unchanged(make_case: MakeCase, tmp_path:
     save_nifti_atomic(np.ones(TINY_SHAPE, np.float32) * 3, AFFINE, tmp_path / "elsewhere" / "x.nii.gz")
     discovery = find_cases(folder.parent)
     assert [c.case_id for c in discovery.cases] == [folder.name] and not discovery.not_cases and not discovery.notes
+
+
+def test_an_empty_segmentation_is_written_with_a_warning(
+    make_case: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validation case with an empty segmentation scored Dice 0 without a word."""
+    make_case("BraTS-GLI-00001-000")
+    make_case("BraTS-GLI-00002-000", seed=1)
+    make_case("BraTS-GLI-00003-000", seg=np.zeros(TINY_SHAPE, np.uint8), seed=2)
+    out = tmp_path / "datalist.json"
+    args = ["--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--num-folds", "2", "--workers", "1"]
+    assert prepare_datalist.main([*args, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: BraTS-GLI-00003-000: the segmentation holds no tumour (every voxel 0)" in err
+    assert "BraTS-GLI-00001-000" not in err
+    assert len(json.loads(out.read_text())["training"]) == 3

@@ -70,6 +70,17 @@ def _whole_tumour(report: CaseReport) -> int:
     return sum(c for k, c in (report.label_counts or {}).items() if k != BACKGROUND_LABEL)
 
 
+def empty_segmentations(reports: Sequence[CaseReport]) -> list[str]:
+    """Ids of the valid labelled cases whose segmentation has no tumour voxel (only label 0)."""
+    return [
+        r.case.case_id
+        for r in reports
+        if r.ok
+        and r.label_counts is not None
+        and not any(c for k, c in r.label_counts.items() if k != BACKGROUND_LABEL)
+    ]
+
+
 def assign_folds(reports: Sequence[CaseReport], num_folds: int, seed: int = 0) -> dict[str, int]:
     """Assign each labelled case to one of ``num_folds`` folds, stratified and deterministic by ``seed``.
 
