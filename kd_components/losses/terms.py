@@ -281,6 +281,7 @@ class FeatureTerm(DistillationTerm):
     def forward(self, inputs: DistillationInputs) -> torch.Tensor:
         if self.loss is None:
             raise ValueError("FeatureTerm has no feature loss")
-        student = [inputs.student_features[p] for p in self.student_paths]
-        teacher = [inputs.teacher_features[p] for p in self.teacher_paths]
+        # float32 for the adapters and the distances, also when the networks ran under bf16 autocast
+        student = [inputs.student_features[p].float() for p in self.student_paths]
+        teacher = [inputs.teacher_features[p].float() for p in self.teacher_paths]
         return self.loss(student, teacher, scale_weights=self.teacher_scale_weights(inputs.teacher))

@@ -1,0 +1,72 @@
+"""bf16 autocast on the CPU for any MONAI inferer: the networks run in bfloat16 where the CPU has native
+bf16 instructions (AVX512-BF16 or AMX), and everything around them (losses, sliding-window aggregation,
+metrics) stays float32.
+
+MONAI's trainers and evaluators autocast only on CUDA (``amp``); on a CPU they run float32. The bundles
+declare their inferers through :class:`AutocastInferer`, switched by the ``cpu_bf16`` setting
+(``"auto"``: on where the CPU supports bf16 natively, ``true``, ``false``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from kd_components.config_checks import as_bool
+
+__all__ = ["AutocastInferer", "cpu_bf16_supported", "use_cpu_bf16"]
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX tiles)."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def use_cpu_bf16(setting: str | bool, device: str | torch.device) -> bool:
+    """Resolve the ``cpu_bf16`` setting for ``device``: ``"auto"`` is on for a CPU with native bf16; a flag
+    (``true``/``false``, as :func:`~kd_components.config_checks.as_bool` reads it) forces it. Never on for a
+    non-CPU device (CUDA has ``amp``)."""
+    if torch.device(device).type != "cpu":
+        return False
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        return cpu_bf16_supported()
+    return as_bool(setting, "cpu_bf16")
+
+
+class AutocastInferer(Inferer):
+    """Run ``inferer`` with the network under ``torch.autocast("cpu", dtype)`` and its outputs cast back to float32.
+
+    The autocast wraps each network call, not the inferer: a sliding window still aggregates its patches
+    in float32. Tensors the network's hooks capture (distillation features) are in ``dtype``; the losses
+    cast them to float32. On other devices, or when ``enabled`` is false, it is ``inferer`` unchanged.
+
+    Args:
+        inferer: the MONAI inferer to wrap (``SimpleInferer``, ``SlidingWindowInferer``, ...).
+        enabled: autocast on (e.g. ``use_cpu_bf16(@cpu_bf16, @device)`` in a config).
+        dtype: the autocast dtype. Defaults to ``torch.bfloat16``.
+    """
+
+    def __init__(self, inferer: Inferer, enabled: bool = True, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        self.inferer = inferer
+        self.enabled = bool(enabled)
+        self.dtype = dtype
+
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``inferer(inputs, network, ...)``; with autocast, ``network`` returns float32 ``(B, C, H, W, D)``."""
+        if not self.enabled or inputs.device.type != "cpu":
+            return self.inferer(inputs, network, *args, **kwargs)
+
+        def autocast_network(x: torch.Tensor, *a: Any, **k: Any) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=self.dtype):
+                out = network(x, *a, **k)
+            return out.float() if isinstance(out, torch.Tensor) else out
+
+        return self.inferer(inputs, autocast_network, *args, **kwargs)

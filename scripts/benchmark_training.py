@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Time one training step of the demo teacher and the distilled student in float32 and in bf16 autocast.
+
+    python scripts/benchmark_training.py [--repeats 5] [--batch 4] [--size 64] [--output docs/training_speed.md]
+
+One step is what the bundles' trainers do per batch at the demo settings (``configs/demo.json``: batch 2 x 2
+patches of 64^3): the teacher's forward, DiceCE loss, backward and AdamW step; for the student also the
+frozen teacher's forward and the soft-target and feature losses (``DistillationLoss`` as the student's
+``train.json`` declares it). Each variant is timed as the median of ``--repeats`` steps after one warm-up
+step, the variants interleaved so that a change in machine load hits them alike. The load average before
+and after is printed with the table, and the table is written atomically to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+
+import torch
+from monai.inferers import SimpleInferer
+from monai.losses import DiceCELoss
+
+from kd_components.benchmarking import cpu_description, time_runs
+from kd_components.constants import MODALITIES, REGIONS
+from kd_components.inferers import AutocastInferer, cpu_bf16_supported
+from kd_components.io import atomic_path
+from kd_components.losses import (
+    DistillationInputs,
+    DistillationLoss,
+    FeatureTerm,
+    SoftTargetKDLoss,
+    SoftTargetTerm,
+    TaskTerm,
+    build_feature_kd_loss,
+)
+from kd_components.networks import build_student, build_teacher, trainable_parameters
+from kd_components.networks.student import DEFAULT_FEATURE_PAIRS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--batch", type=int, default=4, help="patches per step (demo: batch_size 2 x num_samples 2)")
+    parser.add_argument("--size", type=int, default=64, help="patch side (demo: 64)")
+    parser.add_argument("--output", default="docs/training_speed.md", help="markdown report ('' to only print)")
+    return parser.parse_args(argv)
+
+
+def _teacher_step(size: int, batch: int, bf16: bool):
+    torch.manual_seed(0)
+    network = build_teacher("demo", img_size=(size,) * 3)
+    optimizer = torch.optim.AdamW(trainable_parameters(network), lr=1e-3)
+    loss = DiceCELoss(sigmoid=True)
+    inferer = AutocastInferer(SimpleInferer(), enabled=bf16)
+    x = torch.randn(batch, len(MODALITIES), size, size, size)
+    y = (torch.rand(batch, len(REGIONS), size, size, size) > 0.9).float()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss(inferer(x, network), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def _student_step(size: int, batch: int, bf16: bool):
+    torch.manual_seed(0)
+    teacher = build_teacher("demo", img_size=(size,) * 3).eval().requires_grad_(False)
+    student = build_student(init_filters=8)
+    feature = build_feature_kd_loss(student, teacher, DEFAULT_FEATURE_PAIRS, probe_size=(size,) * 3)
+    terms = {
+        "task": TaskTerm(DiceCELoss(sigmoid=True)),
+        "soft": SoftTargetTerm(SoftTargetKDLoss(4.0)),
+        "feature": FeatureTerm(feature, weight=0.1),
+    }
+    objective = DistillationLoss(terms)
+    optimizer = torch.optim.AdamW([*student.parameters(), *objective.parameters()], lr=1e-3)
+    inferer = AutocastInferer(SimpleInferer(), enabled=bf16)
+    x = torch.randn(batch, len(MODALITIES), size, size, size)
+    y = (torch.rand(batch, len(REGIONS), size, size, size) > 0.9).float()
+    from kd_components.hooks import FeatureHooks
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with FeatureHooks(student, objective.student_paths) as s, FeatureHooks(teacher, objective.teacher_paths) as t:
+            with torch.no_grad():
+                teacher_logits = inferer(x, teacher)
+            logits = inferer(x, student)
+            inputs = DistillationInputs(
+                logits,
+                teacher_logits,
+                y,
+                mask=(x != 0).any(1, keepdim=True),
+                student_features=dict(zip(objective.student_paths, s.features(), strict=True)),
+                teacher_features=dict(zip(objective.teacher_paths, t.features(), strict=True)),
+                teacher=teacher,
+            )
+            objective(inputs)["loss"].backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_before = os.getloadavg()
+    variants = [(name, bf16) for name in ("teacher (demo)", "student + KD") for bf16 in (False, True)]
+    builders = {"teacher (demo)": _teacher_step, "student + KD": _student_step}
+    steps = {(n, b): builders[n](args.size, args.batch, b) for n, b in variants}
+    for step in steps.values():  # warm-up of every variant first
+        step()
+    times: dict[tuple[str, bool], list[float]] = {key: [] for key in steps}
+    for _ in range(args.repeats):
+        for key, step in steps.items():
+            times[key].append(time_runs(step, 1)[0])
+    load_after = os.getloadavg()
+    medians = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
+    lines = [
+        "# Training step: float32 and bf16 autocast on the CPU",
+        "",
+        f"Generated by `python {' '.join(['scripts/benchmark_training.py', *(argv or sys.argv[1:])])}` on "
+        f"{datetime.date.today().isoformat()}: {cpu_description()}, native bf16: {cpu_bf16_supported()}, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
+        "",
+        f"One step at batch {args.batch} x {args.size}^3 (the demo's 2 x 2 patches): median of {args.repeats} "
+        "steps after a warm-up, the four variants interleaved.",
+        "",
+        "| network | float32 (s) | bf16 autocast (s) | speed-up |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in builders:
+        fp32, bf16 = medians[(name, False)], medians[(name, True)]
+        lines.append(f"| {name} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
