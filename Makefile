@@ -25,7 +25,8 @@ data:
 		--unlabelled $(UNLABELLED) --seed $(SEED) --profile $(PROFILE) --preview
 	$(PYTHON) scripts/prepare_datalist.py --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
-## The comparison in docs/results.md (about 1.5 h on 2 CPU cores; restartable).
+## The comparison in docs/results.md (about 3 h on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
+## run it again after an interruption and it continues).
 benchmark: install
 	$(PYTHON) scripts/benchmark_kd.py --notes docs/results_notes.md
 

@@ -7,9 +7,11 @@ interpretation lives in ``--notes`` (a Markdown file appended as the page's Note
 
 Example::
 
-    python scripts/benchmark_kd.py                          # the docs/results.md run (about 1 h 15 min on 2 CPU cores)
-    python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 --teacher-steps 4 --student-steps 2 \\
-        --labelled 2 --validation 1 --unlabelled 2 --test 1 --no-timing --results-md /tmp/bench/results.md
+    python scripts/benchmark_kd.py --estimate               # the predicted time of the default regime, then exit
+    python scripts/benchmark_kd.py --notes docs/results_notes.md   # the docs/results.md run (about 3 h on 2 cores)
+    python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 1 --teacher-seeds 0 --teacher-steps 2 \\
+        --student-steps 2 --labelled 2 --validation 1 --unlabelled 2 --test 3 --rows labels_only soft \\
+        --no-timing --results-md /tmp/bench/results.md     # a smoke test of the whole chain (minutes)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 from kd_components.io import atomic_path
-from kd_components.pipeline.benchmark import ROWS, BenchmarkSettings, run_benchmark
+from kd_components.pipeline.benchmark import ROWS, SELECTION_RULES, BenchmarkSettings, estimate_seconds, run_benchmark
 from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
 from kd_components.pipeline.stages import StageError
 
@@ -35,11 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--validation", type=int, default=d.validation, help="labelled validation cases")
     parser.add_argument("--unlabelled", type=int, default=d.unlabelled, help="unlabelled scans")
     parser.add_argument("--test", type=int, default=d.test, help="held-out labelled test cases")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    parser.add_argument("--teacher-seeds", type=int, nargs="+", default=list(d.teacher_seeds))
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=list(d.seeds), help="student seeds: every student row gets each"
+    )
+    parser.add_argument(
+        "--teacher-seeds",
+        type=int,
+        nargs="+",
+        default=list(d.teacher_seeds),
+        help="one teacher per seed; the i-th student seed distils teacher seed number i mod (number of teacher seeds)",
+    )
     parser.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
     parser.add_argument("--student-steps", type=int, default=d.student_steps)
-    parser.add_argument("--validations", type=int, default=d.validations, help="validations per training run")
+    parser.add_argument(
+        "--selection",
+        choices=SELECTION_RULES,
+        default=d.selection,
+        help="model selection: 'last' (the weights after the last epoch; one validation) or 'best' (best "
+        "validation mean Dice among --validations validations)",
+    )
+    parser.add_argument(
+        "--validations", type=int, default=d.validations, help="validations per training run with --selection best"
+    )
+    parser.add_argument("--bootstrap-resamples", type=int, default=d.bootstrap_resamples)
+    parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed, help="seed of the bootstrap draws")
     parser.add_argument("--rows", nargs="+", default=list(d.rows), choices=[r.key for r in ROWS])
     parser.add_argument("--timing-networks", nargs="+", default=list(d.timing_networks))
     parser.add_argument(
@@ -51,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"), help="the generated page")
     parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
+    parser.add_argument("--estimate", action="store_true", help="print the predicted time of a fresh run and exit")
     return parser
 
 
@@ -70,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
             teacher_seeds=tuple(args.teacher_seeds),
             teacher_steps=args.teacher_steps,
             student_steps=args.student_steps,
+            selection=args.selection,
             validations=args.validations,
             rows=tuple(args.rows),
+            bootstrap_resamples=args.bootstrap_resamples,
+            bootstrap_seed=args.bootstrap_seed,
             timing_networks=tuple(args.timing_networks),
         )
     except ValueError as error:
         parser.error(str(error))
+    if args.estimate:
+        parts = estimate_seconds(settings)
+        print(", ".join(f"{part} {seconds / 60:.0f} min" for part, seconds in parts.items()) + " (2 CPU cores)")
+        return 0
     try:
         results = run_benchmark(settings, fresh=args.fresh, timing=not args.no_timing)
     except StageError as error:

@@ -1,22 +1,32 @@
-"""The benchmark's pure parts: case roles, step budgets, stage plan, gap closed, and the generated page."""
+"""The benchmark's pure parts: case roles, step budgets, stage plan, teacher pairing, cost estimate, per-case
+statistics in results.json, and the generated page."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kd_components.networks.student import build_student
 from kd_components.pipeline.benchmark import (
+    METRICS,
     ROWS,
     BenchmarkSettings,
+    add_statistics,
     benchmark_stages,
+    collect_results,
+    estimate_seconds,
     network_sizes,
     row_schedule,
+    run_dir,
     schedule,
     split_cases,
+    teacher_seed_for,
 )
-from kd_components.pipeline.results import gap_closed, plot_dice_vs_time, plot_region_bars, render_results
+from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
+from kd_components.pipeline.statistics import Interval
 
 
 def test_split_cases_is_disjoint_and_ordered() -> None:
@@ -60,8 +70,53 @@ def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> Non
     assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
 
 
-def test_one_shared_teacher_by_default(tmp_path: Path) -> None:
-    stages = {s.name: s for s in benchmark_stages(BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1, 2)))}
+def test_students_are_paired_with_teachers_round_robin(tmp_path: Path) -> None:
+    settings = BenchmarkSettings(output_dir=tmp_path)
+    assert (len(settings.seeds), len(settings.teacher_seeds), settings.test) == (5, 2, 24)  # the regime's defaults
+    assert [teacher_seed_for(settings, s) for s in settings.seeds] == [0, 1, 0, 1, 0]
+    stages = {s.name: s for s in benchmark_stages(settings)}
+    names = list(stages)
+    assert [n for n in names if n.startswith("teacher_") and n.endswith("_train")] == [
+        "teacher_seed0_train",
+        "teacher_seed1_train",
+    ]
+    assert names.index("teacher_seed1_test") < names.index("labels_only_seed0_train")  # every teacher comes first
+    assert "teacher_seed1_train" in stages["soft_seed3_train"].depends_on
+    assert "teacher_seed0_train" in stages["soft_feature_paired_seed4_train"].depends_on
+    assert "soft_feature_unlabelled_seed0_train" not in stages  # interleaved: not a default row (``--rows``)
+    # teacher seeds need not be student seeds
+    other = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(7,), rows=("soft",))
+    plan = [s.name for s in benchmark_stages(other)]
+    assert plan.index("teacher_seed7_train") < plan.index("soft_seed0_train")
+
+
+def test_last_checkpoint_rule_validates_once_after_the_last_epoch(tmp_path: Path) -> None:
+    settings = BenchmarkSettings(output_dir=tmp_path)
+    assert settings.selection == "last" and settings.validations_per_run == 1
+    rows = {r.key: r for r in ROWS}
+    epochs, interval, _ = row_schedule(settings, rows["labels_only"])
+    assert interval == epochs  # one validation, at the end: model.pt holds the last weights
+    best = BenchmarkSettings(output_dir=tmp_path, selection="best", validations=4)
+    epochs, interval, _ = row_schedule(best, rows["labels_only"])
+    assert epochs // interval == 4
+    with pytest.raises(ValueError, match="selection"):
+        BenchmarkSettings(selection="first")
+    with pytest.raises(ValueError, match="repeat"):
+        BenchmarkSettings(seeds=(0, 0))
+
+
+def test_the_default_regime_fits_about_three_hours_on_two_cores() -> None:
+    estimate = estimate_seconds(BenchmarkSettings())
+    assert estimate["total"] == pytest.approx(sum(v for k, v in estimate.items() if k != "total"))
+    assert 2 * 3600 < estimate["total"] <= 3.25 * 3600
+    old = estimate_seconds(BenchmarkSettings(test=8, seeds=(0, 1, 2), teacher_seeds=(0,), selection="best"))
+    assert old["total"] < estimate["total"] / 2
+
+
+def test_one_shared_teacher_when_one_teacher_seed(tmp_path: Path) -> None:
+    rows = tuple(r.key for r in ROWS)
+    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1, 2), teacher_seeds=(0,), rows=rows)
+    stages = {s.name: s for s in benchmark_stages(settings)}
     assert [n for n in stages if n.startswith("teacher_") and n.endswith("_train")] == ["teacher_seed0_train"]
     assert "teacher_seed0_train" in stages["soft_feature_unlabelled_seed2_train"].depends_on
     assert "--use_unlabelled" in stages["soft_feature_unlabelled_seed2_train"].command
@@ -69,12 +124,18 @@ def test_one_shared_teacher_by_default(tmp_path: Path) -> None:
     assert paired[paired.index("--unlabelled_mixing") + 1] == "paired"
 
 
+_CASES = [f"BraTS-SYN-{i:05d}-000" for i in range(4)]
+
+
 def _row(kind: str, network: str, dice: float, seeds: tuple[int, ...] = (0, 1)) -> dict:
-    keys = ["val_dice_tc", "val_dice_wt", "val_dice_et", "val_mean_dice", "val_hd95_tc", "val_hd95_wt", "val_hd95_et"]
-    std = 0.01 if len(seeds) > 1 else None
-    summary = {k: {"mean": dice, "std": std, "values": [dice] * len(seeds)} for k in keys}
+    """A row as collect_results builds it, with the same score ``dice`` on every (seed, test case)."""
+    per_case = {"cases": _CASES} | {m: [[dice] * len(_CASES) for _ in seeds] for m in METRICS}
+    std = 0.0 if len(seeds) > 1 else None
+    summary = {
+        k: {"mean": dice, "std": std, "values": [dice] * len(seeds), "case_means": [dice] * len(seeds)} for k in METRICS
+    }
     row = {"label": f"{kind} {network}", "kind": kind, "network": network, "steps": 72, "summary": summary}
-    return row | {"seeds": list(seeds)}
+    return row | {"seeds": list(seeds), "per_case": per_case}
 
 
 def _results() -> dict:
@@ -96,34 +157,88 @@ def _results() -> dict:
         }
         for n, p, t in (("default", 178_000_000, 100.0), ("demo", 4_000_000, 10.0), ("student", 1_000_000, 2.0))
     ]
-    settings = BenchmarkSettings()
+    settings = BenchmarkSettings(seeds=(0, 1), teacher_seeds=(0,), student_steps=72)
     return {
         "settings": {
             "data_seed": 1,
             "labelled": settings.labelled,
             "validation": 2,
             "unlabelled": 12,
-            "test": 8,
+            "test": len(_CASES),
             "seeds": [0, 1],
             "teacher_seeds": [0],
             "teacher_steps": 120,
             "student_steps": 72,
+            "selection": "last",
             "batch_size": 2,
+            "bootstrap_resamples": 1000,
+            "bootstrap_seed": 0,
             "timing_roi": 96,
             "timing_overlap": 0.25,
             "timing_shape": [240, 240, 155],
         },
-        "rows": rows,
+        "rows": add_statistics(rows, resamples=1000, seed=0),
         "cost": cost,
+        "estimate_seconds": estimate_seconds(settings),
         "stage_seconds": {"a": 61.0, "b": 0.0},
         "stage_seconds_recorded": {"a": 61.0, "b": 120.0},
     }
 
 
-def test_gap_closed() -> None:
+def test_statistics_of_each_row() -> None:
     rows = _results()["rows"]
-    assert gap_closed(rows, "soft") == pytest.approx(0.75)
-    assert gap_closed(rows, "labels_only") is None and gap_closed(rows, "teacher") is None
+    soft = rows["soft"]["statistics"]["val_mean_dice"]
+    assert Interval.from_dict(soft["mean"]).estimate == pytest.approx(0.7)
+    assert Interval.from_dict(soft["difference"]).estimate == pytest.approx(0.3)
+    assert Interval.from_dict(soft["gap_closed"]).estimate == pytest.approx(0.75)
+    # no difference or gap for the label-only student itself or the teacher (not trained on the student seeds)
+    for key in ("labels_only", "teacher"):
+        assert rows[key]["statistics"]["val_mean_dice"]["difference"] is None
+        assert rows[key]["statistics"]["val_mean_dice"]["gap_closed"] is None
+
+
+def _write_evaluation(folder: Path, values: np.ndarray) -> None:
+    """What evaluate.json's MetricsSaver writes for ``values`` (cases x regions TC, WT, ET), with MONAI's writer."""
+    from monai.handlers.utils import write_metrics_reports
+
+    details = {f"val_dice_{r}": values[:, i : i + 1] for i, r in enumerate(("tc", "wt", "et"))}
+    details |= {f"val_hd95_{r}": 10 * values[:, i : i + 1] for i, r in enumerate(("tc", "wt", "et"))}
+    details["val_mean_dice"] = values
+    metrics = {k: float(np.nanmean(v)) for k, v in details.items()}
+    folder.mkdir(parents=True)
+    write_metrics_reports(folder, _CASES, metrics, details, summary_ops=None)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")  # MONAI's writer, on the case without ET
+def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path) -> None:
+    settings = BenchmarkSettings(
+        output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(0,), rows=("labels_only", "soft"), bootstrap_resamples=500
+    )
+    datalist = {"training": [{"case_id": c} for c in _CASES]}
+    (tmp_path / "test_datalist.json").write_text(json.dumps(datalist))
+    rng = np.random.default_rng(0)
+    base = {s: rng.uniform(0.3, 0.6, size=(len(_CASES), 3)) for s in (0, 1)}
+    for s in (0, 1):
+        base[s][2, 2] = np.nan  # case 2 has no ET in its ground truth
+        _write_evaluation(run_dir(settings, ROWS[1], s) / "test", base[s])
+        _write_evaluation(run_dir(settings, ROWS[2], s) / "test", base[s] + 0.1)
+    _write_evaluation(run_dir(settings, ROWS[0], 0) / "test", np.full((len(_CASES), 3), 0.9))
+    rows = collect_results(settings)
+    assert list(rows) == ["teacher", "labels_only", "soft"]
+    soft = rows["soft"]
+    assert soft["per_case"]["cases"] == _CASES and soft["teacher_seeds"] == [0, 0]
+    np.testing.assert_allclose(soft["per_case"]["val_dice_tc"], [base[s][:, 0] + 0.1 for s in (0, 1)], atol=1e-4)
+    assert np.isnan(soft["per_case"]["val_dice_et"][1][2])
+    et = soft["statistics"]["val_dice_et"]
+    assert et["mean"]["estimate"] == pytest.approx(np.nanmean([base[s][:, 2] + 0.1 for s in (0, 1)]), abs=1e-4)
+    assert et["difference"]["estimate"] == pytest.approx(0.1, abs=1e-4)
+    assert et["difference"]["high"] - et["difference"]["low"] < 1e-3  # the same shift on every case: exact
+    mean_dice = np.nanmean(base[0] + 0.1, axis=1)  # per case: the mean over the regions present
+    np.testing.assert_allclose(soft["per_case"]["val_mean_dice"][0], mean_dice, atol=1e-4)
+    assert soft["summary"]["val_mean_dice"]["case_means"][0] == pytest.approx(mean_dice.mean(), abs=1e-4)
+    gap = soft["statistics"]["val_mean_dice"]["gap_closed"]["estimate"]
+    base_mean = np.mean([np.nanmean(base[s], axis=1) for s in (0, 1)])
+    assert gap == pytest.approx(0.1 / (0.9 - base_mean), abs=1e-3)
 
 
 def test_results_page_and_plots(tmp_path: Path) -> None:
@@ -133,9 +248,13 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
     page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
     assert "| student student | 72 | 1,000,000 |" in page
-    assert "0.700 ± 0.010" in page and "75 %" in page
-    assert "0.800 (1 run)" in page  # the teacher was trained once
+    assert "0.700 [0.700, 0.700]" in page  # mean [95 % interval]
+    assert "| student student | 0.700 [0.700, 0.700] | 0.300 [0.300, 0.300] | 75 % [75, 75] | 2 of 2 |" in page
     assert "| teacher demo | 0.800 |  |" in page  # per-seed table: no value for seed 1
+    assert "student seed -> teacher seed: 0 -> 0, 1 -> 0" in page
+    assert "4 held-out labelled test cases" in page and "the weights after the last epoch" in page
+    assert "**Determinism.**" in page and "floating-point" in page
+    assert "1,000 resamples" in page and "**Cost and commands.** A fresh run of this regime is estimated at" in page
     assert "as recorded when each ran: 3 min 01 s; of the stages this invocation ran: 1 min 01 s." in page
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page

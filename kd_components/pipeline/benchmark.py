@@ -1,28 +1,62 @@
 """The project's comparison: teacher vs distilled students vs label-only students, under a shortage of labels.
 
-Regime (see ``docs/results.md`` for the measured table):
+Regime (see ``docs/results.md`` for the measured table; every number below is a default of
+:class:`BenchmarkSettings` and an option of ``scripts/benchmark_kd.py``):
 
-- **Data.** One phantom data set (``data_seed``), split by case index into a few labelled training
-  cases, a small labelled validation set (model selection, as a real project would keep one), many
-  unlabelled scans (their segmentations are never read: the datalist lists them without a label)
-  and a held-out labelled test set on which every row is scored.
+- **Data.** One phantom data set (``data_seed``; case *i* depends only on the seed and *i*), split by
+  case index into 6 labelled training cases, 2 labelled validation cases, 12 unlabelled scans (their
+  segmentations are never read: the datalist lists them without a label) and 24 held-out labelled test
+  cases on which every row is scored. Test cases cost only inference, so there are many of them: with
+  8 (the earlier regime) the interval of a mean was wider than most differences between rows.
+- **Model selection.** ``selection="last"`` (default): one validation, after the last epoch, so
+  ``model.pt`` holds the final weights (the cosine schedule ends near a learning rate of 0). Choosing
+  the best of 4 validations on 2 cases (``selection="best"``, the earlier rule) selects by the Dice of
+  two cases, as much noise as quality, and more validation cases would cost every run their inference.
 - **Teacher.** The demo ``HybridTeacher`` trained on the labelled cases only, ``teacher_steps``
-  optimizer steps, once per seed in ``teacher_seeds`` (by default once: on 2 CPU cores a teacher
-  costs as much as four students).
+  optimizer steps, once per seed in ``teacher_seeds`` (default 0 and 1).
 - **Students.** Every student row gets the same ``student_steps`` optimizer steps (not epochs: an
   epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
-  and seed, and is selected by the same validation set. Rows: labels only; + soft-target KD;
-  + soft-target and feature KD; the same with the unlabelled scans, interleaved (their batches take
-  steps of their own) and paired (each step one labelled and one unlabelled batch, so as many
-  labelled batches are seen as in the label-only row); MONAI's model-zoo BraTS SegResNet
-  (``init_filters`` 16, blocks 1-2-2-4) on labels only.
-- **Seeds.** Each student row is trained with every seed in ``seeds`` (the data split is fixed; the
-  seed sets initialisation, patch sampling and augmentation); a student of seed *s* learns from the
-  teacher of seed *s* if there is one, else from the teacher of the first teacher seed. Tables give
-  mean and standard deviation over seeds.
+  and seeds. Rows: labels only; + soft-target KD; + soft-target and feature KD; the same with the
+  unlabelled scans paired with the labelled batches (each step one labelled and one unlabelled batch, so
+  as many labelled batches are seen as in the label-only row); MONAI's model-zoo BraTS SegResNet
+  (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
+  their own, each an optimizer step: a third of the labelled batches of the other rows at equal steps)
+  is a row too, but not a default one (``--rows ... soft_feature_unlabelled``).
+- **Seeds (paired).** Each student row is trained with every seed in ``seeds`` (default 0-4; the data
+  split is fixed, the seed sets initialisation, patch sampling, augmentation and batch order), so rows
+  are compared seed by seed. The *i*-th student seed distils the teacher of
+  ``teacher_seeds[i % len(teacher_seeds)]`` (:func:`teacher_seed_for`): students 0, 2, 4 learn from
+  teacher 0, students 1, 3 from teacher 1.
+- **Statistics.** Per row and metric ``results.json`` holds the score of every (seed, test case)
+  (``per_case``, from the ``*_raw.csv`` files of MONAI's ``MetricsSaver`` in ``evaluate.json``), the
+  per-seed aggregates (``per_seed``, ``summary``) and (:func:`add_statistics`) the mean with a 95 %
+  bootstrap interval over seeds and cases, the paired difference to the label-only student and the gap
+  closed, each with its interval (:mod:`kd_components.pipeline.statistics` says what is resampled).
+- **Determinism.** On one machine, a rerun repeats every number: phantoms depend only on (seed, index),
+  each bundle run seeds everything with ``monai.utils.set_determinism(seed)`` and loads data in the main
+  process (``num_workers`` 0 in ``demo.json``). Across machines the CPU's floating-point summation order
+  (vector width, oneDNN/MKL kernel choice, thread count) differs, so the weights drift apart from the
+  first step; the page says so and the intervals, not single means, carry the conclusions.
 - **Cost.** Parameters, FLOPs per 96^3 patch, and sliding-window inference time and peak memory of
   one BraTS-size volume (4 x 240 x 240 x 155) on this CPU, each network in a fresh process, all in
   the same run; the default (full-size) teacher is measured too, though it is not trained here.
+
+Time budget (:func:`estimate_seconds`, printed by ``scripts/benchmark_kd.py --estimate``). The model:
+a label-only student step costs :data:`STEP_SECONDS` (2.3 s; the other rows a multiple,
+:attr:`Row.step_cost`: KD 1.3, paired 2.6, SegResNet-16 2.2, demo teacher 2.0), evaluating one phantom
+case :data:`CASE_SECONDS` (4 s for the student; teacher 1.9x, SegResNet-16 2.2x, their inference-time
+ratios on the cost table), starting a bundle process :data:`START_SECONDS` (25 s), a phantom 2 s. Fitted
+to the recorded stage times of the two published runs (8 test cases, 3 seeds, one teacher, best of 4
+validations on 2 cases): ``docs/results_long_budget.md`` (108 student steps, 4 rows: 129 min recorded,
+model 128 min) and ``docs/results.md`` (36 steps, 5 rows: 89 min recorded on cores shared with other
+work, model 75 min); per-case and start-up costs cross-checked against a smoke run (teacher: 18 s per
+case and 53 s start-up at a load average of 5 on 2 cores, i.e. about 7 s and 20 s unloaded). For the
+defaults (6 rows incl. the teacher; 24 test cases; 5 student and 2 teacher seeds; last-checkpoint rule;
+36 student steps) the model gives about 2 h 41 min: 92 min of training (2 teachers x 120 steps,
+25 students x 36 steps), 67 min of testing (27 runs x 24 cases), 1 min of phantoms, plus about 4 min of
+inference timing; the same regime at 108 student steps would take about 4 h 37 min, so the step budget stays
+at 36 (``--student-steps 108`` for the longer one). Treat it as +-25 %: the per-step costs are fitted
+to two totals.
 
 Every training and evaluation is a stage of :class:`~kd_components.pipeline.stages.StageRunner`, so
 an interrupted benchmark continues where it stopped when the same command is run again.
@@ -42,6 +76,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kd_components.constants import MODALITIES
@@ -49,20 +84,26 @@ from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
 from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
-from kd_components.pipeline.report import read_metrics
+from kd_components.pipeline.report import read_metrics, read_per_case
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
+from kd_components.pipeline.statistics import gap_closed_interval, mean_interval, paired_difference
 
 __all__ = [
+    "METRICS",
     "ROWS",
     "BenchmarkSettings",
     "Row",
+    "add_statistics",
     "benchmark_stages",
     "collect_results",
+    "estimate_seconds",
+    "held_out_cases",
     "measure_inference",
     "network_sizes",
     "run_benchmark",
     "schedule",
     "split_cases",
+    "teacher_seed_for",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +123,8 @@ class Row:
             their own, each an optimizer step) or ``"paired"`` (each step one labelled and one unlabelled
             batch); see :class:`~kd_components.data.mixing.MixedBatchLoader`.
         kind: ``teacher``, ``student`` (a distillation row) or ``baseline`` (labels only).
+        step_cost: seconds of one optimizer step relative to a label-only student step (cost estimate only).
+        case_cost: seconds of evaluating one case relative to the student (cost estimate only).
     """
 
     key: str
@@ -90,17 +133,26 @@ class Row:
     overrides: tuple[str, ...] = ()
     unlabelled: str = ""
     kind: str = "student"
+    step_cost: float = 1.0
+    case_cost: float = 1.0
 
 
 ROWS: tuple[Row, ...] = (
-    Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher"),
+    Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.0, case_cost=1.9),
     Row("labels_only", "student, labels only", "student", ("--alpha", "0", "--beta", "0"), kind="baseline"),
-    Row("soft", "student + soft-target KD", "student", ("--alpha", "1", "--beta", "0", "--use_unlabelled", "false")),
+    Row(
+        "soft",
+        "student + soft-target KD",
+        "student",
+        ("--alpha", "1", "--beta", "0", "--use_unlabelled", "false"),
+        step_cost=1.3,
+    ),
     Row(
         "soft_feature",
         "student + soft-target + feature KD",
         "student",
         ("--alpha", "1", "--use_unlabelled", "false"),
+        step_cost=1.3,
     ),
     Row(
         "soft_feature_unlabelled",
@@ -108,6 +160,7 @@ ROWS: tuple[Row, ...] = (
         "student",
         ("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "interleave"),
         unlabelled="interleave",
+        step_cost=1.3,
     ),
     Row(
         "soft_feature_paired",
@@ -115,6 +168,7 @@ ROWS: tuple[Row, ...] = (
         "student",
         ("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "paired"),
         unlabelled="paired",
+        step_cost=2.6,
     ),
     Row(
         "segresnet16",
@@ -122,27 +176,47 @@ ROWS: tuple[Row, ...] = (
         "segresnet16",
         ("--alpha", "0", "--beta", "0", "--network_def#init_filters", "16"),
         kind="baseline",
+        step_cost=2.2,
+        case_cost=2.2,
     ),
 )
+
+#: The test metrics of ``evaluate.json`` read per case (``<metric>_raw.csv``, column ``mean``: for
+#: ``val_mean_dice`` the mean over the three regions of that case, NaN-skipping).
+METRICS: tuple[str, ...] = (
+    "val_dice_tc",
+    "val_dice_wt",
+    "val_dice_et",
+    "val_mean_dice",
+    "val_hd95_tc",
+    "val_hd95_wt",
+    "val_hd95_et",
+)
+#: Model-selection rules: ``last`` (validate once, after the last epoch: the final weights) or ``best`` (the
+#: checkpoint of the best validation mean Dice among ``validations`` evenly spaced validations).
+SELECTION_RULES: tuple[str, ...] = ("last", "best")
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """Data split, budgets and seeds of the benchmark (defaults: the run in ``docs/results.md``)."""
+    """Data split, budgets, seeds and statistics of the benchmark (defaults: the regime of the module docstring)."""
 
     output_dir: Path = Path("outputs/benchmark")
     data_seed: int = 100
     labelled: int = 6
     validation: int = 2
     unlabelled: int = 12
-    test: int = 8
-    seeds: tuple[int, ...] = (0, 1, 2)
-    teacher_seeds: tuple[int, ...] = (0,)
+    test: int = 24
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    teacher_seeds: tuple[int, ...] = (0, 1)
     teacher_steps: int = 120
     student_steps: int = 36
+    selection: str = "last"
     validations: int = 4
     batch_size: int = 2
-    rows: tuple[str, ...] = tuple(r.key for r in ROWS)
+    rows: tuple[str, ...] = tuple(r.key for r in ROWS if r.key != "soft_feature_unlabelled")
+    bootstrap_resamples: int = 10_000
+    bootstrap_seed: int = 0
     timing_networks: tuple[str, ...] = ("default", "demo", "student", "segresnet16")
     timing_shape: tuple[int, int, int] = (240, 240, 155)
     timing_roi: int = 96
@@ -157,10 +231,21 @@ class BenchmarkSettings:
             raise ValueError("labelled, validation and test need at least one case each")
         if not self.seeds or not self.teacher_seeds:
             raise ValueError("at least one seed and one teacher seed are needed")
+        if len(set(self.seeds)) != len(self.seeds) or len(set(self.teacher_seeds)) != len(self.teacher_seeds):
+            raise ValueError("seeds and teacher seeds must not repeat")
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(f"selection must be one of {SELECTION_RULES}, got {self.selection!r}")
+        if self.validations < 1 or self.bootstrap_resamples < 1:
+            raise ValueError("validations and bootstrap resamples must be at least 1")
 
     @property
     def num_cases(self) -> int:
         return self.labelled + self.validation + self.unlabelled + self.test
+
+    @property
+    def validations_per_run(self) -> int:
+        """Validations per training run: 1 (after the last epoch) for ``selection="last"``, else ``validations``."""
+        return 1 if self.selection == "last" else self.validations
 
 
 def split_cases(case_ids: Sequence[str], settings: BenchmarkSettings) -> dict[str, list[str]]:
@@ -220,12 +305,19 @@ def row_schedule(settings: BenchmarkSettings, row: Row) -> tuple[int, int, int]:
     if row.unlabelled == "interleave":  # paired: one unlabelled batch rides along with each labelled one
         per_epoch += _batches(settings.unlabelled, settings.batch_size)
     steps = settings.teacher_steps if row.kind == "teacher" else settings.student_steps
-    return (*schedule(steps, per_epoch, settings.validations), per_epoch)
+    return (*schedule(steps, per_epoch, settings.validations_per_run), per_epoch)
 
 
 def row_seeds(settings: BenchmarkSettings, row: Row) -> tuple[int, ...]:
     """The seeds ``row`` is trained with: ``teacher_seeds`` for the teacher, ``seeds`` for the others."""
     return settings.teacher_seeds if row.kind == "teacher" else settings.seeds
+
+
+def teacher_seed_for(settings: BenchmarkSettings, seed: int) -> int:
+    """The teacher a student of ``seed`` distils: the ``i``-th student seed gets teacher seed
+    ``teacher_seeds[i % len(teacher_seeds)]`` (seeds 0-4 with teacher seeds 0, 1: students 0, 2, 4 learn
+    from teacher 0, students 1, 3 from teacher 1), so every teacher teaches about as many students."""
+    return settings.teacher_seeds[settings.seeds.index(seed) % len(settings.teacher_seeds)]
 
 
 def run_dir(settings: BenchmarkSettings, row: Row, seed: int) -> Path:
@@ -258,66 +350,98 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
         ),
     ]
     common = ["--dataset_dir", str(data), "--batch_size", str(settings.batch_size)]
-    rows = [r for r in ROWS if r.key in settings.rows or r.kind == "teacher"]
-    for seed in sorted(set(settings.seeds) | set(settings.teacher_seeds)):
-        teacher_seed = seed if seed in settings.teacher_seeds else settings.teacher_seeds[0]
-        teacher_model = run_dir(settings, ROWS[0], teacher_seed) / "models" / "model.pt"
-        for row in rows:
-            if seed not in row_seeds(settings, row):
-                continue
-            folder = run_dir(settings, row, seed)
-            bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
-            epochs, val_interval, per_epoch = row_schedule(settings, row)
-            args = [*common, "--seed", str(seed), *row.overrides, "--ckpt_dir", str(folder / "models")]
-            train_args = [
-                *args,
-                *("--data_list_file_path", str(out / "datalist.json")),
-                *("--epochs", str(epochs), "--val_interval", str(val_interval)),
-            ]
-            deps: tuple[str, ...] = ("datalists",)
-            if row.kind == "student":
-                train_args += ["--teacher_ckpt", str(teacher_model)]
-                deps += (f"teacher_seed{teacher_seed}_train",)
-            name = f"{row.key}_seed{seed}"
-            stages.append(
-                Stage(
-                    f"{name}_train",
-                    command=bundle_command(
-                        bundle,
-                        "training",
-                        ("train.json", "demo.json"),
-                        *train_args,
-                        "--output_dir",
-                        str(folder / "runs"),
-                    ),
-                    inputs=config_files(bundle, ("train.json", "demo.json")),
-                    outputs=(folder / "models" / "model.pt",),
-                    owned_dirs=(folder / "models", folder / "runs"),
-                    depends_on=deps,
-                    resume_dir=folder / "models",
-                    description=f"{row.label}, seed {seed}: {epochs} epochs x {per_epoch} batches",
+    students = [r for r in ROWS if r.key in settings.rows and r.kind != "teacher"]
+    # the teachers first (every student needs one), then seed by seed every student row
+    runs = [(ROWS[0], seed) for seed in settings.teacher_seeds] + [(r, s) for s in settings.seeds for r in students]
+    for row, seed in runs:
+        folder = run_dir(settings, row, seed)
+        bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
+        epochs, val_interval, per_epoch = row_schedule(settings, row)
+        args = [*common, "--seed", str(seed), *row.overrides, "--ckpt_dir", str(folder / "models")]
+        train_args = [
+            *args,
+            *("--data_list_file_path", str(out / "datalist.json")),
+            *("--epochs", str(epochs), "--val_interval", str(val_interval)),
+        ]
+        deps: tuple[str, ...] = ("datalists",)
+        if row.kind == "student":
+            teacher_seed = teacher_seed_for(settings, seed)
+            train_args += ["--teacher_ckpt", str(run_dir(settings, ROWS[0], teacher_seed) / "models" / "model.pt")]
+            deps += (f"teacher_seed{teacher_seed}_train",)
+        name = f"{row.key}_seed{seed}"
+        stages.append(
+            Stage(
+                f"{name}_train",
+                command=bundle_command(
+                    bundle,
+                    "training",
+                    ("train.json", "demo.json"),
+                    *train_args,
+                    "--output_dir",
+                    str(folder / "runs"),
                 ),
-            )
-            stages.append(
-                Stage(
-                    f"{name}_test",
-                    command=bundle_command(
-                        bundle,
-                        None,
-                        ("train.json", "demo.json", "evaluate.json"),
-                        *args,
-                        *("--data_list_file_path", str(_test_datalist(settings)), "--fold", "0"),
-                        "--output_dir",
-                        str(folder / "test"),
-                    ),
-                    inputs=config_files(bundle, ("train.json", "demo.json", "evaluate.json")),
-                    outputs=(folder / "test" / "metrics.csv",),
-                    owned_dirs=(folder / "test",),
-                    depends_on=(f"{name}_train",),
-                    description=f"{row.label}, seed {seed}: Dice and HD95 on the {settings.test} test cases",
+                inputs=config_files(bundle, ("train.json", "demo.json")),
+                outputs=(folder / "models" / "model.pt",),
+                owned_dirs=(folder / "models", folder / "runs"),
+                depends_on=deps,
+                resume_dir=folder / "models",
+                description=f"{row.label}, seed {seed}: {epochs} epochs x {per_epoch} batches",
+            ),
+        )
+        stages.append(
+            Stage(
+                f"{name}_test",
+                command=bundle_command(
+                    bundle,
+                    None,
+                    ("train.json", "demo.json", "evaluate.json"),
+                    *args,
+                    *("--data_list_file_path", str(_test_datalist(settings)), "--fold", "0"),
+                    "--output_dir",
+                    str(folder / "test"),
                 ),
-            )
+                inputs=config_files(bundle, ("train.json", "demo.json", "evaluate.json")),
+                outputs=(folder / "test" / "metrics.csv", *(folder / "test" / f"{m}_raw.csv" for m in METRICS)),
+                owned_dirs=(folder / "test",),
+                depends_on=(f"{name}_train",),
+                description=f"{row.label}, seed {seed}: Dice and HD95 on the {settings.test} test cases",
+            ),
+        )
     return stages
+
+
+#: Cost model of :func:`estimate_seconds` on 2 CPU cores (see the module docstring for where the numbers
+#: come from): one label-only student step, one case evaluated by the student (sliding window and metrics),
+#: starting one bundle process, and generating one phantom case.
+STEP_SECONDS = 2.3
+CASE_SECONDS = 4.0
+START_SECONDS = 25.0
+PHANTOM_SECONDS = 2.0
+
+
+def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
+    """Predicted wall time of a fresh benchmark on 2 CPU cores, by part: ``phantoms``, ``training`` (optimizer
+    steps, validations and process starts), ``testing`` (the test cases of every run) and ``total``.
+
+    A model, not a measurement: each row's steps times its :attr:`Row.step_cost` times :data:`STEP_SECONDS`,
+    each evaluated case times its :attr:`Row.case_cost` times :data:`CASE_SECONDS`, :data:`START_SECONDS` per
+    bundle process. The inference-cost measurements (``timing``, about 4 min) are not included.
+    """
+    training = testing = 0.0
+    for row in ROWS:
+        if row.key not in settings.rows and row.kind != "teacher":
+            continue
+        epochs, _, per_epoch = row_schedule(settings, row)
+        runs = len(row_seeds(settings, row))
+        case = row.case_cost * CASE_SECONDS
+        training += runs * (
+            START_SECONDS
+            + epochs * per_epoch * row.step_cost * STEP_SECONDS
+            + settings.validations_per_run * settings.validation * case
+        )
+        testing += runs * (START_SECONDS + settings.test * case)
+    phantoms = settings.num_cases * PHANTOM_SECONDS
+    return {"phantoms": phantoms, "training": training, "testing": testing, "total": phantoms + training + testing}
 
 
 def network_sizes(networks: Sequence[str], roi: int) -> dict[str, dict[str, float]]:
@@ -374,17 +498,38 @@ def measure_inference_in_fresh_process(network: str, shape: Sequence[int], roi: 
         return pool.submit(measure_inference, network, tuple(shape), roi, overlap).result()
 
 
+def held_out_cases(settings: BenchmarkSettings) -> list[str]:
+    """The held-out test case ids, in the column order of every per-case array (``test_datalist.json``)."""
+    return [entry["case_id"] for entry in json.loads(_test_datalist(settings).read_text())["training"]]
+
+
+def read_case_scores(evaluation_dir: Path, cases: Sequence[str]) -> dict[str, list[float]]:
+    """Per metric of :data:`METRICS`: the values of ``cases`` (in that order) from ``<metric>_raw.csv``."""
+    scores = {}
+    for metric in METRICS:
+        by_case = read_per_case(evaluation_dir, metric)
+        missing = sorted(set(cases) - set(by_case))
+        if missing:
+            raise ValueError(f"{evaluation_dir / (metric + '_raw.csv')} has no row for test cases {missing}")
+        scores[metric] = [by_case[c] for c in cases]
+    return scores
+
+
 def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
-    """Per row and seed: the test metrics of ``metrics.csv``; per row: mean and standard deviation over seeds."""
+    """Per row: the aggregated test metrics of each seed (``metrics.csv``), the per-(seed, case) scores of every
+    metric (``*_raw.csv``), mean and standard deviation over seeds, and the bootstrap statistics
+    (:func:`add_statistics`)."""
+    cases = held_out_cases(settings)
     results: dict[str, Any] = {}
     for row in ROWS:
         if row.key not in settings.rows and row.kind != "teacher":
             continue
         seeds = row_seeds(settings, row)
         per_seed = {seed: read_metrics(run_dir(settings, row, seed) / "test") for seed in seeds}
-        keys = sorted(next(iter(per_seed.values())))
+        per_case_by_seed = {seed: read_case_scores(run_dir(settings, row, seed) / "test", cases) for seed in seeds}
+        per_case = {"cases": cases} | {m: [per_case_by_seed[s][m] for s in seeds] for m in METRICS}
         summary = {}
-        for key in keys:
+        for key in sorted(next(iter(per_seed.values()))):
             values = [per_seed[s][key] for s in seeds]
             finite = [v for v in values if math.isfinite(v)]
             summary[key] = {
@@ -393,6 +538,8 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
                 "n": len(finite),
                 "values": values,
             }
+            if key in METRICS:  # the same, from the per-case scores: per seed the mean over the test cases
+                summary[key]["case_means"] = [_nanmean(v) for v in per_case[key]]
         epochs, _, per_epoch = row_schedule(settings, row)
         results[row.key] = {
             "label": row.label,
@@ -402,18 +549,60 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             "epochs": epochs,
             "steps": epochs * per_epoch,
             "seeds": list(seeds),
+            "teacher_seeds": [teacher_seed_for(settings, s) for s in seeds] if row.kind == "student" else None,
             "per_seed": per_seed,
+            "per_case": per_case,
             "summary": summary,
         }
-    return results
+    return add_statistics(results, settings.bootstrap_resamples, settings.bootstrap_seed)
+
+
+def add_statistics(
+    rows: dict[str, Any], resamples: int, seed: int, base: str = "labels_only", teacher: str = "teacher"
+) -> dict[str, Any]:
+    """Add ``statistics`` to each row of ``rows`` (as :func:`collect_results` builds them, ``per_case`` holding
+    a ``(seeds, cases)`` list per metric): per metric the mean with its bootstrap interval and, for every row
+    trained on the same seeds as ``base`` (except ``base`` itself), the paired difference to ``base`` and the
+    gap closed towards ``teacher`` (see :mod:`kd_components.pipeline.statistics`). Intervals are
+    :meth:`~kd_components.pipeline.statistics.Interval.as_dict`; absent statistics are None. Returns ``rows``."""
+    options = {"resamples": resamples, "seed": seed}
+
+    def scores(key: str, metric: str) -> np.ndarray:
+        return np.array([[math.nan if v is None else v for v in seed] for seed in rows[key]["per_case"][metric]])
+
+    for key, row in rows.items():
+        paired = key not in (base, teacher) and base in rows and row["seeds"] == rows[base]["seeds"]
+        row["statistics"] = {}
+        for metric in METRICS:
+            if metric not in row["per_case"]:
+                continue
+            own = scores(key, metric)
+            entry: dict[str, Any] = {"mean": mean_interval(own, **options).as_dict(), "difference": None}
+            entry["gap_closed"] = None
+            if paired:
+                reference = scores(base, metric)
+                entry["difference"] = paired_difference(own, reference, **options).as_dict()
+                if teacher in rows:
+                    gap = gap_closed_interval(own, reference, scores(teacher, metric), **options)
+                    entry["gap_closed"] = gap.as_dict()
+            row["statistics"][metric] = entry
+    return rows
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(finite) if finite else float("nan")
 
 
 def run_benchmark(settings: BenchmarkSettings, fresh: bool = False, timing: bool = True) -> dict[str, Any]:
     """Train and test every row for every seed (restartable), measure inference cost, return everything."""
     runner = StageRunner(settings.output_dir / ".stages", fresh=fresh)
+    estimate = estimate_seconds(settings)["total"]
+    print(f"[benchmark] a fresh run takes about {estimate / 3600:.1f} h on 2 CPU cores (finished stages are reused)")
     for stage in benchmark_stages(settings):
         runner.run(stage)
     results = {"settings": _jsonable(asdict(settings)), "rows": collect_results(settings)}
+    results["estimate_seconds"] = estimate_seconds(settings)
     results["sizes"] = network_sizes([row["network"] for row in results["rows"].values()], settings.timing_roi)
     cost_path = settings.output_dir / "inference_cost.json"
     if timing:

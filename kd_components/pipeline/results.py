@@ -16,32 +16,35 @@ from matplotlib.figure import Figure
 from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
 from kd_components.pipeline.stages import format_minutes
+from kd_components.pipeline.statistics import Interval
 
-__all__ = ["gap_closed", "plot_dice_vs_time", "plot_region_bars", "render_results"]
+__all__ = ["plot_dice_vs_time", "plot_region_bars", "render_results"]
 
 _DICE = [f"val_dice_{r.lower()}" for r in REGIONS]
 _HD95 = [f"val_hd95_{r.lower()}" for r in REGIONS]
 
 
+def _interval(row: Mapping[str, Any], metric: str, which: str = "mean") -> Interval | None:
+    """The bootstrap interval ``which`` (``mean``, ``difference``, ``gap_closed``) of ``metric``, if computed."""
+    value = row.get("statistics", {}).get(metric, {}).get(which)
+    return None if value is None else Interval.from_dict(value)
+
+
 def _mean(row: Mapping[str, Any], key: str) -> float:
+    """The mean over seeds and test cases (over seeds only for a results.json without per-case statistics)."""
+    interval = _interval(row, key)
+    if interval is not None:
+        return interval.estimate
     value = row["summary"].get(key, {}).get("mean")
     return float("nan") if value is None else float(value)
 
 
-def _std(row: Mapping[str, Any], key: str) -> float:
-    value = row["summary"].get(key, {}).get("std")
-    return float("nan") if value is None else float(value)
-
-
-def gap_closed(rows: Mapping[str, Mapping[str, Any]], key: str, metric: str = "val_mean_dice") -> float | None:
-    """Fraction of the teacher - label-only-student gap in ``metric`` closed by row ``key`` (None if not a student)."""
-    if key not in rows or rows[key]["kind"] != "student" or "teacher" not in rows or "labels_only" not in rows:
-        return None
-    teacher, base = _mean(rows["teacher"], metric), _mean(rows["labels_only"], metric)
-    gap = teacher - base
-    if not math.isfinite(gap) or abs(gap) < 1e-9:
-        return None
-    return (_mean(rows[key], metric) - base) / gap
+def _error(row: Mapping[str, Any], key: str) -> tuple[float, float]:
+    """Distances from the mean down to and up to the ends of its 95 % interval (0 where there is none)."""
+    interval = _interval(row, key)
+    if interval is None or not math.isfinite(interval.low):
+        return 0.0, 0.0
+    return max(interval.estimate - interval.low, 0.0), max(interval.high - interval.estimate, 0.0)
 
 
 def _cost_by_network(cost: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
@@ -49,7 +52,7 @@ def _cost_by_network(cost: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str
 
 
 def plot_dice_vs_time(results: Mapping[str, Any], output_png: str | os.PathLike[str]) -> Path:
-    """Mean test Dice (mean +- std over seeds) against sliding-window inference time, one point per row."""
+    """Mean test Dice (whiskers: 95 % bootstrap interval) against sliding-window inference time, one point per row."""
     rows, cost = results["rows"], _cost_by_network(results.get("cost", []))
     figure = Figure(figsize=(8.0, 5.0))
     axis = figure.subplots()
@@ -60,7 +63,7 @@ def plot_dice_vs_time(results: Mapping[str, Any], output_png: str | os.PathLike[
         axis.errorbar(
             seconds,
             _mean(row, "val_mean_dice"),
-            yerr=np.nan_to_num(_std(row, "val_mean_dice")),
+            yerr=np.array(_error(row, "val_mean_dice"))[:, None],
             fmt="os^Dvp"[index % 6],
             color=f"C{index}",
             capsize=3,
@@ -76,7 +79,8 @@ def plot_dice_vs_time(results: Mapping[str, Any], output_png: str | os.PathLike[
 
 
 def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[str]) -> Path:
-    """Test Dice per region (bars: mean over seeds, whiskers: std), one bar per row."""
+    """Test Dice per region (bars: mean over seeds and test cases, whiskers: 95 % bootstrap interval), one bar per
+    row."""
     rows = results["rows"]
     figure = Figure(figsize=(9.0, 4.5))
     axis = figure.subplots()
@@ -88,7 +92,7 @@ def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[s
             x + (index - (len(rows) - 1) / 2) * width,
             [_mean(row, k) for k in keys],
             width,
-            yerr=np.nan_to_num([_std(row, k) for k in keys]),
+            yerr=np.array([_error(row, k) for k in keys]).T,
             capsize=2,
             label=row["label"],
             color=f"C{index}",
@@ -102,69 +106,136 @@ def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[s
     return save_figure_atomic(figure, output_png)
 
 
-def _pm(row: Mapping[str, Any], key: str, digits: int) -> str:
-    """``mean ± std`` over seeds, or ``mean (1 run)`` for a row trained once."""
-    mean, std = _mean(row, key), _std(row, key)
-    if not math.isfinite(mean):
+def _ci(interval: Interval | None, digits: int, scale: float = 1.0, unit: str = "") -> str:
+    """``estimate [low, high]`` (``n/a`` where undefined; the estimate alone where there is no interval)."""
+    if interval is None or not math.isfinite(interval.estimate):
         return "n/a"
-    return f"{mean:.{digits}f} (1 run)" if not math.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    estimate = f"{scale * interval.estimate:.{digits}f}{unit}"
+    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return estimate
+    return f"{estimate} [{scale * interval.low:.{digits}f}, {scale * interval.high:.{digits}f}]"
+
+
+def _seed_means(row: Mapping[str, Any], metric: str = "val_mean_dice") -> dict[int, float]:
+    """Seed -> that seed's mean over the test cases (the seed's ``metrics.csv`` value in an older results.json)."""
+    summary = row["summary"][metric]
+    values = summary.get("case_means", summary["values"])
+    return {int(s): (math.nan if v is None else float(v)) for s, v in zip(row["seeds"], values, strict=True)}
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+def _hours(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -> list[str]:
+    """The page's regime, seeds, statistics, determinism and cost paragraphs."""
+    seeds, teacher_seeds = settings["seeds"], settings["teacher_seeds"]
+    if settings.get("selection", "best") == "last":
+        rule = (
+            "the weights after the last epoch (`--selection last`: one validation, after the last epoch, which "
+            "selects nothing; choosing the best of a few validations on a handful of cases selects as much by "
+            "noise as by quality)"
+        )
+    else:
+        rule = (
+            f"the checkpoint of the best validation mean Dice among {settings.get('validations', 4)} evenly "
+            "spaced validations (`--selection best`)"
+        )
+    pairing = ", ".join(f"{s} -> {teacher_seeds[i % len(teacher_seeds)]}" for i, s in enumerate(seeds))
+    lines = [
+        "## Regime",
+        f"A shortage of labels on the phantom data set (`make_phantoms.py --seed {settings['data_seed']}`, "
+        f"`small` profile, 2 mm; case *i* depends only on the data seed and *i*): {settings['labelled']} labelled "
+        f"training cases, {settings['validation']} labelled validation cases, {settings['unlabelled']} unlabelled "
+        f"scans (their segmentations are never read) and {settings['test']} held-out labelled test cases on which "
+        f"every row is scored. Model selection: {rule}. The teacher (demo `HybridTeacher`) is trained on the "
+        f"labelled cases for {settings['teacher_steps']} optimizer steps; every student gets the same budget of "
+        f"about {settings['student_steps']} optimizer steps (steps, not epochs: an epoch with interleaved "
+        "unlabelled batches has more batches; a paired step holds a labelled and an unlabelled batch), the same "
+        "data, augmentation, schedule (cosine, lr 3e-3) and patches (64^3, "
+        f"batch {settings['batch_size']} x 2 patches). Why this regime: with few labels and a short budget the "
+        "small student alone cannot learn what the larger teacher learns from the same labels, which is the "
+        "situation distillation is for; the unlabelled scans are the data a hospital has in abundance.",
+        f"**Seeds (paired).** Every student row is trained with each of the student seeds {_seed_list(seeds)}; a "
+        "seed sets initialisation, patch sampling, augmentation and batch order, so two rows with the same seed "
+        "differ only in their method. The teacher is trained with each of the teacher seeds "
+        f"{_seed_list(teacher_seeds)}; the student seed in position *i* of that list (from 0) distils the teacher "
+        f"in position *i* mod {len(teacher_seeds)} of this one (student seed -> teacher seed: {pairing}).",
+        "**Statistics.** Each number is the mean over all (seed, test case) pairs of a row (a case's mean Dice is "
+        "the mean over its regions; a region missing from a case's ground truth is left out), with a 95 % "
+        f"bootstrap percentile interval in brackets: {settings.get('bootstrap_resamples', 10_000):,} resamples, "
+        "each drawing the seeds and the test cases with replacement (independently; random generator seed "
+        f"{settings.get('bootstrap_seed', 0)}, so the intervals are reproducible from `results.json`). The "
+        "*difference* to the label-only student is paired: both rows are resampled on the same seeds and cases "
+        "and the per-(seed, case) difference is averaged, so what they share (a hard case, a lucky seed) "
+        "cancels. *Gap closed* = (row - label-only) / (teacher - label-only) per resample, with the same student "
+        "seeds and cases and the teacher's seeds drawn on their own. An interval of a difference that excludes "
+        "0 is a difference this design resolves. The per-seed and per-case numbers behind every interval are in "
+        "`results.json` (`per_case`, `summary`, `statistics`).",
+        "**Determinism.** On one machine a rerun repeats the numbers: the phantoms depend only on the data seed "
+        "and the case index, every training calls `monai.utils.set_determinism(seed)` and loads its data in the "
+        "main process (`num_workers` 0), so data order, patch sampling and augmentation are fixed by the seed, "
+        "and the evaluation draws nothing at random. What cannot be fixed is the order of floating-point "
+        "operations of the CPU kernels across machines: sums in convolutions and reductions are split by the "
+        "vector width, by the kernels oneDNN/MKL choose for that CPU and by the number of torch threads, so "
+        "another CPU (or thread count) gives weights that differ in the last bits after the first step and then "
+        "drift apart through training. A rerun on another machine is therefore another draw of the same "
+        "experiment, like a new set of seeds: the intervals cover seed and test-case variation, not one "
+        "particular machine, and a conclusion should rest on an interval, not on the second decimal of a mean.",
+    ]
+    if estimate:
+        lines.append(
+            f"**Cost and commands.** A fresh run of this regime is estimated at {_hours(estimate['total'])} on 2 CPU "
+            f"cores ({_hours(estimate['training'])} training, {_hours(estimate['testing'])} testing, plus about 4 min "
+            "of inference timing), by the cost model in `kd_components/pipeline/benchmark.py`; the time it took is "
+            "under Environment. Every training and test is a restartable stage: after an interruption run the same "
+            "command again (finished stages are reused, an interrupted training resumes from its latest epoch); "
+            "`--no-timing` regenerates the page from the finished stages without measuring the inference cost "
+            "again. Run it with `make benchmark` or the command at the top of this page; "
+            "`python scripts/benchmark_kd.py --estimate` (with the same options) prints the estimate without running "
+            "anything."
+        )
+    return lines
 
 
 def render_results(results: Mapping[str, Any], command: str, figures: Mapping[str, str], notes: str = "") -> str:
-    """The Markdown page: regime, hardware and versions, the table, cost table, plots and notes."""
+    """The Markdown page: regime, seeds, statistics, determinism and cost, the tables, plots, environment and notes."""
     import monai
     import torch
 
     settings, rows = results["settings"], results["rows"]
     cost = _cost_by_network(results.get("cost", []))
-    seeds = ", ".join(str(s) for s in settings["seeds"])
-    teacher_seeds = ", ".join(str(s) for s in settings.get("teacher_seeds", settings["seeds"]))
     lines = [
         "# Results: teacher vs distilled student vs label-only students",
         f"Generated by `{command}` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. "
         "Do not edit by hand: run the command again.",
-        "## Regime",
-        f"A shortage of labels on the phantom data set (`make_phantoms.py --seed {settings['data_seed']}`, "
-        f"`small` profile, 2 mm): {settings['labelled']} labelled training cases, {settings['validation']} labelled "
-        f"validation cases (model selection: the checkpoint of the best validation mean Dice), "
-        f"{settings['unlabelled']} unlabelled scans (their segmentations are never read) and {settings['test']} "
-        "held-out labelled test cases on which every row is scored. The teacher (demo `HybridTeacher`) is trained "
-        f"on the labelled cases for {settings['teacher_steps']} optimizer steps; every student gets the same "
-        f"budget of about {settings['student_steps']} optimizer steps (steps, not epochs: an epoch with interleaved "
-        "unlabelled batches has more batches; a paired step holds a labelled and an unlabelled batch), the same "
-        "data, augmentation, schedule (cosine, lr 3e-3) and patches (64^3, "
-        f"batch {settings['batch_size']} x 2 patches). Seeds {seeds}: each seed sets initialisation, sampling and "
-        f"augmentation of every student row. The teacher is trained with seed(s) {teacher_seeds} only (on 2 CPU "
-        "cores one teacher costs as much as four students); a student of seed *s* distils the teacher of seed *s* "
-        "where there is one, else the first. Why this regime: with "
-        "few labels and a short budget the small student alone cannot learn what the larger teacher learns from "
-        "the same labels, which is the situation distillation is for; the unlabelled scans are the data a "
-        "hospital has in abundance.",
-        "## Test metrics (mean ± standard deviation over seeds)",
+        *_regime(settings, results.get("estimate_seconds")),
+        "## Test metrics (mean over seeds and test cases [95 % bootstrap interval])",
         "| row | steps | parameters | GFLOPs / 96³ patch | Dice TC | Dice WT | Dice ET | mean Dice | "
-        "HD95 TC (mm) | HD95 WT (mm) | HD95 ET (mm) | gap closed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "HD95 TC (mm) | HD95 WT (mm) | HD95 ET (mm) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, row in rows.items():
+    for row in rows.values():
         net = results.get("sizes", {}).get(row["network"]) or cost.get(row["network"], {})
-        params = f"{net['params']:,}" if net else "n/a"
-        flops = f"{net['gflops_patch']:.1f}" if net else "n/a"
-        gap = gap_closed(rows, key)
         cells = [
             row["label"],
             str(row["steps"]),
-            params,
-            flops,
-            *(_pm(row, k, 3) for k in [*_DICE, "val_mean_dice"]),
-            *(_pm(row, k, 1) for k in _HD95),
-            "" if gap is None else f"{100 * gap:.0f} %",
+            f"{net['params']:,}" if net else "n/a",
+            f"{net['gflops_patch']:.1f}" if net else "n/a",
+            *(_ci(_interval(row, k), 3) for k in [*_DICE, "val_mean_dice"]),
+            *(_ci(_interval(row, k), 1) for k in _HD95),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "*gap closed*: (student - label-only student) / (teacher - label-only student), in mean Dice over seeds. "
         "HD95 of a region the prediction misses entirely is 373.13 mm (BraTS's convention); a case without "
-        "that region in its ground truth is left out of the mean.",
+        "that region in its ground truth is left out of that region's mean.",
+        *_comparison(rows),
         "## Inference cost on this CPU",
         f"Sliding-window inference (MONAI `SlidingWindowInferer`, ROI {settings['timing_roi']}³, overlap "
         f"{settings['timing_overlap']}, Gaussian blending, batch 1 per window, `torch.no_grad()`) of one "
@@ -191,6 +262,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
             f"{net['peak_rss_gib']:.2f} | {net['baseline_rss_gib']:.2f} | "
             f"{net['load'][0]:.1f} -> {net['load'][1]:.1f} |"
         )
+    all_seeds = sorted({int(s) for row in rows.values() for s in row["seeds"]})
     lines += [
         "",
         "`default` is the full-size teacher (VGG19 width 64 + ViT-B/16), measured for cost only: it is not "
@@ -198,14 +270,13 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "## Plots",
         *([f"![Dice vs inference time]({figures['dice_vs_time']})"] if "dice_vs_time" in figures else []),
         f"![Dice per region]({figures['regions']})",
-        "## Per-seed mean Dice",
-        "| row | " + " | ".join(f"seed {s}" for s in settings["seeds"]) + " |",
-        "|---|" + "---:|" * len(settings["seeds"]),
+        "## Per-seed mean Dice (mean over the test cases)",
+        "| row | " + " | ".join(f"seed {s}" for s in all_seeds) + " |",
+        "|---|" + "---:|" * len(all_seeds),
     ]
     for row in rows.values():
-        by_seed = dict(zip(row.get("seeds", settings["seeds"]), row["summary"]["val_mean_dice"]["values"], strict=True))
-        cells = [_value(by_seed.get(seed)) for seed in settings["seeds"]]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        by_seed = _seed_means(row)
+        lines.append(f"| {row['label']} | " + " | ".join(_value(by_seed.get(seed)) for seed in all_seeds) + " |")
     threads = next(iter(cost.values()), {}).get("threads", torch.get_num_threads())
     this_run = format_minutes(sum(results.get("stage_seconds", {}).values()))
     recorded = format_minutes(sum(results.get("stage_seconds_recorded", {}).values()))
@@ -219,6 +290,42 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
     if notes:
         lines += ["## Notes", notes.strip()]
     return "\n\n".join(_join_tables(lines)) + "\n"
+
+
+def _comparison(rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice") -> list[str]:
+    """The table of each row against the label-only student: paired difference, gap closed, seeds better."""
+    base = rows.get("labels_only")
+    compared = [r for r in rows.values() if _interval(r, metric, "difference") is not None]
+    if base is None or not compared:
+        return []
+    base_seeds = _seed_means(base, metric)
+    lines = [
+        "## Against the label-only student (mean Dice; paired over seeds and test cases)",
+        "| row | mean Dice | difference to label-only | gap closed | seeds better than label-only |",
+        "|---|---:|---:|---:|---:|",
+        f"| {base['label']} | {_ci(_interval(base, metric), 3)} |  |  |  |",
+    ]
+    for row in compared:
+        by_seed = _seed_means(row, metric)
+        better = sum(by_seed[s] > base_seeds[s] for s in by_seed if s in base_seeds)
+        cells = [
+            row["label"],
+            _ci(_interval(row, metric), 3),
+            _ci(_interval(row, metric, "difference"), 3),
+            _ci(_interval(row, metric, "gap_closed"), 0, 100, " %"),
+            f"{better} of {len(by_seed)}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "teacher" in rows:
+        lines.append(f"| {rows['teacher']['label']} | {_ci(_interval(rows['teacher'], metric), 3)} |  |  |  |")
+    return [
+        *lines,
+        "",
+        "*difference*: row - label-only student, averaged over the same (seed, test case) pairs; *gap closed*: "
+        "(row - label-only student) / (teacher - label-only student), 100 % = as good as the teacher; *seeds "
+        "better*: seeds whose mean over the test cases is above the label-only student's with the same seed. "
+        "Intervals: 95 % bootstrap (see Statistics).",
+    ]
 
 
 def _value(value: float | None) -> str:
