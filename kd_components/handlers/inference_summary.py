@@ -99,7 +99,7 @@ class InferenceSummary:
 
     def _complete(self, engine: Engine) -> None:
         self.write(complete=True)
-        for problem in self.skipped:
+        for problem in self.screened:  # the cases dropped during the run were logged as they happened
             logger.error("skipped %s", problem)
 
     def write(self, engine: Engine | None = None, complete: bool = True) -> None:
