@@ -249,7 +249,7 @@ class CaseIdToMetad(MapTransform):
         for key in self.key_iterator(d):
             meta = getattr(d[key], "meta", None)
             if meta is not None:
-                meta[self.case_id_key] = Path(str(case_id)).name  # load_decathlon_datalist may prefix base_dir
+                meta[self.case_id_key] = Path(str(case_id)).name  # a file name: an output is never written elsewhere
         return d
 
 

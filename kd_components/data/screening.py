@@ -39,7 +39,7 @@ def _case_from_item(item: dict[str, Any], index: int | None = None, where: str =
     problem of the case; ``where`` (e.g. ``'testing' entry 3 of <datalist>``) is added to those messages."""
     images = [Path(p) for p in item["image"]]
     if item.get("case_id"):
-        case_id = Path(str(item["case_id"])).name  # load_decathlon_datalist may prefix base_dir
+        case_id = Path(str(item["case_id"])).name  # as CaseIdToMetad names the output
     elif images:
         case_id = images[0].parent.name
     else:

@@ -42,9 +42,10 @@ class DistillationTrainer(SupervisedTrainer):
       batches without (unlabelled scans, see :class:`~kd_components.data.mixing.MixedBatchLoader`); in a
       paired batch (``num_labelled`` = ``B_l``: labelled samples first, then unlabelled ones) it uses the
       first ``B_l`` samples and the other terms all of them;
-    - ``mask``: the batch's ``brain_mask_key`` entry ``(B, 1, H, W, D)`` when present (computed before
-      intensity augmentation, see ``kd_components.transforms.BrainMaskd``), else
-      :func:`~kd_components.transforms.brain_mask` of the image;
+    - ``mask``, when an active term needs it (the masked soft-target term): the batch's
+      ``brain_mask_key`` entry ``(B, 1, H, W, D)`` when present (computed before intensity augmentation,
+      see ``kd_components.transforms.BrainMaskd``), else :func:`~kd_components.transforms.brain_mask` of
+      the image;
     - the tapped features by module path, and the teacher (e.g. for its learned scale weights).
 
     When no active term needs the teacher the teacher is not run at all: with the task term alone the
@@ -183,7 +184,7 @@ class DistillationTrainer(SupervisedTrainer):
             kwargs: dict = {}
         else:
             inputs, targets, args, kwargs = batch
-        mask = self._brain_mask(batchdata, inputs)
+        mask = self._brain_mask(batchdata, inputs) if engine.loss_function.needs_mask else None
         num_labelled = batchdata.get(NUM_LABELLED_KEY) if isinstance(batchdata, Mapping) else None
         engine.state.output = {Keys.IMAGE: inputs}
         if targets is not None:

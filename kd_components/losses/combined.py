@@ -75,6 +75,11 @@ class DistillationLoss(nn.Module):
         return any(t.needs_teacher or t.teacher_paths for t in self.active_terms().values())
 
     @property
+    def needs_mask(self) -> bool:
+        """Whether an active term uses the brain mask."""
+        return any(t.needs_mask for t in self.active_terms().values())
+
+    @property
     def student_paths(self) -> list[str]:
         """The student module paths that active terms tap (each once, in order)."""
         return list(dict.fromkeys(p for t in self.active_terms().values() for p in t.student_paths))

@@ -96,6 +96,7 @@ class DistillationTerm(nn.Module):
     Attributes:
         needs_label: the term is computed only for batches with labels (skipped, and logged 0, otherwise).
         needs_teacher: the term uses ``teacher_logits`` (the trainer then runs the teacher).
+        needs_mask: the term uses the brain ``mask`` (the trainer then provides it).
 
     Args:
         weight: the term's weight in the total, non-negative. Defaults to 1.0.
@@ -106,6 +107,7 @@ class DistillationTerm(nn.Module):
 
     needs_label: bool = False
     needs_teacher: bool = False
+    needs_mask: bool = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -189,6 +191,7 @@ class SoftTargetTerm(DistillationTerm):
         super().__init__(weight)
         self.loss = loss
         self.masked = masked
+        self.needs_mask = masked
 
     @property
     def active(self) -> bool:
