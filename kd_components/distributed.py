@@ -36,9 +36,16 @@ def is_distributed() -> bool:
 
 def local_device() -> torch.device:
     """This process's device: ``cuda:<LOCAL_RANK>`` (``LOCAL_RANK`` from ``torch.distributed.run``, 0 if unset)
-    when CUDA is available, else the CPU."""
+    when CUDA is available, else the CPU. A local rank without a GPU of its own is an error that says so."""
     if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+        rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+        if rank >= count:
+            raise RuntimeError(
+                f"local rank {rank} has no GPU: {count} CUDA device(s) visible on this node. Launch at most {count} "
+                "process(es) per node (torch.distributed.run --nproc_per_node), or hide the GPUs "
+                "(CUDA_VISIBLE_DEVICES=) to train on the CPU with gloo."
+            )
+        return torch.device(f"cuda:{rank}")
     return torch.device("cpu")
 
 

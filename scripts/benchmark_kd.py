@@ -17,12 +17,20 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 from kd_components.io import atomic_path
-from kd_components.pipeline.benchmark import ROWS, SELECTION_RULES, BenchmarkSettings, estimate_seconds, run_benchmark
+from kd_components.pipeline.benchmark import (
+    ROWS,
+    SELECTION_RULES,
+    BenchmarkSettings,
+    estimate_seconds,
+    measure_costs,
+    run_benchmark,
+)
 from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
 from kd_components.pipeline.stages import StageError
 
@@ -69,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the inference-cost measurements (the page then shows the last ones saved in "
         "OUTPUT_DIR/inference_cost.json, if any)",
     )
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="measure the inference cost on this machine (OUTPUT_DIR/inference_cost.json) and exit; a later "
+        "--no-timing run in that folder, e.g. on a GPU machine, shows it",
+    )
+    parser.add_argument(
+        "--render-from",
+        type=Path,
+        default=None,
+        help="write the page from a saved results.json (e.g. one made on another machine) instead of running; "
+        "the page keeps the command recorded in it (use with --notes and --results-md)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=d.jobs,
+        help="stages run at a time (a stage starts when the ones it needs are done); more than 1 only where "
+        "cores or a GPU are left over, e.g. 8 on a 16-core GPU machine",
+    )
     parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"), help="the generated page")
     parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
@@ -98,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap_resamples=args.bootstrap_resamples,
             bootstrap_seed=args.bootstrap_seed,
             timing_networks=tuple(args.timing_networks),
+            jobs=args.jobs,
         )
     except ValueError as error:
         parser.error(str(error))
@@ -105,23 +134,34 @@ def main(argv: list[str] | None = None) -> int:
         parts = estimate_seconds(settings)
         print(", ".join(f"{part} {seconds / 60:.0f} min" for part, seconds in parts.items()) + " (2 CPU cores)")
         return 0
-    try:
-        results = run_benchmark(settings, fresh=args.fresh, timing=not args.no_timing)
-    except StageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    page = Path(args.results_md)
+    if args.timing_only:
+        measure_costs(settings)
+        print(f"inference cost: {settings.output_dir / 'inference_cost.json'}")
+        return 0
+    if args.render_from:
+        results = json.loads(args.render_from.read_text())
+        command = results.get("command") or f"(command not recorded in {args.render_from})"
+    else:
+        command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        try:
+            results = run_benchmark(settings, fresh=args.fresh, timing=not args.no_timing, command=command.strip())
+        except StageError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    write_page(results, Path(args.results_md), command.strip(), args.notes.read_text() if args.notes else "")
+    print(f"results: {args.results_md} (raw numbers: {args.render_from or settings.output_dir / 'results.json'})")
+    return 0
+
+
+def write_page(results: dict, page: Path, command: str, notes: str) -> None:
+    """The results page and its plots (``img/<page stem>_*.png`` beside it), written atomically."""
     figures = {"regions": f"img/{page.stem}_regions.png"}
     plot_region_bars(results, page.parent / figures["regions"])
     if results["cost"]:  # no inference times, no Dice-vs-time plot
         figures["dice_vs_time"] = f"img/{page.stem}_dice_vs_time.png"
         plot_dice_vs_time(results, page.parent / figures["dice_vs_time"])
-    notes = args.notes.read_text() if args.notes else ""
-    command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     with atomic_path(page) as tmp:
-        tmp.write_text(render_results(results, command.strip(), figures, notes))
-    print(f"results: {page} (raw numbers: {settings.output_dir / 'results.json'})")
-    return 0
+        tmp.write_text(render_results(results, command, figures, notes))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     cmd = bundle_command(
         files, {**common, **teacher, **run, **HIGH_PRIOR}, logging_file=configs / "logging.conf", launcher=launch
     )
-    result = run_checked(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # two CPU processes with gloo, also on a machine with one GPU (where rank 1 would have no GPU of its own)
+    result = run_checked(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     log = result.stdout + result.stderr
 
     # 2 training cases + 1 unlabelled case split over 2 ranks (padded): 2 iterations per rank, rank 0 logs them
@@ -142,3 +143,15 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     assert len(per_case) == 2
     assert best[0] == pytest.approx(single, abs=1e-5)
     assert all(abs(best[0] - case) > 1e-4 for case in per_case)  # not the Dice of one rank's case alone
+
+
+def test_a_local_rank_without_a_gpu_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kd_components.distributed import local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert local_device() == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match=r"local rank 1 has no GPU: 1 CUDA device\(s\) visible.*--nproc_per_node"):
+        local_device()

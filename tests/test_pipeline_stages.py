@@ -97,3 +97,57 @@ def test_editing_an_input_file_reruns_the_stage(tmp_path: Path) -> None:
     assert _runner(tmp_path).run(stage) == "reused"
     config.write_text('{"beta": 0.1}')
     assert _runner(tmp_path).run(stage) == "ran"
+
+
+def _timed_action(log: list[tuple[str, str, float]], name: str, seconds: float = 0.2):
+    """An action that records when it started and ended."""
+    import time
+
+    def action() -> None:
+        log.append((name, "start", time.perf_counter()))
+        time.sleep(seconds)
+        log.append((name, "end", time.perf_counter()))
+
+    return action
+
+
+def test_run_all_overlaps_independent_stages_and_waits_for_dependencies(tmp_path: Path) -> None:
+    log: list[tuple[str, str, float]] = []
+    stages = [
+        Stage("root", action=_timed_action(log, "root")),
+        Stage("left", action=_timed_action(log, "left"), depends_on=("root",)),
+        Stage("right", action=_timed_action(log, "right"), depends_on=("root",)),
+        Stage("join", action=_timed_action(log, "join"), depends_on=("left", "right")),
+    ]
+    _runner(tmp_path).run_all(stages, jobs=2)
+    when = {(name, event): t for name, event, t in log}
+    assert when["root", "end"] <= min(when["left", "start"], when["right", "start"])
+    assert when["join", "start"] >= max(when["left", "end"], when["right", "end"])
+    assert when["left", "start"] < when["right", "end"] and when["right", "start"] < when["left", "end"]  # overlapped
+    again = _runner(tmp_path)
+    again.run_all(stages, jobs=2)
+    assert set(again.timings.values()) == {0.0}  # every stage reused
+
+
+def test_run_all_with_one_job_runs_in_order(tmp_path: Path) -> None:
+    log: list[tuple[str, str, float]] = []
+    stages = [Stage(name, action=_timed_action(log, name, 0.0)) for name in ("c", "a", "b")]
+    _runner(tmp_path).run_all(stages, jobs=1)
+    assert [name for name, event, _ in log if event == "start"] == ["c", "a", "b"]
+
+
+def test_run_all_starts_nothing_after_a_failure_and_raises_it(tmp_path: Path) -> None:
+    log: list[tuple[str, str, float]] = []
+    stages = [
+        Stage("slow", action=_timed_action(log, "slow", 1.0)),
+        Stage("bad", command=[sys.executable, "-c", "raise SystemExit(3)"]),
+        Stage("after_bad", action=_timed_action(log, "after_bad"), depends_on=("bad",)),
+        Stage("later", action=_timed_action(log, "later"), depends_on=("slow",)),
+    ]
+    with pytest.raises(StageError, match="'bad' failed with exit status 3"):
+        _runner(tmp_path).run_all(stages, jobs=2)
+    names = {name for name, _, _ in log}
+    assert names == {"slow"}  # the running stage finished; nothing new started
+    assert _runner(tmp_path).read_stamp("slow")["status"] == "done"
+    with pytest.raises(ValueError, match="jobs"):
+        _runner(tmp_path).run_all(stages, jobs=0)

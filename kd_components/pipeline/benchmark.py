@@ -65,10 +65,12 @@ an interrupted benchmark continues where it stopped when the same command is run
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import json
 import math
 import multiprocessing
 import os
+import platform
 import resource
 import statistics
 from collections.abc import Sequence
@@ -96,8 +98,10 @@ __all__ = [
     "add_statistics",
     "benchmark_stages",
     "collect_results",
+    "environment",
     "estimate_seconds",
     "held_out_cases",
+    "measure_costs",
     "measure_inference",
     "network_sizes",
     "run_benchmark",
@@ -221,6 +225,7 @@ class BenchmarkSettings:
     timing_shape: tuple[int, int, int] = (240, 240, 155)
     timing_roi: int = 96
     timing_overlap: float = 0.25
+    jobs: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -237,6 +242,8 @@ class BenchmarkSettings:
             raise ValueError(f"selection must be one of {SELECTION_RULES}, got {self.selection!r}")
         if self.validations < 1 or self.bootstrap_resamples < 1:
             raise ValueError("validations and bootstrap resamples must be at least 1")
+        if self.jobs < 1:
+            raise ValueError("jobs must be at least 1")
 
     @property
     def num_cases(self) -> int:
@@ -464,7 +471,7 @@ def measure_inference(network: str, shape: Sequence[int], roi: int, overlap: flo
     mode, ``torch.no_grad()``). Meant to run in a fresh process (:func:`measure_inference_in_fresh_process`)."""
     from monai.inferers import SlidingWindowInferer
 
-    from kd_components.benchmarking import build_network
+    from kd_components.benchmarking import build_network, cpu_description
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
     size = network_sizes([network], roi)[network]
@@ -488,6 +495,7 @@ def measure_inference(network: str, shape: Sequence[int], roi: int, overlap: flo
         "output_shape": list(output.shape),
         "load": (load, os.getloadavg()[0]),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_description(),
     }
 
 
@@ -594,29 +602,60 @@ def _nanmean(values: Sequence[float]) -> float:
     return statistics.fmean(finite) if finite else float("nan")
 
 
-def run_benchmark(settings: BenchmarkSettings, fresh: bool = False, timing: bool = True) -> dict[str, Any]:
-    """Train and test every row for every seed (restartable), measure inference cost, return everything."""
+def environment(jobs: int) -> dict[str, Any]:
+    """Where the trainings and evaluations of this run ran: CPU, GPU (None without CUDA), versions, parallel stages."""
+    import monai
+
+    from kd_components.benchmarking import cpu_description
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu_description(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "jobs": jobs,
+    }
+
+
+def measure_costs(settings: BenchmarkSettings) -> list[dict[str, Any]]:
+    """Time every network of ``settings.timing_networks`` (each in a fresh process) and save the list as
+    ``OUTPUT_DIR/inference_cost.json``, which later ``--no-timing`` runs in that folder show."""
+    costs = []
+    for network in settings.timing_networks:
+        print(f"[timing] sliding-window inference of {network} on 4x{'x'.join(map(str, settings.timing_shape))}")
+        costs.append(
+            measure_inference_in_fresh_process(
+                network, settings.timing_shape, settings.timing_roi, settings.timing_overlap
+            )
+        )
+        print(f"[timing] {network}: {costs[-1]['inference_s']:.1f} s")
+    save_json_atomic(costs, settings.output_dir / "inference_cost.json")
+    return costs
+
+
+def run_benchmark(
+    settings: BenchmarkSettings, fresh: bool = False, timing: bool = True, command: str = ""
+) -> dict[str, Any]:
+    """Train and test every row for every seed (restartable; ``settings.jobs`` stages at a time), measure inference
+    cost, return everything (also saved as ``OUTPUT_DIR/results.json``, with ``command``, the command line that
+    ran it)."""
     runner = StageRunner(settings.output_dir / ".stages", fresh=fresh)
     estimate = estimate_seconds(settings)["total"]
     print(f"[benchmark] a fresh run takes about {estimate / 3600:.1f} h on 2 CPU cores (finished stages are reused)")
-    for stage in benchmark_stages(settings):
-        runner.run(stage)
-    results = {"settings": _jsonable(asdict(settings)), "rows": collect_results(settings)}
+    if settings.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between the parallel stages
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
+    runner.run_all(benchmark_stages(settings), jobs=settings.jobs)
+    results = {"command": command, "settings": _jsonable(asdict(settings)), "rows": collect_results(settings)}
     results["estimate_seconds"] = estimate_seconds(settings)
+    results["environment"] = environment(settings.jobs)
     results["sizes"] = network_sizes([row["network"] for row in results["rows"].values()], settings.timing_roi)
     cost_path = settings.output_dir / "inference_cost.json"
     if timing:
-        costs = []
-        for network in settings.timing_networks:
-            print(f"[timing] sliding-window inference of {network} on 4x{'x'.join(map(str, settings.timing_shape))}")
-            costs.append(
-                measure_inference_in_fresh_process(
-                    network, settings.timing_shape, settings.timing_roi, settings.timing_overlap
-                )
-            )
-            print(f"[timing] {network}: {costs[-1]['inference_s']:.1f} s")
-        save_json_atomic(costs, cost_path)
+        measure_costs(settings)
     results["cost"] = json.loads(cost_path.read_text()) if cost_path.exists() else []
+    results["finished"] = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
     results["stage_seconds"] = runner.timings
     results["stage_seconds_recorded"] = runner.recorded
     save_json_atomic(_jsonable(results), settings.output_dir / "results.json")

@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,41 @@ class StageRunner:
         )
         self.log(f"[{stage.name}] done in {_duration(seconds)}")
         return "resumed" if resume else "ran"
+
+    def run_all(self, stages: Sequence[Stage], jobs: int = 1) -> None:
+        """Run ``stages`` with up to ``jobs`` at a time; a stage starts once every stage of ``stages`` it depends on
+        has finished (stages are started in list order among those ready).
+
+        With ``jobs`` 1 this is :meth:`run` on each stage in order. When a stage fails, no new stage is started,
+        the running ones finish (their results are kept, as after an interruption) and the first failure is raised.
+        """
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
+        names = {stage.name for stage in stages}
+        pending, done = list(stages), set()
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            running: dict[Future[str], Stage] = {}
+            while pending or running:
+                if failure is None:
+                    ready = [s for s in pending if all(d in done or d not in names for d in s.depends_on)]
+                    for stage in ready[: jobs - len(running)]:
+                        pending.remove(stage)
+                        running[pool.submit(self.run, stage)] = stage
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage = running.pop(future)
+                    try:
+                        future.result()
+                        done.add(stage.name)
+                    except BaseException as error:  # first failure wins; the others are already logged
+                        failure = failure or error
+        if failure is not None:
+            raise failure
+        if pending:  # only possible with a dependency cycle
+            raise StageError(f"stages {[s.name for s in pending]} wait on each other: their dependencies form a cycle")
 
     @staticmethod
     def _has_latest_checkpoint(stage: Stage) -> bool:
