@@ -26,9 +26,12 @@ data:
 	$(PYTHON) scripts/prepare_datalist.py --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
 ## The comparison in docs/results.md (about 3 h on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
-## run it again after an interruption and it continues).
+## run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many cores, a GPU).
+## The page's notes interpret one run: add them afterwards with
+## `scripts/benchmark_kd.py --render-from outputs/benchmark/results.json --notes NOTES.md`.
+JOBS ?= 1
 benchmark: install
-	$(PYTHON) scripts/benchmark_kd.py --notes docs/results_notes.md
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS)
 
 ## The default test suite (slow tests excluded) and the linter.
 test: install-test lint
