@@ -69,6 +69,7 @@ def export_onnx(
     spatial_multiple: int = 8,
     max_spatial: int = 512,
     opset_version: int = DEFAULT_ONNX_OPSET,
+    dynamic_spatial: bool = True,
 ) -> Path:
     """
     Export ``network`` to ONNX with a dynamic batch size and dynamic spatial sizes.
@@ -80,6 +81,9 @@ def export_onnx(
         spatial_multiple: each spatial size is ``spatial_multiple * k`` (8 for the default student).
         max_spatial: largest spatial size the graph declares (in voxels).
         opset_version: ONNX opset.
+        dynamic_spatial: ``False`` fixes the spatial sizes to the example's (only the batch stays free): for
+            sliding-window patches, which always have the ROI's size, and for networks that need a fixed
+            size (the teacher's ViT).
 
     Returns:
         the path of the written file. The graph has one input ``image`` ``(batch, C, H, W, D)`` and one
@@ -98,7 +102,7 @@ def export_onnx(
         axis: spatial_multiple * dim(f"{name}_{spatial_multiple}", min=1, max=max_spatial // spatial_multiple)
         for axis, name in zip((2, 3, 4), ("H", "W", "D"), strict=True)
     }
-    dynamic_shapes = ({0: batch, **spatial},)
+    dynamic_shapes = ({0: batch, **(spatial if dynamic_spatial else {})},)
     path = Path(filepath)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():

@@ -71,7 +71,7 @@ def test_train_infer_evaluate_on_phantoms(phantom_data: dict[str, Path]) -> None
     with open(out_dir / "volumes.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case_id"] for r in rows] == [test_case["case_id"]]
-    assert set(rows[0]) == {"case_id", *(f"{r}_ml" for r in REGIONS)}
+    assert set(rows[0]) == {"case_id", *(f"{r}_ml" for r in ("NETC", "SNFH", *REGIONS))}
     assert float(rows[0]["WT_ml"]) >= float(rows[0]["TC_ml"]) >= float(rows[0]["ET_ml"]) >= 0
 
     evaluate = bundle_workflow(CONFIGS, [*train, "evaluate.json"], "eval", **common)

@@ -129,7 +129,8 @@ def _find_volume(
     return directory / found[0], None
 
 
-def _case_from_directory(directory: Path) -> BratsCase:
+def case_from_directory(directory: Path) -> BratsCase:
+    """The case in a folder named by its case id: the files found and what is missing or ambiguous."""
     cid = directory.name
     try:
         files, broken = _list_folder(directory)
@@ -243,7 +244,7 @@ def find_cases(root: str | os.PathLike[str]) -> CaseDiscovery:
             except OSError:
                 continue
         if is_case:
-            case = _case_from_directory(folder)
+            case = case_from_directory(folder)
             previous = cases.get(case.case_id.lower())
             if previous is not None:
                 raise ValueError(f"duplicate case id {case.case_id}: {previous.directory} and {case.directory}")

@@ -12,23 +12,26 @@ import numpy as np
 from ignite.engine import Engine, Events
 from monai.config.type_definitions import NdarrayOrTensor
 
-from kd_components.constants import ET_LABEL, REGIONS
+from kd_components.constants import ET_LABEL, NETC_LABEL, SNFH_LABEL
 from kd_components.io import atomic_path, save_json_atomic
-from kd_components.transforms import BratsLabelsToRegions
 from kd_components.writers import case_id_of
 
 
 def region_volumes_ml(
     label_map: NdarrayOrTensor, affine: NdarrayOrTensor, et_label: int = ET_LABEL
 ) -> dict[str, float]:
-    """Volume in mL of each region ``[TC, WT, ET]`` of a BraTS label map ``(H, W, D)`` or ``(1, H, W, D)``.
+    """Volumes in mL of a BraTS label map ``(H, W, D)`` or ``(1, H, W, D)``: each label (``NETC_ml``,
+    ``SNFH_ml``, ``ET_ml``) and each composite region (``TC_ml`` = NETC + ET, ``WT_ml`` = all three).
 
     The voxel volume is ``|det(affine[:3, :3])|`` mm^3 (1 mL = 1000 mm^3).
     """
     voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
-    regions = BratsLabelsToRegions(et_label=et_label)(label_map)
-    counts = regions.reshape(len(REGIONS), -1).sum(-1).tolist()
-    return {f"{r}_ml": round(c * voxel_mm3 / 1000.0, 4) for r, c in zip(REGIONS, counts, strict=True)}
+    labels = np.asarray(label_map.detach().cpu() if hasattr(label_map, "detach") else label_map)
+    counts = {"NETC": int((labels == NETC_LABEL).sum()), "SNFH": int((labels == SNFH_LABEL).sum())}
+    counts["ET"] = int((labels == et_label).sum())
+    counts["TC"] = counts["NETC"] + counts["ET"]
+    counts["WT"] = counts["TC"] + counts["SNFH"]
+    return {f"{name}_ml": round(count * voxel_mm3 / 1000.0, 4) for name, count in counts.items()}
 
 
 class RegionVolumeWriter:
@@ -80,12 +83,20 @@ class RegionVolumeWriter:
 
     def write(self) -> None:
         """Write the rows collected so far as CSV and JSON (atomically)."""
-        if not self.rows:
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
-        writer.writeheader()
-        writer.writerows(self.rows)
-        with atomic_path(self.output_dir / f"{self.filename}.csv") as tmp:
-            tmp.write_text(buffer.getvalue())
-        save_json_atomic(self.rows, self.output_dir / f"{self.filename}.json")
+        write_volume_table(self.rows, self.output_dir, self.filename)
+
+
+def write_volume_table(
+    rows: list[dict[str, Any]], output_dir: str | os.PathLike[str], filename: str = "volumes"
+) -> None:
+    """Write ``rows`` (one dict per case, the same keys in each) as ``<filename>.csv`` and ``<filename>.json`` in
+    ``output_dir``, each atomically; nothing is written for no rows."""
+    if not rows:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(Path(output_dir) / f"{filename}.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    save_json_atomic(rows, Path(output_dir) / f"{filename}.json")

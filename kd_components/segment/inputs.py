@@ -1,0 +1,89 @@
+"""What ``brats-kd segment`` is given, as cases: a case folder, a folder of case folders, or four files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kd_components.constants import MODALITIES, match_case_id
+from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases
+from kd_components.writers import case_id_from_path
+
+__all__ = ["SegmentInputs", "resolve_inputs"]
+
+
+@dataclass
+class SegmentInputs:
+    """The cases found, and what was given but cannot be segmented (one problem per path or case)."""
+
+    cases: list[BratsCase] = field(default_factory=list)
+    problems: list[CaseProblem] = field(default_factory=list)
+
+
+def resolve_inputs(
+    paths: Sequence[str | os.PathLike[str]] = (),
+    files: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    case_id: str | None = None,
+) -> SegmentInputs:
+    """The cases of ``paths`` (each a case folder, named by its case id, or a folder searched for case folders
+    at any depth) and of ``files`` (one file per modality: ``{"t1c": ..., "t1n": ..., "t2w": ..., "t2f": ...}``).
+
+    A case with a missing modality is returned with its problem (the caller skips it and names it); a path
+    that does not exist, or a folder without case folders, is a problem of its own. Two inputs with the same
+    case id are a problem of the second (its output would overwrite the first's).
+
+    Args:
+        paths: case folders or folders of case folders.
+        files: the four modality files of one case (all four, or none given).
+        case_id: the id of the case given as ``files`` (default: from the t1c file name, e.g.
+            ``BraTS-GLI-00000-000-t1c.nii.gz`` -> ``BraTS-GLI-00000-000``, else the name without extension).
+    """
+    found = SegmentInputs()
+    given = {m: Path(p) for m, p in (files or {}).items() if p is not None}
+    if given:
+        missing = [m for m in MODALITIES if m not in given]
+        cid = case_id or case_id_from_path(given.get("t1c") or next(iter(given.values())))
+        problems = [CaseProblem(cid, None, f"--{m} not given: all four modalities are needed") for m in missing]
+        problems += [CaseProblem(cid, p.name, "file does not exist") for p in given.values() if not p.is_file()]
+        folder = Path(os.path.commonpath([str(p.parent.resolve()) for p in given.values()]))
+        found.cases.append(BratsCase(cid, folder, given, None, tuple(problems)))
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            found.problems.append(CaseProblem(str(path), None, "does not exist"))
+        elif not path.is_dir():
+            found.problems.append(
+                CaseProblem(
+                    str(path), None, "is a file: give a case folder, a folder of cases, or --t1c/--t1n/--t2w/--t2f"
+                )
+            )
+        elif match_case_id(path.name):
+            found.cases.append(case_from_directory(path))
+        else:
+            try:
+                discovery = find_cases(path)
+            except ValueError as err:  # two case folders with one id
+                found.problems.append(CaseProblem(str(path), None, str(err)))
+                continue
+            found.problems.extend(discovery.not_cases)
+            if not discovery.cases and not discovery.not_cases:
+                found.problems.append(CaseProblem(str(path), None, "holds no BraTS case folder"))
+            found.cases.extend(discovery.cases)
+    seen: dict[str, BratsCase] = {}
+    unique = []
+    for case in found.cases:
+        first = seen.setdefault(case.case_id.lower(), case)
+        if first is not case:
+            found.problems.append(
+                CaseProblem(
+                    case.case_id,
+                    None,
+                    f"given twice ({first.directory} and {case.directory}): only the first is segmented",
+                )
+            )
+            continue
+        unique.append(case)
+    found.cases = unique
+    return found

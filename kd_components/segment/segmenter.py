@@ -1,0 +1,221 @@
+"""Segment BraTS cases with a bundle's network: the bundle's own inference pre- and post-processing around a
+sliding window over the brain, on any engine of :mod:`kd_components.segment.engines`.
+
+One home for each step: the preprocessing (loading, normalisation), the sliding window (ROI, overlap, blending)
+and the postprocessing up to the BraTS label map (non-finite check, sigmoid, threshold, regions to labels) are
+read from the bundle's ``configs/inference.json``; only its ``SaveImaged`` is left out, because the label map is
+written here (atomically, on the input's grid) together with the case's volumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose, SaveImaged
+
+from kd_components.constants import ET_LABEL, MODALITIES
+from kd_components.data.brats import BratsCase
+from kd_components.export import load_network
+from kd_components.handlers.region_volumes import region_volumes_ml
+from kd_components.io import save_nifti_atomic
+from kd_components.segment.crop import brain_window_box
+from kd_components.segment.engines import build_engine, resolve_engine
+
+__all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle"]
+
+#: Logit given to voxels outside the crop (background after the sigmoid and threshold, and finite).
+OUTSIDE_LOGIT = -20.0
+
+
+def default_bundle() -> Path:
+    """The distilled student bundle of this repository (the default network of ``brats-kd segment``)."""
+    return Path(__file__).resolve().parents[2] / "bundles" / "distilled_student"
+
+
+class CaseFailed(RuntimeError):
+    """One case could not be segmented; the message names the case and, where known, the file."""
+
+
+@dataclass
+class Segmentation:
+    """The result of one case: the BraTS label map ``(H, W, D)`` uint8 on the input's grid, its affine, the
+    volumes in mL (``NETC_ml``, ``SNFH_ml``, ``ET_ml``, ``TC_ml``, ``WT_ml``) and the seconds per step."""
+
+    case_id: str
+    labels: np.ndarray
+    affine: np.ndarray
+    volumes: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter:
+    """A bundle's network behind one engine, ready to segment cases.
+
+    Args:
+        bundle: the bundle folder (reads ``configs/inference.json``).
+        ckpt: the weights (``model.pt`` or a training checkpoint); ``None``: ``<bundle>/models/model.pt``.
+        engine: ``auto``, ``torch``, ``onnxruntime`` or ``openvino`` (see :func:`resolve_engine`).
+        precision: ``fp32``, ``bf16`` or ``int8``.
+        device: where the torch engine runs (``None``: CUDA if available, else the CPU).
+        crop: run the sliding window over the brain's windows only (:func:`brain_window_box`).
+        et_label: ET value written in the label maps (3: BraTS 2023; 4: BraTS 2018-2022).
+        cache_dir: where the ONNX export and the int8 model are kept (default: beside the checkpoint).
+        threads: CPU threads of ONNX Runtime / OpenVINO / torch (``None``: their default).
+        calibration_cases: for ``int8``: the cases whose patches calibrate the quantization.
+        overrides: further ``inference.json`` overrides (e.g. ``{"sw_overlap": 0.25}``).
+        log: receives progress lines.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str] | None = None,
+        ckpt: str | os.PathLike[str] | None = None,
+        engine: str = "auto",
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        crop: bool = True,
+        et_label: int = ET_LABEL,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        calibration_cases: Sequence[BratsCase] = (),
+        overrides: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.bundle = Path(bundle) if bundle is not None else default_bundle()
+        config_file = self.bundle / "configs" / "inference.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{self.bundle} is not a bundle folder: {config_file} does not exist")
+        self.ckpt = Path(ckpt) if ckpt is not None else self.bundle / "models" / "model.pt"
+        if not self.ckpt.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {self.ckpt} does not exist: train the bundle first (make demo) or pass --ckpt"
+            )
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.config = ConfigParser()
+        self.config.read_config(str(config_file))
+        self.config.update({"bundle_root": str(self.bundle), "et_label": et_label, "device": str(self.device)})
+        self.config.update(overrides or {})
+        self.et_label = et_label
+        self.crop = crop
+        self.preprocessing: Compose = self.config.get_parsed_content("preprocessing")
+        postprocessing: Compose = self.config.get_parsed_content("postprocessing")
+        self.postprocessing = Compose([t for t in postprocessing.transforms if not isinstance(t, SaveImaged)])
+        self.inferer = self.config.get_parsed_content("inferer#inferer")  # the sliding window, without autocast
+        self.roi_size = tuple(int(s) for s in self.inferer.roi_size)
+        self.overlap = float(np.atleast_1d(self.inferer.overlap)[0])
+        network = load_network(self.config.get_parsed_content("network_def"), self.ckpt)
+        self.engine_name = resolve_engine(engine, self.device)
+        self.precision = precision
+        calibration = (lambda: calibration_patches(self, calibration_cases)) if calibration_cases else None
+        self.engine = build_engine(
+            self.engine_name,
+            network,
+            self.ckpt,
+            self.roi_size,
+            precision,
+            self.device,
+            cache_dir,
+            threads,
+            calibration,
+            log,
+        )
+
+    def load(self, case: BratsCase) -> MetaTensor:
+        """The case's four modalities through the bundle's preprocessing: ``(4, H, W, D)`` float32 MetaTensor."""
+        missing = [m for m in MODALITIES if m not in case.images]
+        if missing:
+            raise CaseFailed(f"{case.case_id}: missing modality {', '.join(missing)} in {case.directory}")
+        item = {"image": [str(case.images[m]) for m in MODALITIES], "case_id": case.case_id}
+        try:
+            return self.preprocessing(item)["image"]
+        except Exception as err:  # MONAI wraps reader errors; the message names the transform and the file
+            raise CaseFailed(f"{case.case_id}: cannot be read ({_root_cause(err)})") from err
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits ``(3, H, W, D)`` of a preprocessed image ``(4, H, W, D)``, over the brain's
+        windows only when ``crop`` is on (voxels outside them get :data:`OUTSIDE_LOGIT`)."""
+        box = brain_window_box(image, self.roi_size, self.overlap) if self.crop else None
+        if self.crop and box is None:
+            raise ValueError("the image has no non-zero voxel: no brain to segment")
+        region = image.as_tensor() if isinstance(image, MetaTensor) else image
+        if box is not None:
+            region = region[(slice(None), *box)]
+        with torch.no_grad():
+            out = self.inferer(region[None].to(self.device), self.engine)[0].float().cpu()
+        if box is None:
+            return out
+        full = torch.full((out.shape[0], *image.shape[1:]), OUTSIDE_LOGIT, dtype=out.dtype)
+        full[(slice(None), *box)] = out
+        return full
+
+    def segment(self, case: BratsCase) -> Segmentation:
+        """Segment one case (nothing is written); :class:`CaseFailed` names the case and the reason."""
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        image = self.load(case)
+        seconds["read"] = time.perf_counter() - start
+        if not torch.isfinite(image).all():
+            bad = int((~torch.isfinite(image)).sum())
+            raise CaseFailed(f"{case.case_id}: {bad} non-finite voxel(s) (NaN/Inf) in the images of {case.directory}")
+        start = time.perf_counter()
+        try:
+            logits = self.logits(image)
+        except ValueError as err:
+            raise CaseFailed(f"{case.case_id}: {err}") from err
+        seconds["network"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result = self.postprocessing({"pred": MetaTensor(logits, meta=dict(image.meta)), "image": image})
+        if "pred" not in result:
+            raise CaseFailed(f"{case.case_id}: {result.get('problem', 'no prediction')}")
+        labels = np.asarray(result["pred"]).astype(np.uint8).reshape(image.shape[1:])
+        affine = np.asarray(image.affine, dtype=np.float64)
+        volumes = region_volumes_ml(labels, affine, self.et_label)
+        seconds["postprocess"] = time.perf_counter() - start
+        return Segmentation(case.case_id, labels, affine, volumes, seconds)
+
+    def write(self, segmentation: Segmentation, output_dir: str | os.PathLike[str]) -> Path:
+        """Write ``<output_dir>/<case_id>.nii.gz`` (uint8, the input's affine) atomically; return its path."""
+        path = Path(output_dir) / f"{segmentation.case_id}.nii.gz"
+        save_nifti_atomic(segmentation.labels, segmentation.affine, path, dtype=np.uint8)
+        return path
+
+
+def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_case: int = 4) -> list[torch.Tensor]:
+    """Patches ``(1, 4, *roi)`` for int8 calibration: up to ``per_case`` windows spread over each case's brain."""
+    from monai.data.utils import dense_patch_slices
+    from monai.transforms import SpatialPad
+
+    roi = segmenter.roi_size
+    patches = []
+    for case in cases:
+        image = segmenter.load(case)
+        box = brain_window_box(image, roi, segmenter.overlap)
+        if box is None:
+            continue
+        region = SpatialPad(roi)(image.as_tensor()[(slice(None), *box)])
+        windows = dense_patch_slices(region.shape[1:], roi, roi)
+        for window in windows[:: max(1, len(windows) // per_case)][:per_case]:
+            patches.append(region[(slice(None), *window)][None].contiguous())
+    return patches
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception's type and message (MONAI wraps a reader's error in several RuntimeErrors)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return f"{type(err).__name__}: {str(err).strip()[:300]}"

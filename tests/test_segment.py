@@ -1,0 +1,216 @@
+"""``brats-kd segment``: inputs, outputs on the input grid, bad cases skipped and named, engines that agree with
+PyTorch, the brain crop, the export cache."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from kd_components.cli import main
+from kd_components.constants import MODALITIES, case_file_name
+from kd_components.data.brats import case_from_directory
+from kd_components.io import save_nifti_atomic
+from kd_components.networks.student import build_student
+from kd_components.segment import Segmenter, brain_window_box, cached_export, resolve_inputs, window_starts
+from kd_components.segment.engines import EngineError, build_engine
+from kd_components.transforms import BratsLabelsToRegions
+
+pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
+
+#: A small sliding window keeps every test quick; the grid logic is the same at 96.
+SMALL = {"patch_size": [32, 32, 32], "sw_batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def student_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of the default student (random, seeded)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("student") / "model.pt"
+    torch.save(build_student().state_dict(), path)
+    return path
+
+
+def _segmenter(ckpt: Path, tmp_path: Path, **kwargs) -> Segmenter:
+    kwargs.setdefault("overrides", SMALL)
+    return Segmenter(ckpt=ckpt, cache_dir=tmp_path / "cache", log=lambda line: None, **kwargs)
+
+
+def _region_dice(a: np.ndarray, b: np.ndarray) -> list[float]:
+    ra, rb = (np.asarray(BratsLabelsToRegions()(x[None])) for x in (a, b))
+    pairs = zip(ra, rb, strict=True)
+    return [1.0 if x.sum() + y.sum() == 0 else 2 * (x & y).sum() / (x.sum() + y.sum()) for x, y in pairs]
+
+
+def _segment(argv: list[str]) -> int:
+    return main(["segment", "--no-progress", *argv])
+
+
+def test_a_folder_of_cases_one_case_folder_and_four_files(
+    phantom_data: dict[str, Path], student_ckpt: Path, tmp_path: Path
+) -> None:
+    data = phantom_data["data"]
+    common = ["--ckpt", str(student_ckpt), "--cache-dir", str(tmp_path / "cache"), "--engine", "onnxruntime"]
+    assert _segment([str(data), "-o", str(tmp_path / "all"), *common]) == 0
+    cases = sorted(p.name for p in data.iterdir() if p.is_dir())
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]
+    rows = list(csv.DictReader((tmp_path / "all" / "volumes.csv").open()))
+    assert [r["case_id"] for r in rows] == cases
+    assert set(rows[0]) == {"case_id", "NETC_ml", "SNFH_ml", "ET_ml", "TC_ml", "WT_ml", "seconds"}
+    assert json.loads((tmp_path / "all" / "volumes.json").read_text())[0]["case_id"] == cases[0]
+    for row in rows:  # the regions are unions of the labels
+        assert float(row["TC_ml"]) == pytest.approx(float(row["NETC_ml"]) + float(row["ET_ml"]), abs=1e-3)
+        assert float(row["WT_ml"]) == pytest.approx(float(row["TC_ml"]) + float(row["SNFH_ml"]), abs=1e-3)
+    # the label map lies on the input's grid, with its affine
+    source = nib.load(data / cases[0] / case_file_name(cases[0], "t1c"))
+    out = nib.load(tmp_path / "all" / f"{cases[0]}.nii.gz")
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    assert out.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 3}
+
+    assert _segment([str(data / cases[1]), "-o", str(tmp_path / "one"), *common]) == 0
+    assert [p.name for p in (tmp_path / "one").glob("*.nii.gz")] == [f"{cases[1]}.nii.gz"]
+    one = np.asarray(nib.load(tmp_path / "one" / f"{cases[1]}.nii.gz").dataobj)
+    assert np.array_equal(one, np.asarray(nib.load(tmp_path / "all" / f"{cases[1]}.nii.gz").dataobj))
+
+    files = [a for m in MODALITIES for a in (f"--{m}", str(data / cases[2] / case_file_name(cases[2], m)))]
+    assert _segment([*files, "-o", str(tmp_path / "files"), *common]) == 0
+    assert [p.name for p in (tmp_path / "files").glob("*.nii.gz")] == [f"{cases[2]}.nii.gz"]
+
+
+def test_bad_cases_are_skipped_and_named_and_the_others_written(
+    make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    make_case("BraTS-GLI-00001-000", shape=(40, 36, 34), root=root)
+    missing = make_case("BraTS-GLI-00002-000", shape=(40, 36, 34), root=root)
+    (missing / case_file_name("BraTS-GLI-00002-000", "t2f")).unlink()
+    nan = np.random.default_rng(0).uniform(1, 100, (40, 36, 34)).astype(np.float32)
+    nan[5, 5, 5] = np.nan
+    make_case("BraTS-GLI-00003-000", shape=(40, 36, 34), root=root, overrides={"t1n": nan})
+    corrupt = make_case("BraTS-GLI-00004-000", shape=(40, 36, 34), root=root)
+    (corrupt / case_file_name("BraTS-GLI-00004-000", "t2w")).write_bytes(b"not a nifti file")
+    shifted = make_case("BraTS-GLI-00005-000", shape=(40, 36, 34), root=root)
+    moved = np.diag([-1.0, -1.0, 1.0, 1.0])
+    moved[:3, 3] = 5.0
+    t2w = np.random.default_rng(1).uniform(1, 100, (40, 36, 34)).astype(np.float32)
+    save_nifti_atomic(t2w, moved, shifted / case_file_name("BraTS-GLI-00005-000", "t2w"))
+    out = tmp_path / "out"
+    argv = [str(root), "-o", str(out), "--ckpt", str(student_ckpt), "--cache-dir", str(tmp_path / "cache")]
+    assert _segment(argv) == 1
+    err = capsys.readouterr().err
+    assert "4 problem(s); these were not segmented:" in err
+    assert "BraTS-GLI-00002-000: BraTS-GLI-00002-000-t2f.nii.gz: missing modality 't2f'" in err
+    assert "BraTS-GLI-00003-000: BraTS-GLI-00003-000-t1n.nii.gz" in err and "NaN" in err
+    assert "BraTS-GLI-00004-000: BraTS-GLI-00004-000-t2w.nii.gz: cannot be read as NIfTI" in err
+    assert "BraTS-GLI-00005-000: BraTS-GLI-00005-000-t2w.nii.gz" in err and "affine" in err
+    assert [p.name for p in out.glob("*.nii.gz")] == ["BraTS-GLI-00001-000.nii.gz"]
+    assert [r["case_id"] for r in csv.DictReader((out / "volumes.csv").open())] == ["BraTS-GLI-00001-000"]
+
+
+def test_usage_errors_say_what_is_missing(
+    make_case: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _segment(["-o", str(tmp_path / "out")]) == 2
+    assert "nothing to segment" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _segment([str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 1
+    assert "holds no BraTS case folder" in capsys.readouterr().err
+    case = make_case(root=tmp_path / "data")
+    assert _segment([str(case), "-o", str(tmp_path / "out"), "--ckpt", str(tmp_path / "no.pt")]) == 2
+    assert f"checkpoint {tmp_path / 'no.pt'} does not exist" in capsys.readouterr().err
+    found = resolve_inputs(files={"t1c": tmp_path / "a-t1c.nii.gz"})
+    assert [str(p) for p in found.cases[0].problems][:1] == ["a-t1c: --t1n not given: all four modalities are needed"]
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_engines_agree_with_pytorch_on_a_volume_whose_sides_are_not_multiples_of_16(
+    make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path, engine: str
+) -> None:
+    case = case_from_directory(make_case(shape=(50, 45, 38), root=tmp_path / "data"))
+    reference = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu").segment(case)
+    other = _segmenter(student_ckpt, tmp_path, engine=engine).segment(case)
+    assert other.labels.shape == (50, 45, 38)
+    assert min(_region_dice(other.labels, reference.labels)) >= 0.99
+    segmenter = _segmenter(student_ckpt, tmp_path, engine=engine)
+    image = segmenter.load(case)
+    expected = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu").logits(image)
+    assert torch.allclose(segmenter.logits(image), expected, atol=1e-3)
+
+
+def test_crop_gives_the_same_labels_as_the_whole_grid(
+    make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path
+) -> None:
+    shape, head = (120, 100, 90), (slice(50, 75), slice(40, 62), slice(35, 55))  # a "brain" in a zero background
+    rng = np.random.default_rng(3)
+    images = {}
+    for modality in MODALITIES:
+        images[modality] = np.zeros(shape, np.float32)
+        images[modality][head] = rng.uniform(1, 100, images[modality][head].shape)
+    case = case_from_directory(make_case(shape=shape, root=tmp_path / "data", overrides=images))
+    options = {"engine": "torch", "device": "cpu", "overrides": {**SMALL, "sw_batch_size": 1, "sw_overlap": 0.25}}
+    cropped = _segmenter(student_ckpt, tmp_path, **options)
+    whole = _segmenter(student_ckpt, tmp_path, crop=False, **options)
+    image = cropped.load(case)
+    box = brain_window_box(image, cropped.roi_size, cropped.overlap)
+    assert box is not None and all(b.stop - b.start < s for b, s in zip(box, shape, strict=True))  # it crops
+    a, b = cropped.logits(image), whole.logits(image)
+    brain = np.asarray(image).any(axis=0)
+    assert torch.equal(a[:, brain], b[:, brain])  # every window over a brain voxel is run: the same logits
+    labels_a, labels_b = cropped.segment(case).labels, whole.segment(case).labels
+    assert np.array_equal(labels_a[brain], labels_b[brain])  # identical labels in the brain
+    outside = np.ones_like(brain)
+    outside[box] = False
+    assert not labels_a[outside].any()  # no tumour outside the brain's windows
+
+
+def test_window_grid_is_monai_s() -> None:
+    from monai.inferers import sliding_window_inference
+
+    seen: list[int] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        seen.append(int(x[0, 0].nonzero()[0, 0]) if x[0, 0].any() else -1)
+        return x
+
+    ramp = torch.zeros(1, 1, 100, 8, 8)
+    for i in range(100):  # a marker on the first voxel of every row, so a window reports where it starts
+        ramp[0, 0, i, 0, 0] = 1.0 if i in window_starts(100, 32, 0.25) else 0.0
+    assert window_starts(100, 32, 0.25) == [0, 24, 48, 68]
+    assert window_starts(20, 32, 0.25) == [0]
+    sliding_window_inference(ramp, (32, 8, 8), 1, record, overlap=0.25)
+    assert len(seen) == 4
+
+
+def test_export_is_cached_and_rebuilt_when_the_checkpoint_changes(student_ckpt: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(student_ckpt, ckpt)
+    network = build_student()
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
+    lines: list[str] = []
+    first = cached_export(network, ckpt, (32, 32, 32), log=lines.append)
+    assert first.parent == tmp_path and first.name.startswith("model-") and first.suffix == ".onnx"
+    stamp = first.stat().st_mtime_ns
+    assert cached_export(network, ckpt, (32, 32, 32), log=lines.append) == first
+    assert len(lines) == 1 and first.stat().st_mtime_ns == stamp  # reused, not exported again
+    with torch.no_grad():
+        next(network.parameters()).add_(1.0)
+    torch.save(network.state_dict(), ckpt)
+    second = cached_export(network, ckpt, (32, 32, 32), log=lines.append)
+    assert second != first and len(lines) == 2
+
+
+def test_unsupported_precisions_are_named(student_ckpt: Path) -> None:
+    network = build_student()
+    with pytest.raises(EngineError, match="ONNX Runtime runs these networks in fp32 only"):
+        build_engine("onnxruntime", network, None, (32, 32, 32), precision="bf16", log=lambda line: None)
+    with pytest.raises(EngineError, match="int8 needs the OpenVINO engine"):
+        build_engine("torch", network, None, (32, 32, 32), precision="int8")
+    with pytest.raises(EngineError, match="unknown engine"):
+        build_engine("tensorrt", network, None, (32, 32, 32))
