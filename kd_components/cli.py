@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--threads", type=int, help="CPU threads (default: every core)")
     seg.add_argument("--no-crop", action="store_true", help="run the sliding window over the whole grid")
     seg.add_argument(
+        "--sw-overlap", type=float, help="sliding-window overlap (default: the bundle's inference.json sw_overlap)"
+    )
+    seg.add_argument(
         "--et-label",
         type=int,
         choices=(ET_LABEL, LEGACY_ET_LABEL),
@@ -92,6 +95,7 @@ def segment_command(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             threads=args.threads,
             calibration_cases=ready[: args.calibration_cases] if args.precision == "int8" else (),
+            overrides={"sw_overlap": args.sw_overlap} if args.sw_overlap is not None else None,
             log=lambda line: print(line, file=sys.stderr),
         )
     except (FileNotFoundError, EngineError, OutputDirError) as err:
@@ -99,7 +103,7 @@ def segment_command(args: argparse.Namespace) -> int:
         return 2
     print(
         f"{len(ready)} case(s); network {segmenter.bundle.name} ({segmenter.ckpt}), engine {segmenter.engine_name} "
-        f"{segmenter.precision}, crop {'on' if segmenter.crop else 'off'}",
+        f"{segmenter.precision}, crop {'on' if segmenter.crop else 'off'}, overlap {segmenter.overlap}",
         file=sys.stderr,
     )
     rows = []

@@ -567,3 +567,23 @@ def test_convolution_has_conv_and_adn_submodules() -> None:
     assert isinstance(children.get("conv"), nn.Conv3d) and "adn" in children, broken(
         "Convolution submodules 'conv' and 'adn'", "kd_components/networks/vgg.py (VGG19Encoder3d)", str(list(children))
     )
+
+
+def test_sliding_window_grid_private_helpers() -> None:
+    """``kd_components.segment.crop.window_starts`` uses MONAI's private ``_get_scan_interval`` and
+    ``dense_patch_slices`` to count the windows of a grid: they must place windows as ``sliding_window_inference``
+    does."""
+    from monai.inferers import sliding_window_inference
+
+    from kd_components.segment.crop import window_starts
+
+    starts: list[int] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        starts.append(int(x[0, 0, 0, 0, 0].item()))  # the volume holds its row index: the window's first row
+        return x.clone()
+
+    rows = torch.arange(100, dtype=torch.float32).view(1, 1, 100, 1, 1).expand(1, 1, 100, 8, 8).contiguous()
+    sliding_window_inference(rows, (32, 8, 8), 1, record, overlap=0.25)
+    assert starts == window_starts(100, 32, 0.25) == [0, 24, 48, 68]
+    assert window_starts(20, 32, 0.25) == [0]  # shorter than the window: padded, one window

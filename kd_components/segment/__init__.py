@@ -1,6 +1,6 @@
 """Segmenting scans with a trained bundle: ``brats-kd segment`` and the engines behind it."""
 
-from kd_components.segment.crop import brain_window_box, window_starts
+from kd_components.segment.crop import brain_box, window_count, window_starts
 from kd_components.segment.engines import ENGINES, PRECISIONS, EngineError, build_engine, cached_export
 from kd_components.segment.inputs import SegmentInputs, resolve_inputs
 from kd_components.segment.segmenter import CaseFailed, Segmentation, Segmenter, default_bundle
@@ -13,10 +13,11 @@ __all__ = [
     "SegmentInputs",
     "Segmentation",
     "Segmenter",
-    "brain_window_box",
+    "brain_box",
     "build_engine",
     "cached_export",
     "default_bundle",
     "resolve_inputs",
+    "window_count",
     "window_starts",
 ]

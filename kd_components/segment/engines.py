@@ -31,7 +31,10 @@ import torch
 import torch.nn as nn
 
 from kd_components.constants import MODALITIES
+from kd_components.export import export_onnx
 from kd_components.io import atomic_path
+from kd_components.segment.errors import EngineError
+from kd_components.segment.quantize import quantized_model
 
 __all__ = [
     "ENGINES",
@@ -52,10 +55,6 @@ ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 #: Where exports go when the checkpoint's folder cannot be written.
 USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brats-kd"
-
-
-class EngineError(RuntimeError):
-    """An engine that cannot run here (not installed, precision not supported): the message says which and why."""
 
 
 def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
@@ -96,8 +95,6 @@ def cached_export(
         cache_dir: where the export is kept (see above).
         log: receives one line when an export is made.
     """
-    from kd_components.export import export_onnx
-
     if ckpt is None:
         folder, name = Path(tempfile.mkdtemp(prefix="brats-kd-export-")), "random-weights.onnx"
     else:
@@ -256,7 +253,5 @@ def build_engine(
     if precision == "int8":
         if calibration is None:
             raise EngineError("int8 needs calibration cases (the segment command passes the first cases given)")
-        from kd_components.segment.quantize import quantized_model
-
         return OpenVINOEngine(quantized_model(onnx_path, calibration, log), "int8", threads)
     return OpenVINOEngine(onnx_path, precision, threads)

@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, SaveImaged
+from monai.data.utils import dense_patch_slices
+from monai.transforms import Compose, SaveImaged, SpatialPad
 
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
 from kd_components.export import load_network
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
-from kd_components.segment.crop import brain_window_box
+from kd_components.segment.crop import brain_box
 from kd_components.segment.engines import build_engine, resolve_engine
 
 __all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle"]
@@ -66,7 +67,7 @@ class Segmenter:
         engine: ``auto``, ``torch``, ``onnxruntime`` or ``openvino`` (see :func:`resolve_engine`).
         precision: ``fp32``, ``bf16`` or ``int8``.
         device: where the torch engine runs (``None``: CUDA if available, else the CPU).
-        crop: run the sliding window over the brain's windows only (:func:`brain_window_box`).
+        crop: run the sliding window over the brain's bounding box only (:func:`brain_box`).
         et_label: ET value written in the label maps (3: BraTS 2023; 4: BraTS 2018-2022).
         cache_dir: where the ONNX export and the int8 model are kept (default: beside the checkpoint).
         threads: CPU threads of ONNX Runtime / OpenVINO / torch (``None``: their default).
@@ -144,8 +145,8 @@ class Segmenter:
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """Sliding-window logits ``(3, H, W, D)`` of a preprocessed image ``(4, H, W, D)``, over the brain's
-        windows only when ``crop`` is on (voxels outside them get :data:`OUTSIDE_LOGIT`)."""
-        box = brain_window_box(image, self.roi_size, self.overlap) if self.crop else None
+        bounding box only when ``crop`` is on (voxels outside it get :data:`OUTSIDE_LOGIT`)."""
+        box = brain_box(image) if self.crop else None
         if self.crop and box is None:
             raise ValueError("the image has no non-zero voxel: no brain to segment")
         region = image.as_tensor() if isinstance(image, MetaTensor) else image
@@ -193,14 +194,11 @@ class Segmenter:
 
 def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_case: int = 4) -> list[torch.Tensor]:
     """Patches ``(1, 4, *roi)`` for int8 calibration: up to ``per_case`` windows spread over each case's brain."""
-    from monai.data.utils import dense_patch_slices
-    from monai.transforms import SpatialPad
-
     roi = segmenter.roi_size
     patches = []
     for case in cases:
         image = segmenter.load(case)
-        box = brain_window_box(image, roi, segmenter.overlap)
+        box = brain_box(image)
         if box is None:
             continue
         region = SpatialPad(roi)(image.as_tensor()[(slice(None), *box)])

@@ -1,0 +1,277 @@
+"""Inference cost of every network on every engine and precision, end-to-end ``brats-kd segment`` times, and the
+agreement of each engine with PyTorch float32 (``scripts/benchmark_inference.py`` -> ``docs/inference.md``).
+
+What is measured, all in one run on this machine:
+
+- **Per patch**: one ``(1, 4, roi, roi, roi)`` patch through the engine, the median of ``repeats`` runs after
+  one warm-up run (random weights: time does not depend on them).
+- **Whole volume**: MONAI's sliding window (the student bundle's ROI and overlap, batch 1 per window, Gaussian
+  blending) over one BraTS-size phantom, with and without the brain crop
+  (:func:`~kd_components.segment.crop.brain_window_box`): the median of ``repeats`` runs where one run of the
+  whole grid is expected to take at most ``volume_budget_s``, else not run (the table then gives the windows
+  times the per-patch time, marked as such).
+- **Peak memory**: every (network, engine, precision) runs in a fresh process; its maximum resident set size.
+- **End to end**: ``brats-kd segment`` as a user runs it, on a folder of identical BraTS-size cases: the
+  seconds per case it records (read four NIfTI, check, preprocess, network, postprocess, write the label map
+  and the volumes), median over the cases after the first, and the wall time of the whole command with
+  Python's start-up and the engine's load.
+- **Agreement**: on held-out labelled phantoms with trained weights, the Dice of each engine/precision against
+  the ground truth and against PyTorch float32's label maps, per region.
+- **Physical reference**: the FLOP rate this CPU reaches on a large, compute-bound 3D convolution (PyTorch and
+  OpenVINO, float32), and each network's FLOPs per patch divided by it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kd_components.constants import MODALITIES
+
+__all__ = [
+    "EngineConfig",
+    "default_configs",
+    "end_to_end",
+    "engine_agreement",
+    "flop_rate",
+    "measure_config",
+    "measure_in_fresh_process",
+]
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One row: a network (:func:`~kd_components.benchmarking.build_network` name), an engine, a precision."""
+
+    network: str
+    engine: str
+    precision: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+
+#: The engine/precision pairs measured for every network.
+ENGINE_PRECISIONS: tuple[tuple[str, str], ...] = (
+    ("torch", "fp32"),
+    ("torch", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+)
+
+
+def default_configs(networks: Sequence[str]) -> list[EngineConfig]:
+    """Every network with every engine/precision of :data:`ENGINE_PRECISIONS`."""
+    return [EngineConfig(n, e, p) for n in networks for e, p in ENGINE_PRECISIONS]
+
+
+def _median_seconds(step: Any, repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def flop_rate(repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a large compute-bound 3D convolution (64 -> 64 channels, 3^3 kernel, 48^3 voxels, batch 2) in
+    PyTorch and in OpenVINO, float32: what this CPU can reach, the reference for the networks' FLOP rates."""
+    import openvino as ov
+
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1).eval()
+    x = torch.randn(2, 64, 48, 48, 48)
+    flops = 2 * 64 * 64 * 27 * x[:, 0].numel()
+    with torch.no_grad():
+        torch_s = _median_seconds(lambda: conv(x), repeats)
+    model = ov.convert_model(conv, example_input=x)
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    array = x.numpy()
+    openvino_s = _median_seconds(lambda: request.infer({0: array}), repeats)
+    return {"torch_gflops": flops / torch_s / 1e9, "openvino_gflops": flops / openvino_s / 1e9}
+
+
+def measure_config(
+    config: EngineConfig,
+    volume_file: str,
+    roi: int,
+    overlap: float,
+    repeats: int,
+    cache_dir: str,
+    volume_budget_s: float,
+) -> dict[str, Any]:
+    """Per-patch and whole-volume seconds, windows and peak memory of one :class:`EngineConfig` (run it in a fresh
+    process: :func:`measure_in_fresh_process`). ``volume_file`` holds the preprocessed BraTS-size image
+    ``(4, H, W, D)`` (``torch.save``)."""
+    from monai.inferers import SlidingWindowInferer
+
+    from kd_components.benchmarking import build_network
+    from kd_components.segment.crop import brain_box, window_count
+    from kd_components.segment.engines import build_engine
+
+    torch.manual_seed(0)
+    network = build_network(config.network, roi).eval()
+    ckpt = Path(cache_dir) / f"{config.network}.pt"
+    if not ckpt.exists():
+        torch.save(network.state_dict(), ckpt)
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
+    image = torch.load(volume_file, weights_only=True)
+    box = brain_box(image)
+    assert box is not None
+    patches = [image[(slice(None), *(slice(b.start, b.start + roi) for b in box))][None].contiguous()]
+    start = time.perf_counter()
+    engine = build_engine(
+        config.engine, network, ckpt, (roi,) * 3, config.precision, "cpu", cache_dir, calibration=lambda: patches * 4
+    )
+    load_s = time.perf_counter() - start
+    patch = torch.randn(1, len(MODALITIES), roi, roi, roi)
+    per_patch = _median_seconds(lambda: engine(patch), repeats)
+    inferer = SlidingWindowInferer(roi_size=(roi,) * 3, sw_batch_size=1, overlap=overlap, mode="gaussian")
+    windows = {
+        "full": window_count(image.shape[1:], (roi,) * 3, overlap),
+        "crop": window_count(tuple(b.stop - b.start for b in box), (roi,) * 3, overlap),
+    }
+    result: dict[str, Any] = {
+        "network": config.network,
+        "engine": config.engine,
+        "precision": config.precision,
+        "load_s": load_s,
+        "patch_s": per_patch,
+        "windows": windows,
+        "threads": torch.get_num_threads(),
+    }
+    for name, region in (("full", image), ("crop", image[(slice(None), *box)])):
+        if per_patch * windows["full"] <= volume_budget_s:
+            with torch.no_grad():
+                result[f"volume_{name}_s"] = _median_seconds(lambda r=region: inferer(r[None], engine), repeats)
+        else:
+            result[f"volume_{name}_s"] = None
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
+    return result
+
+
+def measure_in_fresh_process(*args: Any) -> dict[str, Any]:
+    """:func:`measure_config` in a new (spawned) process, so that peak memory is that configuration's alone."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure_config, *args).result()
+
+
+def end_to_end(
+    case_dir: Path,
+    copies: int,
+    engine: str,
+    precision: str,
+    ckpt: Path | None,
+    crop: bool = True,
+    work_dir: Path | None = None,
+    overlap: float | None = None,
+) -> dict[str, Any]:
+    """``brats-kd segment`` on ``copies`` copies of one case folder (new case ids): the seconds per case it
+    records (median over the copies after the first), the command's wall time and its peak memory."""
+    work = Path(work_dir or tempfile.mkdtemp(prefix="brats-kd-e2e-"))
+    data, out = work / "data", work / f"out-{engine}-{precision}-{'crop' if crop else 'full'}-{overlap}"
+    source_id = case_dir.name
+    for i in range(copies):
+        cid = f"BraTS-SYN-{90000 + i:05d}-000"
+        folder = data / cid
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for modality in MODALITIES:
+                shutil.copy(case_dir / f"{source_id}-{modality}.nii.gz", folder / f"{cid}-{modality}.nii.gz")
+    command = [sys.executable, "-m", "kd_components.cli", "segment", str(data), "-o", str(out), "--no-progress"]
+    command += ["--engine", engine, "--precision", precision] + (["--ckpt", str(ckpt)] if ckpt else [])
+    command += ([] if crop else ["--no-crop"]) + ([] if overlap is None else ["--sw-overlap", str(overlap)])
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = process.stderr.read() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"brats-kd segment failed ({' '.join(command)}):\n{stderr[-2000:]}")
+    import csv
+
+    seconds = [float(row["seconds"]) for row in csv.DictReader((out / "volumes.csv").open())]
+    return {
+        "engine": engine,
+        "precision": precision,
+        "crop": crop,
+        "overlap": overlap,
+        "case_s": statistics.median(seconds[1:] if len(seconds) > 1 else seconds),
+        "first_case_s": seconds[0],
+        "command_s": wall,
+        "cases": len(seconds),
+        "peak_rss_gib": usage.ru_maxrss * 1024 / _GIB,
+    }
+
+
+def engine_agreement(
+    cases: Sequence[Any], ckpt: Path, configs: Sequence[tuple[str, str, bool]], cache_dir: Path
+) -> dict[str, Any]:
+    """Per (engine, precision, crop): mean Dice per region against the ground truth over ``cases`` (BraTS cases
+    with a label), and against the label maps of the first config (PyTorch float32 with the crop)."""
+    import nibabel as nib
+
+    from kd_components.segment import Segmenter
+    from kd_components.transforms import BratsLabelsToRegions
+
+    to_regions = BratsLabelsToRegions()
+
+    def dice(a: np.ndarray, b: np.ndarray) -> list[float]:
+        ra, rb = np.asarray(to_regions(a[None])).astype(bool), np.asarray(to_regions(b[None])).astype(bool)
+        return [
+            1.0 if x.sum() + y.sum() == 0 else float(2 * (x & y).sum() / (x.sum() + y.sum()))
+            for x, y in zip(ra, rb, strict=True)
+        ]
+
+    reference: dict[str, np.ndarray] = {}
+    results = {}
+    for engine, precision, crop in configs:
+        segmenter = Segmenter(
+            ckpt=ckpt,
+            engine=engine,
+            precision=precision,
+            device="cpu",
+            crop=crop,
+            cache_dir=cache_dir,
+            calibration_cases=cases[:4] if precision == "int8" else (),
+            log=lambda line: None,
+        )
+        truth, agree = [], []
+        for case in cases:
+            labels = segmenter.segment(case).labels
+            truth.append(dice(labels, np.asarray(nib.load(case.label).dataobj).astype(np.uint8)))
+            if (engine, precision, crop) == tuple(configs[0]):
+                reference[case.case_id] = labels
+            agree.append(dice(labels, reference[case.case_id]))
+        results[f"{engine} {precision}" + ("" if crop else ", no crop")] = {
+            "dice_truth": np.mean(truth, axis=0).tolist(),
+            "mean_dice_truth": float(np.mean(truth)),
+            "dice_vs_torch_fp32": np.mean(agree, axis=0).tolist(),
+            "min_dice_vs_torch_fp32": float(np.min(agree)),
+        }
+    return results

@@ -1,0 +1,254 @@
+#!/usr/bin/env python
+"""Inference cost of every network x engine x precision on this CPU, end-to-end `brats-kd segment` times, and
+each engine's agreement with PyTorch float32; writes docs/inference.md.
+
+    python scripts/benchmark_inference.py                       # random weights: cost only (about 25 min on 2 cores)
+    python scripts/benchmark_inference.py --ckpt STUDENT.pt --test-data DIR   # + agreement on labelled phantoms
+
+What each number is: kd_components/pipeline/inference_benchmark.py. Every configuration runs in a fresh
+process; times are medians of --repeats runs after a warm-up; the load average is recorded before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from kd_components.benchmarking import count_flops, cpu_description
+from kd_components.io import atomic_path, save_json_atomic
+from kd_components.pipeline.inference_benchmark import (
+    default_configs,
+    end_to_end,
+    engine_agreement,
+    flop_rate,
+    measure_in_fresh_process,
+)
+from kd_components.segment import default_bundle
+
+#: End-to-end runs: (engine, precision, crop, overlap; None: the bundle's).
+E2E = (("openvino", "fp32", True, None), ("openvino", "bf16", True, None), ("openvino", "int8", True, None))
+E2E += (("onnxruntime", "fp32", True, None), ("torch", "fp32", True, None), ("openvino", "fp32", False, None))
+E2E += (("openvino", "fp32", True, 0.25), ("openvino", "int8", True, 0.25))
+#: Agreement runs: (engine, precision, crop); the first is the reference.
+AGREEMENT = (("torch", "fp32", True), ("torch", "fp32", False), ("torch", "bf16", True), ("onnxruntime", "fp32", True))
+AGREEMENT += (("openvino", "fp32", True), ("openvino", "bf16", True), ("openvino", "int8", True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--networks", nargs="+", default=["student", "segresnet16", "demo", "default"])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (after one warm-up)")
+    parser.add_argument(
+        "--volume-budget", type=float, default=15.0, help="seconds: a whole-volume run expected longer is not run"
+    )
+    parser.add_argument("--e2e-cases", type=int, default=6, help="BraTS-size cases per end-to-end run")
+    parser.add_argument("--ckpt", type=Path, help="trained student weights (end-to-end runs and agreement)")
+    parser.add_argument("--test-data", type=Path, help="labelled phantoms for the agreement table (needs --ckpt)")
+    parser.add_argument("--test-cases", type=int, default=12, help="how many of --test-data's cases (the last ones)")
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/inference"))
+    parser.add_argument("--output", type=Path, default=Path("docs/inference.md"))
+    parser.add_argument("--notes", type=Path, help="Markdown appended as the page's Notes (interpretation of a run)")
+    parser.add_argument(
+        "--render-from", type=Path, help="write the page from a saved results.json instead of measuring"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    notes = args.notes.read_text() if args.notes else ""
+    if args.render_from:
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(render(json.loads(args.render_from.read_text()), notes))
+        print(f"wrote {args.output}")
+        return 0
+    from kd_components.data.brats import discover_cases
+    from kd_components.data.phantoms import make_phantom_dataset
+    from kd_components.segment import Segmenter
+
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    config = ConfigParser()
+    config.read_config(str(default_bundle() / "configs" / "inference.json"))
+    roi, overlap = int(config["patch_size"][0]), float(config["sw_overlap"])
+    load_before = os.getloadavg()
+    data = out / "brats_size"
+    if not (data / "preview_done").exists():
+        make_phantom_dataset(data, 1, seed=7, profile="brats", workers=1, progress=False)
+        (data / "preview_done").write_text("")
+    case = discover_cases(data)[0]
+    random_ckpt = out / "random_student.pt"
+    torch.manual_seed(0)
+    from kd_components.networks import build_student
+
+    torch.save(build_student().state_dict(), random_ckpt)
+    ckpt = args.ckpt or random_ckpt
+    volume_file = out / "volume.pt"
+    image = Segmenter(ckpt=ckpt, engine="torch", device="cpu", log=lambda line: None).load(case)
+    torch.save(image.as_tensor().clone(), volume_file)
+    cache = out / "cache"
+    cache.mkdir(exist_ok=True)
+
+    results: dict[str, Any] = {"roi": roi, "overlap": overlap, "shape": list(image.shape), "rows": [], "errors": []}
+    results["flop_rate"] = flop_rate(args.repeats)
+    print(f"[reference] {results['flop_rate']}")
+    for cfg in default_configs(args.networks):
+        print(f"[{cfg.network}] {cfg.label} ...", flush=True)
+        try:
+            row = measure_in_fresh_process(
+                cfg, str(volume_file), roi, overlap, args.repeats, str(cache), args.volume_budget
+            )
+        except Exception as err:  # one engine that cannot run here does not stop the others
+            results["errors"].append(f"{cfg.network} {cfg.label}: {type(err).__name__}: {str(err)[:300]}")
+            print(f"  failed: {results['errors'][-1]}")
+            continue
+        row["gflops_patch"] = count_flops(cfg.network, roi)[0] / 1e9
+        results["rows"].append(row)
+        print(f"  {row['patch_s']:.3f} s/patch, volume crop {row['volume_crop_s']}, full {row['volume_full_s']}")
+        save_json_atomic(results, out / "results.json")
+    results["end_to_end"] = []
+    for engine, precision, crop, overlap in E2E:
+        print(f"[end to end] {engine} {precision} crop={crop} overlap={overlap} ...", flush=True)
+        try:
+            run = end_to_end(case.directory, args.e2e_cases, engine, precision, ckpt, crop, out / "e2e", overlap)
+            results["end_to_end"].append(run)
+        except Exception as err:
+            results["errors"].append(f"end to end {engine} {precision}: {str(err)[-300:]}")
+            continue
+        print(f"  {results['end_to_end'][-1]}")
+        save_json_atomic(results, out / "results.json")
+    if args.ckpt and args.test_data:
+        cases = [c for c in discover_cases(args.test_data) if c.label is not None][-args.test_cases :]
+        print(f"[agreement] {len(cases)} labelled cases of {args.test_data}", flush=True)
+        results["agreement"] = engine_agreement(cases, args.ckpt, AGREEMENT, cache)
+        results["agreement_cases"] = len(cases)
+    results["load"] = [load_before, os.getloadavg()]
+    results["environment"] = {
+        "cpu": cpu_description(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "openvino": _version("openvino"),
+        "onnxruntime": _version("onnxruntime"),
+        "nncf": _version("nncf"),
+        "date": f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        "command": "python scripts/benchmark_inference.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "weights": "trained (--ckpt)" if args.ckpt else "random",
+    }
+    save_json_atomic(results, out / "results.json")
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(render(results, notes))
+    print(f"wrote {args.output} (raw numbers: {out / 'results.json'})")
+    return 0
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return "not installed"
+
+
+def _volume(row: dict[str, Any], name: str) -> str:
+    """A whole-volume time, or the windows times the per-patch time (marked) where it was not run."""
+    seconds = row[f"volume_{name}_s"]
+    return f"{seconds:.2f}" if seconds is not None else f"est. {row['patch_s'] * row['windows'][name]:.1f}"
+
+
+def render(results: dict[str, Any], notes: str = "") -> str:
+    """The Markdown page (``notes`` appended as its Notes section)."""
+    env, rate = results["environment"], results["flop_rate"]
+    rows = results["rows"]
+    by_engine = {(r["network"], r["engine"], r["precision"]): r for r in rows}
+    lines = [
+        "# Inference cost on a CPU: networks x engines x precisions, and `brats-kd segment` end to end",
+        f"Generated by `{env['command']}` on {env['date']}. Do not edit by hand: run the command again.",
+        f"CPU: {env['cpu']}; Python {env['python']}, torch {env['torch']}, OpenVINO {env['openvino']}, ONNX Runtime "
+        f"{env['onnxruntime']}, NNCF {env['nncf']}. Load average (1 min) {results['load'][0][0]:.2f} before, "
+        f"{results['load'][1][0]:.2f} after. Weights for the end-to-end runs: {env['weights']}.",
+        "## Per patch and whole volume",
+        f"One patch is 1 x 4 x {results['roi']}^3; the whole volume is one BraTS-size phantom "
+        f"({' x '.join(map(str, results['shape']))}) through MONAI's sliding window (ROI {results['roi']}, overlap "
+        f"{results['overlap']}, Gaussian, batch 1), over the whole grid and over the brain's windows only (*crop*). "
+        "Medians of the runs after one warm-up. *n/a*: not run because one run would exceed the time budget; "
+        "*est.* = windows x per-patch time. *GFLOP/s* is the network's FLOPs per patch over its per-patch time, "
+        f"against {rate['torch_gflops']:.0f} GFLOP/s (PyTorch) and {rate['openvino_gflops']:.0f} GFLOP/s (OpenVINO) "
+        "that this CPU reaches in float32 on a large 3D convolution (64 -> 64 channels, 3^3, 48^3 x 2). "
+        "*vs default* = the default teacher's per-patch time on the same engine and precision over this one's.",
+        "| network | engine | precision | GFLOPs / patch | s / patch | GFLOP/s | vs default | volume, crop (s) | "
+        "volume, whole grid (s) | windows crop / whole | peak RSS (GiB) | load (s) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        default = by_engine.get(("default", r["engine"], r["precision"]))
+        ratio = f"{default['patch_s'] / r['patch_s']:.1f}x" if default and r["network"] != "default" else ""
+        crop, full = (_volume(r, name) for name in ("crop", "full"))
+        lines.append(
+            f"| {r['network']} | {r['engine']} | {r['precision']} | {r['gflops_patch']:.1f} | {r['patch_s']:.3f} | "
+            f"{r['gflops_patch'] / r['patch_s']:.0f} | {ratio} | {crop} | {full} | {r['windows']['crop']} / "
+            f"{r['windows']['full']} | {r['peak_rss_gib']:.2f} | {r['load_s']:.1f} |"
+        )
+    if results.get("end_to_end"):
+        lines += [
+            "## `brats-kd segment` end to end (the student, one BraTS-size case)",
+            "*Per case*: the seconds `brats-kd segment` records for a case (check and read the four NIfTI files, "
+            "preprocess, network, postprocess, write the label map and the volumes), median over the cases after "
+            "the first; *first case* includes the engine's warm-up. *Command*: the wall time of the whole command "
+            "on all cases, with Python's start-up, the imports and loading the engine.",
+            "| engine | precision | crop | overlap | per case (s) | first case (s) | command (s) | peak RSS (GiB) |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for e in results["end_to_end"]:
+            lines.append(
+                f"| {e['engine']} | {e['precision']} | {'on' if e['crop'] else 'off'} | "
+                f"{e['overlap'] if e['overlap'] is not None else results['overlap']} | {e['case_s']:.2f} | "
+                f"{e['first_case_s']:.2f} | {e['command_s']:.1f} | {e['peak_rss_gib']:.2f} |"
+            )
+    if results.get("agreement"):
+        lines += [
+            f"## Agreement with PyTorch float32 ({results['agreement_cases']} held-out labelled phantoms, trained "
+            "student)",
+            "Dice per region [TC, WT, ET] against the ground truth (mean over cases) and against the label maps of "
+            "PyTorch float32 with the crop on the same weights (mean; and the lowest of any case and region). "
+            "*no crop*: the sliding window over the whole grid (other window positions, see "
+            "`kd_components/segment/crop.py`).",
+            "| engine precision | Dice vs truth TC / WT / ET | mean | drop vs first row | Dice vs torch fp32 "
+            "TC / WT / ET | lowest |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        base = next(iter(results["agreement"].values()))["mean_dice_truth"]
+        for name, a in results["agreement"].items():
+            lines.append(
+                f"| {name} | {' / '.join(f'{d:.3f}' for d in a['dice_truth'])} | {a['mean_dice_truth']:.3f} | "
+                f"{base - a['mean_dice_truth']:+.4f} | {' / '.join(f'{d:.4f}' for d in a['dice_vs_torch_fp32'])} | "
+                f"{a['min_dice_vs_torch_fp32']:.4f} |"
+            )
+    if results["errors"]:
+        lines += ["## Not measured", *(f"- {e}" for e in results["errors"])]
+    if notes:
+        lines += ["## Notes", notes.strip()]
+    return "\n\n".join(_join(lines)) + "\n"
+
+
+def _join(lines: list[str]) -> list[str]:
+    """Keep table rows together (one block per table)."""
+    blocks: list[str] = []
+    for line in lines:
+        if line.startswith("|") and blocks and blocks[-1].startswith("|"):
+            blocks[-1] += "\n" + line
+        else:
+            blocks.append(line)
+    return blocks
+
+
+if __name__ == "__main__":
+    sys.exit(main())

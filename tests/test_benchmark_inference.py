@@ -1,0 +1,60 @@
+"""The inference-cost page: ratios against the default teacher, estimated whole-volume times marked, notes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "benchmark_inference", Path(__file__).parents[1] / "scripts" / "benchmark_inference.py"
+)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+
+def _row(network: str, patch_s: float, volume: float | None) -> dict:
+    return {
+        "network": network,
+        "engine": "openvino",
+        "precision": "fp32",
+        "gflops_patch": 32.0,
+        "patch_s": patch_s,
+        "volume_crop_s": volume,
+        "volume_full_s": volume,
+        "windows": {"crop": 10, "full": 20},
+        "peak_rss_gib": 1.0,
+        "load_s": 0.5,
+    }
+
+
+def test_page_compares_with_the_default_teacher_and_marks_estimates() -> None:
+    results = {
+        "environment": {
+            "cpu": "CPU X, 2 cores",
+            "python": "3.11",
+            "torch": "2.13",
+            "openvino": "2026",
+            "onnxruntime": "1.32",
+            "nncf": "3.4",
+            "date": "today",
+            "command": "python scripts/benchmark_inference.py",
+            "weights": "random",
+        },
+        "flop_rate": {"torch_gflops": 100.0, "openvino_gflops": 150.0},
+        "load": [[1.0, 1.0, 1.0], [1.5, 1.0, 1.0]],
+        "roi": 96,
+        "overlap": 0.5,
+        "shape": [4, 240, 240, 155],
+        "rows": [_row("student", 0.1, 1.5), _row("default", 3.0, None)],
+        "errors": ["default onnxruntime fp32: MemoryError: out of memory"],
+        "end_to_end": [
+            {"engine": "openvino", "precision": "fp32", "crop": True, "overlap": None, "case_s": 1.8}
+            | {"first_case_s": 2.5, "command_s": 12.0, "peak_rss_gib": 1.2}
+        ],
+    }
+    page = script.render(results, "These are the notes.")
+    assert "| student | openvino | fp32 | 32.0 | 0.100 | 320 | 30.0x | 1.50 | 1.50 | 10 / 20 |" in page
+    assert "| default | openvino | fp32 | 32.0 | 3.000 | 11 |  | est. 30.0 | est. 60.0 | 10 / 20 |" in page
+    assert "| openvino | fp32 | on | 0.5 | 1.80 | 2.50 | 12.0 | 1.20 |" in page
+    assert "## Not measured\n\n- default onnxruntime fp32: MemoryError" in page
+    assert page.rstrip().endswith("These are the notes.") and "Load average (1 min) 1.00 before, 1.50 after" in page
