@@ -110,7 +110,7 @@ def segment_command(args: argparse.Namespace) -> int:
     progress = tqdm(ready, desc="segment", unit="case", disable=args.no_progress, file=sys.stderr)
     for case in progress:
         start = time.perf_counter()
-        report = validate_case(case, et_label=args.et_label)
+        report = validate_case(case, et_label=args.et_label, headers_only=True)  # voxels: checked once loaded
         image_problems = [p for p in report.problems if p.file is None or p.file != getattr(case.label, "name", None)]
         if image_problems:  # a faulty reference segmentation in the folder does not stop inference
             failed += [str(p) for p in image_problems]

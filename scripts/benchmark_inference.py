@@ -39,9 +39,10 @@ from kd_components.segment import default_bundle
 E2E = (("openvino", "fp32", True, None), ("openvino", "bf16", True, None), ("openvino", "int8", True, None))
 E2E += (("onnxruntime", "fp32", True, None), ("torch", "fp32", True, None), ("openvino", "fp32", False, None))
 E2E += (("openvino", "fp32", True, 0.25), ("openvino", "int8", True, 0.25))
-#: Agreement runs: (engine, precision, crop); the first is the reference.
-AGREEMENT = (("torch", "fp32", True), ("torch", "fp32", False), ("torch", "bf16", True), ("onnxruntime", "fp32", True))
-AGREEMENT += (("openvino", "fp32", True), ("openvino", "bf16", True), ("openvino", "int8", True))
+#: Agreement runs: (engine, precision, crop, overlap; None: the bundle's); the first is the reference.
+AGREEMENT = (("torch", "fp32", True, None), ("torch", "fp32", False, None), ("torch", "bf16", True, None))
+AGREEMENT += (("onnxruntime", "fp32", True, None), ("openvino", "fp32", True, None), ("openvino", "bf16", True, None))
+AGREEMENT += (("openvino", "int8", True, None), ("openvino", "fp32", True, 0.25), ("openvino", "int8", True, 0.25))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -502,3 +502,20 @@ def test_an_empty_segmentation_is_written_with_a_warning(
     assert "warning: BraTS-GLI-00003-000: the segmentation holds no tumour (every voxel 0)" in err
     assert "BraTS-GLI-00001-000" not in err
     assert len(json.loads(out.read_text())["training"]) == 3
+
+
+def test_headers_only_validation_checks_geometry_and_types_without_reading_voxels(
+    make_case: Callable[..., Path],
+) -> None:
+    nan = np.full(TINY_SHAPE, np.nan, np.float32)
+    case_dir = make_case("BraTS-GLI-00007-000", overrides={"t1n": nan})
+    moved = np.diag([-1.0, -1.0, 1.0, 1.0])
+    moved[:3, 3] = 3.0
+    save_nifti_atomic(np.ones(TINY_SHAPE, np.complex64), moved, case_dir / "BraTS-GLI-00007-000-t2w.nii.gz")
+    case = discover_cases(case_dir.parent)[0]
+    full = [str(p) for p in validate_case(case).problems]
+    quick = [str(p) for p in validate_case(case, headers_only=True).problems]
+    assert any("t1n" in p and "non-finite" in p for p in full)  # the voxels are read in the full check only
+    assert not any("t1n" in p for p in quick)
+    assert any("t2w" in p and "complex-valued voxels" in p for p in quick)  # the data type is in the header
+    assert any("t2w" in p and "affine differs" in p for p in quick)

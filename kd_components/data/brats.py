@@ -333,6 +333,16 @@ def _load(path: Path) -> _Volume:
     return _Volume(data, np.asarray(img.affine, dtype=np.float64), slope, inter)
 
 
+def _load_header(path: Path) -> _Volume:
+    """A NIfTI file's header only: ``data`` is an empty array of the file's shape and data type (nothing is read
+    beyond the header), with the affine."""
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise ValueError(f"not a NIfTI image ({type(img).__name__})")
+    placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, img.get_data_dtype()), img.shape, (0,) * len(img.shape))
+    return _Volume(placeholder, np.asarray(img.affine, dtype=np.float64))
+
+
 def _describe_read_error(err: Exception) -> str:
     text = str(err).strip() or type(err).__name__
     return f"cannot be read as NIfTI ({type(err).__name__}: {text})"
@@ -344,7 +354,9 @@ def _unchecked(cid: str, name: str, err: Exception) -> CaseProblem:
     return CaseProblem(cid, name, f"could not be checked ({type(err).__name__}: {text})")
 
 
-def validate_case(case: BratsCase, et_label: int = ET_LABEL, affine_atol: float = AFFINE_ATOL) -> CaseReport:
+def validate_case(
+    case: BratsCase, et_label: int = ET_LABEL, affine_atol: float = AFFINE_ATOL, headers_only: bool = False
+) -> CaseReport:
     """Check one case before anything trains on it, each file as the pipeline will read it.
 
     Checks: all four modalities present; every file readable as NIfTI; volumes 3D; a finite, non-singular
@@ -356,6 +368,10 @@ def validate_case(case: BratsCase, et_label: int = ET_LABEL, affine_atol: float 
 
     Any error raised while checking a file (an unusual data type, say) becomes a problem of that file: one
     file never stops the validation of the others.
+
+    ``headers_only=True`` reads the NIfTI headers alone (files readable, 3D, affines, shapes, voxel data types),
+    not the voxels: for a caller that reads the voxels next anyway and checks their values itself
+    (``brats-kd segment``), so that each file is decompressed once.
     """
     report = CaseReport(case=case, problems=list(case.problems))
     cid = case.case_id
@@ -364,11 +380,15 @@ def validate_case(case: BratsCase, et_label: int = ET_LABEL, affine_atol: float 
     for kind, path in files:
         name = path.name
         try:
-            volume = _load(path)
+            volume = _load_header(path) if headers_only else _load(path)
         except Exception as err:  # any reader failure is a problem of this file
             report.problems.append(CaseProblem(cid, name, _describe_read_error(err)))
             continue
         data, affine = volume.data, volume.affine
+        if headers_only:
+            problem = _voxel_type_problem(volume.data.dtype) if kind != SEG_SUFFIX else None
+            if problem:
+                report.problems.append(CaseProblem(cid, name, problem))
         if data.ndim != 3:
             report.problems.append(CaseProblem(cid, name, f"expected a 3D volume, got {data.ndim}D shape {data.shape}"))
             continue
@@ -382,6 +402,8 @@ def validate_case(case: BratsCase, et_label: int = ET_LABEL, affine_atol: float 
                 report.problems.extend(_check_geometry(cid, name, data.shape, affine, reference, affine_atol))
         except Exception as err:
             report.problems.append(_unchecked(cid, name, err))
+        if headers_only:
+            continue
         try:
             if kind == SEG_SUFFIX:
                 _check_segmentation(report, name, data, et_label)

@@ -230,10 +230,10 @@ def end_to_end(
 
 
 def engine_agreement(
-    cases: Sequence[Any], ckpt: Path, configs: Sequence[tuple[str, str, bool]], cache_dir: Path
+    cases: Sequence[Any], ckpt: Path, configs: Sequence[tuple[str, str, bool, float | None]], cache_dir: Path
 ) -> dict[str, Any]:
-    """Per (engine, precision, crop): mean Dice per region against the ground truth over ``cases`` (BraTS cases
-    with a label), and against the label maps of the first config (PyTorch float32 with the crop)."""
+    """Per (engine, precision, crop, overlap; ``None``: the bundle's): mean Dice per region against the ground
+    truth over ``cases`` (BraTS cases with a label), and against the label maps of the first config."""
     import nibabel as nib
 
     from kd_components.segment import Segmenter
@@ -250,13 +250,14 @@ def engine_agreement(
 
     reference: dict[str, np.ndarray] = {}
     results = {}
-    for engine, precision, crop in configs:
+    for engine, precision, crop, overlap in configs:
         segmenter = Segmenter(
             ckpt=ckpt,
             engine=engine,
             precision=precision,
             device="cpu",
             crop=crop,
+            overrides={"sw_overlap": overlap} if overlap is not None else None,
             cache_dir=cache_dir,
             calibration_cases=cases[:4] if precision == "int8" else (),
             log=lambda line: None,
@@ -265,10 +266,15 @@ def engine_agreement(
         for case in cases:
             labels = segmenter.segment(case).labels
             truth.append(dice(labels, np.asarray(nib.load(case.label).dataobj).astype(np.uint8)))
-            if (engine, precision, crop) == tuple(configs[0]):
+            if (engine, precision, crop, overlap) == tuple(configs[0]):
                 reference[case.case_id] = labels
             agree.append(dice(labels, reference[case.case_id]))
-        results[f"{engine} {precision}" + ("" if crop else ", no crop")] = {
+        name = (
+            f"{engine} {precision}"
+            + ("" if crop else ", no crop")
+            + ("" if overlap is None else f", overlap {overlap}")
+        )
+        results[name] = {
             "dice_truth": np.mean(truth, axis=0).tolist(),
             "mean_dice_truth": float(np.mean(truth)),
             "dice_vs_torch_fp32": np.mean(agree, axis=0).tolist(),

@@ -160,15 +160,24 @@ class Segmenter:
         full[(slice(None), *box)] = out
         return full
 
+    @staticmethod
+    def check_values(case: BratsCase, image: torch.Tensor) -> None:
+        """Each modality of the preprocessed ``image`` ``(4, H, W, D)`` finite and not constant (a constant scan
+        normalises to zeros), else :class:`CaseFailed` naming the file."""
+        for channel, modality in zip(image, MODALITIES, strict=True):
+            name = case.images[modality].name
+            if not bool(torch.isfinite(channel).all()):
+                raise CaseFailed(f"{case.case_id}: {name}: non-finite voxels (NaN/Inf) in the scan")
+            if not bool(channel.any()):
+                raise CaseFailed(f"{case.case_id}: {name}: constant scan (all voxels equal): no image contrast")
+
     def segment(self, case: BratsCase) -> Segmentation:
         """Segment one case (nothing is written); :class:`CaseFailed` names the case and the reason."""
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         image = self.load(case)
         seconds["read"] = time.perf_counter() - start
-        if not torch.isfinite(image).all():
-            bad = int((~torch.isfinite(image)).sum())
-            raise CaseFailed(f"{case.case_id}: {bad} non-finite voxel(s) (NaN/Inf) in the images of {case.directory}")
+        self.check_values(case, image)
         start = time.perf_counter()
         try:
             logits = self.logits(image)
