@@ -33,6 +33,7 @@ from kd_components.pipeline.inference_benchmark import (
     flop_rate,
     measure_in_fresh_process,
 )
+from kd_components.pipeline.results import markdown_blocks
 from kd_components.segment import default_bundle
 
 #: End-to-end runs: (engine, precision, crop, overlap; None: the bundle's).
@@ -237,18 +238,7 @@ def render(results: dict[str, Any], notes: str = "") -> str:
         lines += ["## Not measured", *(f"- {e}" for e in results["errors"])]
     if notes:
         lines += ["## Notes", notes.strip()]
-    return "\n\n".join(_join(lines)) + "\n"
-
-
-def _join(lines: list[str]) -> list[str]:
-    """Keep table rows together (one block per table)."""
-    blocks: list[str] = []
-    for line in lines:
-        if line.startswith("|") and blocks and blocks[-1].startswith("|"):
-            blocks[-1] += "\n" + line
-        else:
-            blocks.append(line)
-    return blocks
+    return "\n\n".join(markdown_blocks(lines)) + "\n"
 
 
 if __name__ == "__main__":

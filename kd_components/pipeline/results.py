@@ -18,7 +18,7 @@ from kd_components.io import save_figure_atomic
 from kd_components.pipeline.stages import format_minutes
 from kd_components.pipeline.statistics import Interval
 
-__all__ = ["plot_dice_vs_time", "plot_region_bars", "render_results"]
+__all__ = ["markdown_blocks", "plot_dice_vs_time", "plot_region_bars", "render_results"]
 
 _DICE = [f"val_dice_{r.lower()}" for r in REGIONS]
 _HD95 = [f"val_hd95_{r.lower()}" for r in REGIONS]
@@ -284,7 +284,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
     )
     if notes:
         lines += ["## Notes", notes.strip()]
-    return "\n\n".join(_join_tables(lines)) + "\n"
+    return "\n\n".join(markdown_blocks(lines)) + "\n"
 
 
 def _comparison(rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice") -> list[str]:
@@ -327,7 +327,7 @@ def _value(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.3f}"
 
 
-def _join_tables(lines: list[str]) -> list[str]:
+def markdown_blocks(lines: list[str]) -> list[str]:
     """Keep consecutive table lines together (one block), other lines as paragraphs."""
     blocks: list[str] = []
     for line in lines:
