@@ -143,19 +143,21 @@ class Segmenter:
         except Exception as err:  # MONAI wraps reader errors; the message names the transform and the file
             raise CaseFailed(f"{case.case_id}: cannot be read ({_root_cause(err)})") from err
 
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
-        """Sliding-window logits ``(3, H, W, D)`` of a preprocessed image ``(4, H, W, D)``, over the brain's
-        bounding box only when ``crop`` is on (voxels outside it get :data:`OUTSIDE_LOGIT`)."""
-        box = brain_box(image) if self.crop else None
-        if self.crop and box is None:
+    def box_logits(self, image: torch.Tensor) -> tuple[tuple[slice, ...], torch.Tensor]:
+        """The box the sliding window runs over (the brain's bounding box with ``crop``, else the whole grid) and
+        its logits ``(3, h, w, d)``, for a preprocessed image ``(4, H, W, D)``."""
+        box = brain_box(image) if self.crop else tuple(slice(0, size) for size in image.shape[1:])
+        if box is None:
             raise ValueError("the image has no non-zero voxel: no brain to segment")
         region = image.as_tensor() if isinstance(image, MetaTensor) else image
-        if box is not None:
-            region = region[(slice(None), *box)]
         with torch.no_grad():
-            out = self.inferer(region[None].to(self.device), self.engine)[0].float().cpu()
-        if box is None:
-            return out
+            out = self.inferer(region[(slice(None), *box)][None].to(self.device), self.engine)
+        return box, out[0].float().cpu()
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits ``(3, H, W, D)`` of a preprocessed image ``(4, H, W, D)``; outside the box of
+        :meth:`box_logits`, :data:`OUTSIDE_LOGIT`."""
+        box, out = self.box_logits(image)
         full = torch.full((out.shape[0], *image.shape[1:]), OUTSIDE_LOGIT, dtype=out.dtype)
         full[(slice(None), *box)] = out
         return full
@@ -180,15 +182,17 @@ class Segmenter:
         self.check_values(case, image)
         start = time.perf_counter()
         try:
-            logits = self.logits(image)
+            box, logits = self.box_logits(image)
         except ValueError as err:
             raise CaseFailed(f"{case.case_id}: {err}") from err
         seconds["network"] = time.perf_counter() - start
         start = time.perf_counter()
-        result = self.postprocessing({"pred": MetaTensor(logits, meta=dict(image.meta)), "image": image})
+        # the postprocessing is voxel by voxel: run it on the box, outside the box is background
+        result = self.postprocessing({"pred": MetaTensor(logits, meta=dict(image.meta))})
         if "pred" not in result:
             raise CaseFailed(f"{case.case_id}: {result.get('problem', 'no prediction')}")
-        labels = np.asarray(result["pred"]).astype(np.uint8).reshape(image.shape[1:])
+        labels = np.zeros(image.shape[1:], np.uint8)
+        labels[box] = np.asarray(result["pred"]).astype(np.uint8).reshape(logits.shape[1:])
         affine = np.asarray(image.affine, dtype=np.float64)
         volumes = region_volumes_ml(labels, affine, self.et_label)
         seconds["postprocess"] = time.perf_counter() - start
