@@ -224,3 +224,21 @@ def test_int8_is_quantized_once_and_stays_close_to_fp32(
     a, b = int8.logits(image), fp32.logits(image)
     assert torch.isfinite(a).all() and a.shape == b.shape
     assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) > 0.95
+
+
+def test_int8_calibration_skips_cases_it_cannot_use(
+    make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path
+) -> None:
+    from kd_components.segment.segmenter import calibration_patches
+
+    root = tmp_path / "data"
+    good = case_from_directory(make_case("BraTS-GLI-00001-000", shape=(40, 36, 34), root=root))
+    nan = np.random.default_rng(0).uniform(1, 100, (40, 36, 34)).astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    bad = case_from_directory(make_case("BraTS-GLI-00002-000", shape=(40, 36, 34), root=root, overrides={"t1c": nan}))
+    broken_dir = make_case("BraTS-GLI-00003-000", shape=(40, 36, 34), root=root)
+    (broken_dir / case_file_name("BraTS-GLI-00003-000", "t2w")).write_bytes(b"not a nifti file")
+    broken = case_from_directory(broken_dir)
+    segmenter = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu")
+    patches = calibration_patches(segmenter, [bad, broken, good], per_case=2)
+    assert len(patches) == 2 and all(p.shape == (1, 4, 32, 32, 32) and torch.isfinite(p).all() for p in patches)

@@ -210,8 +210,11 @@ def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_ca
     roi = segmenter.roi_size
     patches = []
     for case in cases:
-        image = segmenter.load(case)
-        box = brain_box(image)
+        try:  # a case that cannot be read or has non-finite voxels calibrates nothing (it is reported when segmented)
+            image = segmenter.load(case)
+        except CaseFailed:
+            continue
+        box = brain_box(image) if bool(torch.isfinite(image).all()) else None
         if box is None:
             continue
         region = SpatialPad(roi)(image.as_tensor()[(slice(None), *box)])
