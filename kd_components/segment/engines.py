@@ -11,7 +11,7 @@ Precisions:
 - ``fp32``: float32 everywhere. OpenVINO's CPU plugin runs bf16 by default on CPUs with AVX512-BF16 or AMX; the
   fp32 engine sets ``INFERENCE_PRECISION_HINT`` to ``f32`` so that fp32 means fp32.
 - ``bf16``: PyTorch autocast on the CPU (:class:`~kd_components.inferers.AutocastInferer`'s rule), OpenVINO's
-  ``bf16`` hint. ONNX Runtime's CPU provider has no bf16 kernels for these layers: an error.
+  ``bf16`` hint. The ONNX Runtime engine is float32 only (asking it for bf16 or int8 is an error).
 - ``int8``: OpenVINO only, post-training quantization with NNCF (``nncf.quantize``) calibrated on patches of a
   few cases; cached like the export, keyed by the checkpoint and the calibration data.
 """
@@ -114,8 +114,7 @@ def cached_export(
 
 
 class TorchEngine:
-    """The eager network on ``device``; ``bf16`` runs it under CPU autocast (CUDA: autocast float16 is ``fp32``'s
-    business of the bundle's ``amp`` setting, not this engine's)."""
+    """The eager network on ``device``; ``bf16`` runs it under CPU autocast (on CUDA only ``fp32`` is offered)."""
 
     name = "torch"
 
