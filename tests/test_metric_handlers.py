@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pytest
 import torch
 from ignite.engine import Engine
 from monai.data import MetaTensor
 
 from kd_components.handlers import HausdorffDistanceMM
-from kd_components.handlers.metrics import MISSED_REGION_HD_MM
+from kd_components.handlers.metrics import MISSED_REGION_HD_MM, label_map_dice
 
 
 def _volume(box: tuple[slice, slice, slice] | None, spacing: float) -> MetaTensor:
@@ -45,3 +47,12 @@ def test_missed_region_gets_the_brats_penalty_and_absent_region_stays_undefined(
     missed, absent = _hd95([(_volume(None, 1.0), _volume(box, 1.0)), (_volume(box, 1.0), _volume(None, 1.0))])
     assert math.isclose(missed, MISSED_REGION_HD_MM, rel_tol=1e-6)
     assert math.isnan(absent)
+
+
+def test_label_map_dice_per_region_scores_empty_regions_by_brats_rules() -> None:
+    truth = np.zeros((5, 5, 5), np.uint8)
+    truth[1, 1, 1] = 1  # NETC: in TC and WT
+    pred = truth.copy()
+    pred[2, 2, 2] = 2  # extra SNFH: WT only
+    assert label_map_dice(pred, truth) == pytest.approx([1.0, 2 / 3, 1.0])  # ET empty in both: 1
+    assert label_map_dice(np.zeros_like(truth), truth) == pytest.approx([0.0, 0.0, 1.0])

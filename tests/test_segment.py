@@ -17,11 +17,11 @@ import torch
 from kd_components.cli import main
 from kd_components.constants import MODALITIES, case_file_name
 from kd_components.data.brats import case_from_directory
+from kd_components.handlers.metrics import label_map_dice
 from kd_components.io import save_nifti_atomic
 from kd_components.networks.student import build_student
 from kd_components.segment import Segmenter, brain_box, cached_export, resolve_inputs, window_count
 from kd_components.segment.engines import EngineError, build_engine
-from kd_components.transforms import BratsLabelsToRegions
 
 pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
 
@@ -41,12 +41,6 @@ def student_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _segmenter(ckpt: Path, tmp_path: Path, **kwargs) -> Segmenter:
     kwargs.setdefault("overrides", SMALL)
     return Segmenter(ckpt=ckpt, cache_dir=tmp_path / "cache", log=lambda line: None, **kwargs)
-
-
-def _region_dice(a: np.ndarray, b: np.ndarray) -> list[float]:
-    ra, rb = (np.asarray(BratsLabelsToRegions()(x[None])) for x in (a, b))
-    pairs = zip(ra, rb, strict=True)
-    return [1.0 if x.sum() + y.sum() == 0 else 2 * (x & y).sum() / (x.sum() + y.sum()) for x, y in pairs]
 
 
 def _segment(argv: list[str]) -> int:
@@ -137,7 +131,7 @@ def test_engines_agree_with_pytorch_on_a_volume_whose_sides_are_not_multiples_of
     reference = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu").segment(case)
     other = _segmenter(student_ckpt, tmp_path, engine=engine).segment(case)
     assert other.labels.shape == (50, 45, 38)
-    assert min(_region_dice(other.labels, reference.labels)) >= 0.99
+    assert min(label_map_dice(other.labels, reference.labels)) >= 0.99
     segmenter = _segmenter(student_ckpt, tmp_path, engine=engine)
     image = segmenter.load(case)
     expected = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu").logits(image)

@@ -7,11 +7,22 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.handlers import HausdorffDistance
-from monai.metrics import compute_hausdorff_distance
+from monai.metrics import compute_dice, compute_hausdorff_distance
+
+from kd_components.constants import ET_LABEL
+from kd_components.transforms import BratsLabelsToRegions
 
 #: HD95 given to a region that the ground truth has and the prediction misses entirely: the BraTS
 #: challenge's convention, the diagonal of the 240 x 240 x 155 grid at 1 mm.
 MISSED_REGION_HD_MM = 373.13
+
+
+def label_map_dice(a: np.ndarray, b: np.ndarray, et_label: int = ET_LABEL) -> list[float]:
+    """Dice per region ``[TC, WT, ET]`` between two BraTS label maps ``(H, W, D)`` (MONAI's ``compute_dice``; a
+    region empty in both maps scores 1, empty in one only 0)."""
+    to_regions = BratsLabelsToRegions(et_label=et_label)
+    regions = [torch.as_tensor(np.asarray(to_regions(np.asarray(m)[None])))[None].float() for m in (a, b)]
+    return compute_dice(*regions, include_background=True, ignore_empty=False)[0].tolist()
 
 
 def voxel_spacing(image: torch.Tensor) -> tuple[float, ...]:

@@ -24,6 +24,7 @@ What is measured, all in one run on this machine:
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import multiprocessing
 import os
 import resource
@@ -213,8 +214,6 @@ def end_to_end(
     stderr = process.stderr.read() if process.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"brats-kd segment failed ({' '.join(command)}):\n{stderr[-2000:]}")
-    import csv
-
     seconds = [float(row["seconds"]) for row in csv.DictReader((out / "volumes.csv").open())]
     return {
         "engine": engine,
@@ -236,17 +235,8 @@ def engine_agreement(
     truth over ``cases`` (BraTS cases with a label), and against the label maps of the first config."""
     import nibabel as nib
 
+    from kd_components.handlers.metrics import label_map_dice as dice
     from kd_components.segment import Segmenter
-    from kd_components.transforms import BratsLabelsToRegions
-
-    to_regions = BratsLabelsToRegions()
-
-    def dice(a: np.ndarray, b: np.ndarray) -> list[float]:
-        ra, rb = np.asarray(to_regions(a[None])).astype(bool), np.asarray(to_regions(b[None])).astype(bool)
-        return [
-            1.0 if x.sum() + y.sum() == 0 else float(2 * (x & y).sum() / (x.sum() + y.sum()))
-            for x, y in zip(ra, rb, strict=True)
-        ]
 
     reference: dict[str, np.ndarray] = {}
     results = {}
