@@ -14,31 +14,25 @@ from collections.abc import Callable
 
 import torch
 
-from kd_components.constants import MODALITIES, REGIONS
-from kd_components.networks import build_student, build_teacher
+from kd_components.constants import MODALITIES
+from kd_components.networks import build_segresnet_student, build_teacher
+from kd_components.networks.candidates import STUDENT_CANDIDATES
 
 __all__ = ["OTHER_NETWORKS", "build_network", "count_flops", "cpu_description", "time_runs"]
 
 _GIB = 1024**3
-#: Networks besides the teacher configurations.
-OTHER_NETWORKS: tuple[str, ...] = ("student", "segresnet16")
+#: Networks besides the teacher configurations: the student candidates (the default student first) and MONAI's
+#: model-zoo BraTS SegResNet.
+OTHER_NETWORKS: tuple[str, ...] = (*STUDENT_CANDIDATES, "segresnet16")
 
 
 def build_network(name: str, size: int) -> torch.nn.Module:
-    """A teacher configuration (trained on ``size``^3 patches), the default student, or the model-zoo SegResNet."""
-    if name == "student":
-        return build_student()
+    """A teacher configuration (trained on ``size``^3 patches), a student candidate (``student`` is the default
+    student), or ``segresnet16``, the model-zoo SegResNet (16 filters, blocks 1-2-2-4, group norm)."""
+    if name in STUDENT_CANDIDATES:
+        return STUDENT_CANDIDATES[name].build()
     if name == "segresnet16":
-        from monai.networks.nets import SegResNet
-
-        return SegResNet(
-            spatial_dims=3,
-            in_channels=len(MODALITIES),
-            out_channels=len(REGIONS),
-            init_filters=16,
-            blocks_down=(1, 2, 2, 4),
-            blocks_up=(1, 1, 1),
-        )
+        return build_segresnet_student(init_filters=16, output_prior=None)
     return build_teacher(name, img_size=(size, size, size))
 
 

@@ -7,6 +7,7 @@ The overlays follow MONAI's model-zoo bundles (``torch.distributed.run`` sets ``
 
 - :func:`init_distributed` / :func:`destroy_distributed`: the process group (NCCL on GPU, gloo on CPU);
 - :func:`local_device`: ``cuda:<LOCAL_RANK>`` when CUDA is present, else the CPU;
+- :func:`sync_batch_norm`: batch normalisation with statistics over all GPUs (the default student has it);
 - :func:`average_gradients`: averaging across ranks the gradients of trainable parameters that live
   outside the DDP-wrapped network (the feature-distillation adapters).
 """
@@ -26,6 +27,7 @@ __all__ = [
     "init_distributed",
     "is_distributed",
     "local_device",
+    "sync_batch_norm",
 ]
 
 
@@ -47,6 +49,23 @@ def local_device() -> torch.device:
             )
         return torch.device(f"cuda:{rank}")
     return torch.device("cpu")
+
+
+def sync_batch_norm(network: nn.Module, device: torch.device) -> nn.Module:
+    """
+    ``network`` on ``device``, its batch normalisations (if any) synchronised across ranks when it trains on GPUs in
+    a process group: :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`, in place (the bare network that
+    validation runs shares the modules; the state-dict keys do not change, so checkpoints load into the plain
+    network). On the CPU (gloo), where PyTorch's ``SyncBatchNorm`` does not run, each rank normalises with its own
+    batch statistics, as without this function.
+
+    Args:
+        network: the bare network (not yet wrapped in ``DistributedDataParallel``).
+        device: this process's device (:func:`local_device`).
+    """
+    if device.type == "cuda" and is_distributed():
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    return network.to(device)
 
 
 def init_distributed(backend: str | None = None) -> None:

@@ -2,7 +2,8 @@
 
 The exported graph takes ``image`` ``(B, 4, H, W, D)`` (channels ``[t1c, t1n, t2w, t2f]``, z-scored) and
 returns ``pred`` ``(B, 3, H, W, D)`` logits ``[TC, WT, ET]``; ``B`` and each of ``H, W, D`` are free, the
-spatial sizes as multiples of ``spatial_multiple`` (8 for the default SegResNet student, whose three
+spatial sizes as multiples of ``spatial_multiple`` (by default the network's
+:func:`~kd_components.networks.utils.size_divisor`: 16 for the default student, whose stem and three
 downsamplings need it). It uses PyTorch's ``torch.export``-based exporter (``torch.onnx.export(...,
 dynamo=True)``, needs ``onnxscript``), whose ``dynamic_shapes`` states that divisibility exactly; the
 TorchScript-based exporter's ``dynamic_axes`` cannot.
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from kd_components.constants import MODALITIES
+from kd_components.networks.utils import size_divisor
 
 __all__ = [
     "DEFAULT_ONNX_OPSET",
@@ -66,7 +68,7 @@ def export_onnx(
     network: nn.Module,
     filepath: str | os.PathLike[str],
     example_shape: Sequence[int] = (1, len(MODALITIES), 64, 64, 64),
-    spatial_multiple: int = 8,
+    spatial_multiple: int | None = None,
     max_spatial: int = 512,
     opset_version: int = DEFAULT_ONNX_OPSET,
     dynamic_spatial: bool = True,
@@ -78,7 +80,8 @@ def export_onnx(
         network: the eager network ``(B, C, H, W, D) -> (B, C_out, H, W, D)``; exported in eval mode on CPU.
         filepath: the ``.onnx`` file to write (its folder is created).
         example_shape: shape of the example input the graph is traced with, ``(B, C, H, W, D)``.
-        spatial_multiple: each spatial size is ``spatial_multiple * k`` (8 for the default student).
+        spatial_multiple: each spatial size is ``spatial_multiple * k``; ``None``: the network's
+            :func:`~kd_components.networks.utils.size_divisor` (16 for the default student).
         max_spatial: largest spatial size the graph declares (in voxels).
         opset_version: ONNX opset.
         dynamic_spatial: ``False`` fixes the spatial sizes to the example's (only the batch stays free): for
@@ -92,6 +95,8 @@ def export_onnx(
     Raises:
         ValueError: if an example spatial size is not a multiple of ``spatial_multiple``.
     """
+    if spatial_multiple is None:
+        spatial_multiple = size_divisor(network)
     if any(int(s) % spatial_multiple for s in example_shape[2:]):
         raise ValueError(f"example spatial sizes {list(example_shape[2:])} must be multiples of {spatial_multiple}")
     network = network.eval().cpu()

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.bundle import ConfigParser
 
 from kd_components.benchmarking import count_flops, cpu_description
 from kd_components.io import atomic_path, save_json_atomic
@@ -32,9 +31,9 @@ from kd_components.pipeline.inference_benchmark import (
     engine_agreement,
     flop_rate,
     measure_in_fresh_process,
+    prepare_volume,
 )
 from kd_components.pipeline.results import markdown_blocks
-from kd_components.segment import default_bundle
 
 #: End-to-end runs: (engine, precision, crop, overlap; None: the bundle's).
 E2E = (("openvino", "fp32", True, None), ("openvino", "bf16", True, None), ("openvino", "int8", True, None))
@@ -75,33 +74,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.output}")
         return 0
     from kd_components.data.brats import discover_cases
-    from kd_components.data.phantoms import make_phantom_dataset
-    from kd_components.segment import Segmenter
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    config = ConfigParser()
-    config.read_config(str(default_bundle() / "configs" / "inference.json"))
-    roi, overlap = int(config["patch_size"][0]), float(config["sw_overlap"])
     load_before = os.getloadavg()
-    data = out / "brats_size"
-    if not (data / "preview_done").exists():
-        make_phantom_dataset(data, 1, seed=7, profile="brats", workers=1, progress=False)
-        (data / "preview_done").write_text("")
-    case = discover_cases(data)[0]
-    random_ckpt = out / "random_student.pt"
-    torch.manual_seed(0)
-    from kd_components.networks import build_student
-
-    torch.save(build_student().state_dict(), random_ckpt)
-    ckpt = args.ckpt or random_ckpt
-    volume_file = out / "volume.pt"
-    image = Segmenter(ckpt=ckpt, engine="torch", device="cpu", log=lambda line: None).load(case)
-    torch.save(image.as_tensor().clone(), volume_file)
+    volume = prepare_volume(out)
+    case, volume_file, roi, overlap = volume.case, volume.volume_file, volume.roi, volume.overlap
+    ckpt = args.ckpt or volume.random_ckpt
     cache = out / "cache"
     cache.mkdir(exist_ok=True)
 
-    results: dict[str, Any] = {"roi": roi, "overlap": overlap, "shape": list(image.shape), "rows": [], "errors": []}
+    results: dict[str, Any] = {"roi": roi, "overlap": overlap, "shape": list(volume.shape), "rows": [], "errors": []}
     results["flop_rate"] = flop_rate(args.repeats)
     print(f"[reference] {results['flop_rate']}")
     for cfg in default_configs(args.networks):

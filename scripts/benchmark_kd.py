@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from kd_components.io import atomic_path
+from kd_components.io import atomic_path, save_json_atomic
 from kd_components.pipeline.benchmark import (
     ROWS,
     SELECTION_RULES,
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the page keeps the command recorded in it (use with --notes and --results-md)",
     )
     parser.add_argument(
+        "--cost-from",
+        type=Path,
+        default=None,
+        help="with --render-from: take the inference-cost table from this inference_cost.json (a --timing-only run "
+        "on the CPU) and save it into the --render-from file too, so that the file holds what the page shows",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=d.jobs,
@@ -141,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_from:
         results = json.loads(args.render_from.read_text())
         command = results.get("command") or f"(command not recorded in {args.render_from})"
+        if args.cost_from:
+            results["cost"] = json.loads(args.cost_from.read_text())
+            save_json_atomic(results, args.render_from)
     else:
         command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         try:

@@ -37,7 +37,7 @@ from kd_components.losses import (
     build_feature_kd_loss,
 )
 from kd_components.networks import build_student, build_teacher, trainable_parameters
-from kd_components.networks.student import DEFAULT_FEATURE_PAIRS
+from kd_components.networks.student import feature_pairs
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,8 +69,8 @@ def _teacher_step(size: int, batch: int, bf16: bool):
 def _student_step(size: int, batch: int, bf16: bool):
     torch.manual_seed(0)
     teacher = build_teacher("demo", img_size=(size,) * 3).eval().requires_grad_(False)
-    student = build_student(init_filters=8)
-    feature = build_feature_kd_loss(student, teacher, DEFAULT_FEATURE_PAIRS, probe_size=(size,) * 3)
+    student = build_student()
+    feature = build_feature_kd_loss(student, teacher, feature_pairs(student), probe_size=(size,) * 3)
     terms = {
         "task": TaskTerm(DiceCELoss(sigmoid=True)),
         "soft": SoftTargetTerm(SoftTargetKDLoss(4.0)),

@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
     parser.add_argument("--net-id", default="network_def", help="network id in the config (default: network_def)")
     parser.add_argument("--example-size", type=int, nargs=3, default=[64, 64, 64], help="spatial size to trace with")
-    parser.add_argument("--spatial-multiple", type=int, default=8, help="spatial sizes are multiples of this")
+    parser.add_argument(
+        "--spatial-multiple", type=int, help="spatial sizes are multiples of this (default: what the network needs)"
+    )
     parser.add_argument(
         "--check-size", type=int, nargs=3, action="append", help="spatial size to compare with PyTorch (repeatable)"
     )

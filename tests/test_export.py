@@ -28,7 +28,7 @@ from tests.conftest import REPO_ROOT, cli_overrides, run_checked, tiny_teacher_o
 TS_ATOL, TS_RTOL = 1e-5, 1e-4
 #: Per bundle: ``network_def`` overrides giving a CPU-sized network, and an input shape it accepts.
 BUNDLES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
-    "distilled_student": ({"network_def#init_filters": 8}, (1, len(MODALITIES), 48, 40, 32)),
+    "distilled_student": ({"network_def#init_filters": 8}, (1, len(MODALITIES), 48, 32, 64)),
     "hybrid_teacher": (tiny_teacher_overrides("network_def"), (1, len(MODALITIES), 64, 64, 32)),
 }
 
@@ -118,5 +118,5 @@ def test_onnx_export_of_the_student_has_dynamic_sizes_and_matches_pytorch(tmp_pa
 
 
 def test_onnx_export_rejects_example_sizes_that_are_not_multiples(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="multiples of 8"):
+    with pytest.raises(ValueError, match="multiples of 16"):
         export_onnx(build_student(), tmp_path / "m.onnx", (1, 4, 60, 64, 64))

@@ -11,7 +11,7 @@ from kd_components.config_checks import BundleSettingError
 from kd_components.inferers import AutocastInferer, cpu_bf16_supported, use_cpu_bf16
 from kd_components.losses import DistillationInputs, DistillationLoss, FeatureTerm, TaskTerm, build_feature_kd_loss
 from kd_components.networks import build_student
-from kd_components.networks.student import DEFAULT_FEATURE_PAIRS
+from kd_components.networks.student import feature_pairs
 from tests.conftest import build_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,7 +57,7 @@ def test_distillation_terms_take_bf16_features() -> None:
     """Hooks capture the features in bf16 under autocast; the feature adapters are float32."""
     torch.manual_seed(0)
     student, teacher = build_student(init_filters=8), build_tiny_teacher().eval()
-    feature = build_feature_kd_loss(student, teacher, DEFAULT_FEATURE_PAIRS)
+    feature = build_feature_kd_loss(student, teacher, feature_pairs(student))
     loss = DistillationLoss({"task": TaskTerm(DiceCELoss(sigmoid=True)), "feature": FeatureTerm(feature)})
     inputs = DistillationInputs(
         torch.randn(1, 3, 8, 8, 8, requires_grad=True),

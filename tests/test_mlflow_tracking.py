@@ -56,7 +56,7 @@ def test_run_params_records_values_as_mlflow_strings_and_counts_parameters() -> 
     frozen = sum(p.numel() for p in student.conv_final.parameters())
     assert params["num_parameters"] == total == count_parameters(student)
     assert params["num_trainable_parameters"] == total - frozen > 0
-    assert params["network_class"] == "SegResNet" and params["teacher_class"] == "HybridTeacher"
+    assert params["network_class"] == "StridedSegResNet" and params["teacher_class"] == "HybridTeacher"
     assert params["teacher_num_parameters"] == sum(p.numel() for p in teacher.parameters())
     assert "teacher_class" not in run_params({}, network=student, teacher=None)
     with pytest.raises(ValueError, match="longer than MLflow"):

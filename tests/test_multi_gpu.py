@@ -22,7 +22,7 @@ from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
 from kd_components.handlers import ProgressBar, main_process_handlers
 from kd_components.losses import build_feature_kd_loss
-from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, build_student
+from kd_components.networks.student import build_student, feature_pairs
 from kd_components.networks.utils import unwrap_module
 from tests.conftest import (
     REPO_ROOT,
@@ -76,14 +76,36 @@ def test_feature_paths_name_the_bare_student_inside_a_ddp_wrapper() -> None:
     wrapped = Wrapped(student)
     assert unwrap_module(wrapped) is student
     teacher = build_tiny_teacher()
-    loss = build_feature_kd_loss(wrapped, teacher, DEFAULT_FEATURE_PAIRS)
-    assert loss.student_paths == [s for _, s in DEFAULT_FEATURE_PAIRS]
+    pairs = feature_pairs(wrapped)  # the bare network's paths
+    loss = build_feature_kd_loss(wrapped, teacher, pairs)
+    assert loss.student_paths == [s for _, s in pairs]
+
+
+def test_batch_norm_is_synchronised_only_across_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On GPUs in a process group the default student's batch norms become SyncBatchNorm (same state-dict keys);
+    on the CPU (gloo, where SyncBatchNorm cannot run) and outside a group they stay."""
+    import kd_components.distributed as distributed
+
+    student = build_student(init_filters=8)
+    keys = set(student.state_dict())
+    cpu = distributed.sync_batch_norm(student, torch.device("cpu"))
+    assert cpu is student and not any(isinstance(m, nn.SyncBatchNorm) for m in cpu.modules())
+    monkeypatch.setattr(nn.Module, "to", lambda self, *args, **kwargs: self)  # no GPU here: only the conversion
+    assert not any(
+        isinstance(m, nn.SyncBatchNorm) for m in distributed.sync_batch_norm(student, torch.device("cuda")).modules()
+    )
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    synced = distributed.sync_batch_norm(student, torch.device("cuda"))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in synced.modules())
+    assert set(synced.state_dict()) == keys
 
 
 @pytest.mark.parametrize("bundle", [STUDENT, TEACHER], ids=["student", "teacher"])
 def test_overlay_wraps_the_network_in_ddp_shards_the_data_and_filters_handlers(bundle: Path) -> None:
     overlay = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())
     assert overlay["network"]["_target_"] == "torch.nn.parallel.DistributedDataParallel"
+    assert overlay["network"]["module"]["_target_"] == "kd_components.distributed.sync_batch_norm"
     assert overlay["validate#evaluator#network"] == "@network_def"  # validation runs the bare network
     for loader in ("train", "validate"):
         assert overlay[f"{loader}#dataloader#sampler"] == f"@{loader}#sampler"

@@ -44,9 +44,10 @@ def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: 
 
     bundle = BUNDLES / name
     meta_before = (bundle / "configs" / "metadata.json").read_bytes()
-    args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--version", "0.2.0"]
+    own_version = json.loads(meta_before)["version"]
+    args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--version", "9.0.0"]
     assert cli.main([*args, "--changelog", "packaged for a test"]) == 0
-    path = tmp_path / "dist" / f"{name}_v0.2.0.zip"
+    path = tmp_path / "dist" / f"{name}_v9.0.0.zip"
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         meta = json.loads(zf.read(f"{name}/configs/metadata.json"))
@@ -54,9 +55,9 @@ def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: 
     expected = {f"{name}/{p.relative_to(bundle).as_posix()}" for p in (bundle / "configs").iterdir()}
     expected |= {f"{name}/docs/README.md", f"{name}/LICENSE"}
     assert set(names) == expected and not any("/models/" in n for n in names)
-    assert meta["version"] == "0.2.0"
-    assert next(iter(meta["changelog"].items())) == ("0.2.0", "packaged for a test")
-    assert "0.1.0" in meta["changelog"]  # earlier entries are kept
+    assert meta["version"] == "9.0.0"
+    assert next(iter(meta["changelog"].items())) == ("9.0.0", "packaged for a test")
+    assert own_version in meta["changelog"]  # earlier entries are kept
     assert (bundle / "configs" / "metadata.json").read_bytes() == meta_before  # the bundle is not changed
     if METADATA_SCHEMA.exists():
         meta_file = tmp_path / "unzipped" / name / "configs" / "metadata.json"
@@ -64,7 +65,7 @@ def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: 
     # the same bundle gives the same bytes; the default version is the metadata's
     assert cli.main([*args, "--changelog", "packaged for a test", "--output-dir", str(tmp_path / "again")]) == 0
     assert _sha256(path) == _sha256(tmp_path / "again" / path.name)
-    assert package_bundle(bundle, tmp_path / "dist").name == f"{name}_v0.1.0.zip"
+    assert package_bundle(bundle, tmp_path / "dist").name == f"{name}_v{own_version}.zip"
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,7 +38,7 @@ def test_main_job_runs_end_to_end_and_a_rerun_reuses_it(tmp_path: Path) -> None:
     report = out / "report.md"
     assert f"Report: {report}" in first.stdout
     text = report.read_text()
-    assert "| teacher | 4,356,519 |" in text and "| student | 1,176,843 |" in text
+    assert "| teacher | 4,356,519 |" in text and "| student | 1,177,170 |" in text
     for png in ("training_curves.png", "predictions.png", "data/preview.png"):
         assert (out / png).stat().st_size > 10_000, png
     unlabelled = sorted((out / "distilled_student" / "predictions" / "unlabelled").glob("BraTS-*.nii.gz"))

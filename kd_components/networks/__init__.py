@@ -3,7 +3,13 @@
 from kd_components.networks.configs import TEACHER_CONFIGS, build_teacher, teacher_config
 from kd_components.networks.fusion import GatedFusionBlock, MultiScaleFusion
 from kd_components.networks.hybrid import FUSED_FEATURE_MODULES, FUSED_FEATURE_SCALES, DecoderUpBlock, HybridTeacher
-from kd_components.networks.student import DEFAULT_FEATURE_PAIRS, STUDENT_FEATURE_MODULES, build_student
+from kd_components.networks.student import (
+    StridedSegResNet,
+    build_segresnet_student,
+    build_student,
+    feature_pairs,
+    student_feature_modules,
+)
 from kd_components.networks.utils import trainable_parameters, unwrap_module
 from kd_components.networks.vgg import (
     VGG19Encoder3d,
@@ -14,22 +20,24 @@ from kd_components.networks.vgg import (
 from kd_components.networks.vit import ViTEncoder3d
 
 __all__ = [
-    "DEFAULT_FEATURE_PAIRS",
     "FUSED_FEATURE_MODULES",
     "FUSED_FEATURE_SCALES",
-    "STUDENT_FEATURE_MODULES",
     "TEACHER_CONFIGS",
     "DecoderUpBlock",
     "GatedFusionBlock",
     "HybridTeacher",
     "MultiScaleFusion",
+    "StridedSegResNet",
     "VGG19Encoder3d",
     "VGGLoadResult",
     "ViTEncoder3d",
+    "build_segresnet_student",
     "build_student",
     "build_teacher",
+    "feature_pairs",
     "inflate_conv2d_weight",
     "load_torchvision_vgg19",
+    "student_feature_modules",
     "teacher_config",
     "trainable_parameters",
     "unwrap_module",

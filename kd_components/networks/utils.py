@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["parameter_device", "trainable_parameters", "unwrap_module"]
+__all__ = ["parameter_device", "size_divisor", "trainable_parameters", "unwrap_module"]
 
 
 def parameter_device(network: nn.Module) -> torch.device:
@@ -32,3 +32,18 @@ def unwrap_module(module: nn.Module) -> nn.Module:
     while isinstance(module, nn.parallel.DistributedDataParallel | nn.DataParallel):
         module = module.module
     return module
+
+
+def size_divisor(network: nn.Module) -> int:
+    """What every spatial size of ``network``'s input must be divisible by: its ``size_divisor`` attribute
+    (:class:`~kd_components.networks.HybridTeacher`, :class:`~kd_components.networks.StridedSegResNet`),
+    ``2 ** (levels - 1)`` for a MONAI SegResNet, else 1."""
+    from monai.networks.nets import SegResNet
+
+    net = unwrap_module(network)
+    divisor = getattr(net, "size_divisor", None)
+    if isinstance(divisor, int):
+        return divisor
+    if isinstance(net, SegResNet):
+        return 2 ** (len(net.down_layers) - 1)
+    return 1

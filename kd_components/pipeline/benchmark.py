@@ -21,7 +21,9 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
   as many labelled batches are seen as in the label-only row); MONAI's model-zoo BraTS SegResNet
   (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
   their own, each an optimizer step: a third of the labelled batches of the other rows at equal steps)
-  is a row too, but not a default one (``--rows ... soft_feature_unlabelled``).
+  is a row too, but not a default one (``--rows ... soft_feature_unlabelled``); so is each other candidate of
+  the CPU student search with soft-target and feature KD (``kd_<name>``, one per entry of
+  :data:`~kd_components.networks.candidates.STUDENT_CANDIDATES`; ``scripts/benchmark_students.py``).
 - **Seeds (paired).** Each student row is trained with every seed in ``seeds`` (default 0-4; the data
   split is fixed, the seed sets initialisation, patch sampling, augmentation and batch order), so rows
   are compared seed by seed. The *i*-th student seed distils the teacher of
@@ -85,6 +87,8 @@ from kd_components.constants import MODALITIES
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
+from kd_components.networks import build_segresnet_student
+from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
 from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
 from kd_components.pipeline.report import read_metrics, read_per_case
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
@@ -141,6 +145,12 @@ class Row:
     case_cost: float = 1.0
 
 
+#: ``network_def`` overrides that make the student bundle build MONAI's model-zoo BraTS SegResNet (16 filters).
+_SEGRESNET16 = (
+    *("--network_def#_target_", f"{build_segresnet_student.__module__}.build_segresnet_student"),
+    *("--network_def#init_filters", "16"),
+)
+
 ROWS: tuple[Row, ...] = (
     Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.0, case_cost=1.9),
     Row("labels_only", "student, labels only", "student", ("--alpha", "0", "--beta", "0"), kind="baseline"),
@@ -178,10 +188,22 @@ ROWS: tuple[Row, ...] = (
         "segresnet16",
         "model-zoo SegResNet (16 filters), labels only",
         "segresnet16",
-        ("--alpha", "0", "--beta", "0", "--network_def#init_filters", "16"),
+        ("--alpha", "0", "--beta", "0", *_SEGRESNET16),
         kind="baseline",
         step_cost=2.2,
         case_cost=2.2,
+    ),
+    # the other students of the CPU student search (scripts/benchmark_students.py), with soft-target + feature KD
+    *(
+        Row(
+            f"kd_{c.name}",
+            f"{c.name} + soft-target + feature KD",
+            c.name,
+            ("--alpha", "1", "--use_unlabelled", "false", *c.overrides()),
+            step_cost=1.3,
+        )
+        for c in STUDENT_CANDIDATES.values()
+        if c is not DEFAULT_CANDIDATE
     ),
 )
 
@@ -218,7 +240,8 @@ class BenchmarkSettings:
     selection: str = "last"
     validations: int = 4
     batch_size: int = 2
-    rows: tuple[str, ...] = tuple(r.key for r in ROWS if r.key != "soft_feature_unlabelled")
+    #: the default rows: all but the interleaved unlabelled scans and the student search's ``kd_*`` rows
+    rows: tuple[str, ...] = tuple(r.key for r in ROWS if r.key != "soft_feature_unlabelled" and r.key[:3] != "kd_")
     bootstrap_resamples: int = 10_000
     bootstrap_seed: int = 0
     timing_networks: tuple[str, ...] = ("default", "demo", "student", "segresnet16")

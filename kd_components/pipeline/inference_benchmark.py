@@ -46,12 +46,14 @@ from kd_components.constants import MODALITIES
 
 __all__ = [
     "EngineConfig",
+    "TimingVolume",
     "default_configs",
     "end_to_end",
     "engine_agreement",
     "flop_rate",
     "measure_config",
     "measure_in_fresh_process",
+    "prepare_volume",
 ]
 
 _GIB = 1024**3
@@ -68,6 +70,47 @@ class EngineConfig:
     @property
     def label(self) -> str:
         return f"{self.engine} {self.precision}"
+
+
+@dataclass(frozen=True)
+class TimingVolume:
+    """The BraTS-size phantom that the timings run on, preprocessed once (see :func:`prepare_volume`)."""
+
+    case: Any  # kd_components.data.brats.BratsCase: its folder is the end-to-end runs' input
+    volume_file: Path  # the preprocessed image (4, H, W, D), torch.save'd
+    shape: tuple[int, ...]
+    roi: int  # the student bundle's inference ROI (one side)
+    overlap: float  # the student bundle's sliding-window overlap
+    random_ckpt: Path  # the default student with random weights (seed 0)
+
+
+def prepare_volume(out: Path) -> TimingVolume:
+    """One BraTS-size phantom (``profile="brats"``, seed 7) in ``out/brats_size``, made once, preprocessed by the
+    student bundle's inference preprocessing into ``out/volume.pt``; the bundle's ROI and overlap."""
+    from monai.bundle import ConfigParser
+
+    from kd_components.data.brats import discover_cases
+    from kd_components.data.phantoms import make_phantom_dataset
+    from kd_components.networks import build_student
+    from kd_components.segment import Segmenter, default_bundle
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = ConfigParser()
+    config.read_config(str(default_bundle() / "configs" / "inference.json"))
+    data = out / "brats_size"
+    if not (data / "preview_done").exists():
+        make_phantom_dataset(data, 1, seed=7, profile="brats", workers=1, progress=False)
+        (data / "preview_done").write_text("")
+    case = discover_cases(data)[0]
+    random_ckpt = out / "random_student.pt"
+    torch.manual_seed(0)
+    torch.save(build_student().state_dict(), random_ckpt)
+    image = Segmenter(ckpt=random_ckpt, engine="torch", device="cpu", log=lambda line: None).load(case)
+    volume_file = out / "volume.pt"
+    torch.save(image.as_tensor().clone(), volume_file)
+    return TimingVolume(
+        case, volume_file, tuple(image.shape), int(config["patch_size"][0]), float(config["sw_overlap"]), random_ckpt
+    )
 
 
 #: The engine/precision pairs measured for every network.
