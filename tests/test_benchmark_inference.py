@@ -58,3 +58,27 @@ def test_page_compares_with_the_default_teacher_and_marks_estimates() -> None:
     assert "| openvino | fp32 | on | 0.5 | 1.80 | 2.50 | 12.0 | 1.20 |" in page
     assert "## Not measured\n\n- default onnxruntime fp32: MemoryError" in page
     assert page.rstrip().endswith("These are the notes.") and "Load average (1 min) 1.00 before, 1.50 after" in page
+
+
+def test_measure_config_times_one_network_and_reuses_its_export(tmp_path: Path) -> None:
+    """A (network, engine, precision) row from a small volume: windows over the brain box and the whole grid, both
+    timed; measuring again writes the same seeded weights, so the export cached by their hash is reused."""
+    import torch
+
+    from kd_components.pipeline.inference_benchmark import EngineConfig, measure_config
+
+    torch.manual_seed(0)
+    image = torch.zeros(4, 96, 80, 64)
+    image[:, 20:60, 16:56, 8:40] = torch.randn(4, 40, 40, 32)
+    volume = tmp_path / "volume.pt"
+    torch.save(image, volume)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = (EngineConfig("student", "openvino", "fp32"), str(volume), 32, 0.25, 1, str(cache), 60.0)
+    row = measure_config(*args)
+    assert row["windows"]["crop"] < row["windows"]["full"]
+    assert row["patch_s"] > 0 and row["volume_crop_s"] > 0 and row["volume_full_s"] > 0
+    exports = sorted(cache.glob("*.onnx"))
+    assert len(exports) == 1
+    measure_config(*args)
+    assert sorted(cache.glob("*.onnx")) == exports

@@ -177,10 +177,10 @@ def measure_config(
 
     torch.manual_seed(0)
     network = build_network(config.network, roi).eval()
+    # written every time (seeded, so the same network gives the same weights and the export cache, keyed by the
+    # file's hash, is reused; a network changed under the same name gets a new file instead of failing to load)
     ckpt = Path(cache_dir) / f"{config.network}.pt"
-    if not ckpt.exists():
-        torch.save(network.state_dict(), ckpt)
-    network.load_state_dict(torch.load(ckpt, weights_only=True))
+    torch.save(network.state_dict(), ckpt)
     image = torch.load(volume_file, weights_only=True)
     box = brain_box(image)
     assert box is not None
