@@ -6,7 +6,7 @@ UNLABELLED ?= 8
 SEED ?= 0
 PROFILE ?= small
 
-.PHONY: install install-test demo data benchmark test lint slow-test
+.PHONY: install install-test demo data benchmark benchmark-students test lint slow-test
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -32,6 +32,15 @@ data:
 JOBS ?= 1
 benchmark: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS)
+
+## The CPU student search in docs/students.md: every candidate of kd_components/networks/candidates.py distilled in
+## the regime of docs/results_long_budget.md (3 seeds; hours on 2 CPU cores, minutes on a GPU with JOBS=16), then
+## timed with OpenVINO on this CPU (about 18 min; run that part on the CPU the page is about).
+STUDENT_ROWS = labels_only soft_feature kd_segresnet8 kd_strided16 kd_strided16_gn kd_strided16_light kd_strided16_noup
+benchmark-students: install-test
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --student-steps 108 --seeds 0 1 2 \
+		--rows $(STUDENT_ROWS) --output-dir outputs/students --results-md docs/students_kd.md
+	$(PYTHON) scripts/benchmark_students.py --kd-results outputs/students/results.json
 
 ## The default test suite (slow tests excluded) and the linter.
 test: install-test lint

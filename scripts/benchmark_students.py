@@ -4,10 +4,13 @@ this CPU, with the Pareto front; writes docs/students.md.
 
     # 1. Dice: the candidates' distillation rows, 3 seeds, the budget of docs/results_long_budget.md (a GPU helps)
     python scripts/benchmark_kd.py --student-steps 108 --seeds 0 1 2 --no-timing \\
-        --rows labels_only soft_feature kd_segresnet8 kd_strided16_gn kd_strided16_light kd_strided16_noup \\
-        kd_strided8 --output-dir outputs/students --results-md docs/students_kd.md
-    # 2. time: every candidate x OpenVINO fp32/bf16/int8 on this CPU (about 15 min on 2 cores), and the page
+        --rows labels_only soft_feature kd_segresnet8 kd_strided16 kd_strided16_gn kd_strided16_light \\
+        kd_strided16_noup --output-dir outputs/students --results-md docs/students_kd.md
+    # 2. time: every candidate x OpenVINO fp32/bf16/int8 on this CPU (about 18 min on 2 cores), and the page
     python scripts/benchmark_students.py --kd-results outputs/students/results.json
+
+(``make benchmark-students [JOBS=N]`` runs both.) The default student's row is ``soft_feature``, every other
+candidate's ``kd_<name>``; ``--rows CANDIDATE=ROW`` maps a run made when another candidate was the default.
 
 What each number is: kd_components/pipeline/student_search.py. The candidates are
 kd_components/networks/candidates.py.
