@@ -15,15 +15,15 @@ from collections.abc import Callable
 import torch
 
 from kd_components.constants import MODALITIES
-from kd_components.networks import build_segresnet_student, build_teacher
-from kd_components.networks.candidates import STUDENT_CANDIDATES
+from kd_components.networks import build_teacher
+from kd_components.networks.candidates import MODEL_ZOO_SEGRESNET, STUDENT_CANDIDATES
 
 __all__ = ["OTHER_NETWORKS", "build_network", "count_flops", "cpu_description", "time_runs"]
 
 _GIB = 1024**3
 #: Networks besides the teacher configurations: the student candidates (the default student first) and MONAI's
 #: model-zoo BraTS SegResNet.
-OTHER_NETWORKS: tuple[str, ...] = (*STUDENT_CANDIDATES, "segresnet16")
+OTHER_NETWORKS: tuple[str, ...] = (*STUDENT_CANDIDATES, MODEL_ZOO_SEGRESNET.name)
 
 
 def build_network(name: str, size: int) -> torch.nn.Module:
@@ -31,8 +31,8 @@ def build_network(name: str, size: int) -> torch.nn.Module:
     student), or ``segresnet16``, the model-zoo SegResNet (16 filters, blocks 1-2-2-4, group norm)."""
     if name in STUDENT_CANDIDATES:
         return STUDENT_CANDIDATES[name].build()
-    if name == "segresnet16":
-        return build_segresnet_student(init_filters=16, output_prior=None)
+    if name == MODEL_ZOO_SEGRESNET.name:
+        return MODEL_ZOO_SEGRESNET.build()
     return build_teacher(name, img_size=(size, size, size))
 
 

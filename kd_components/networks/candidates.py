@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from kd_components.networks import student
 
-__all__ = ["DEFAULT_CANDIDATE", "STUDENT_CANDIDATES", "StudentCandidate"]
+__all__ = ["DEFAULT_CANDIDATE", "MODEL_ZOO_SEGRESNET", "STUDENT_CANDIDATES", "StudentCandidate"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,9 @@ STUDENT_CANDIDATES: dict[str, StudentCandidate] = {
         ),
     )
 }
+
+#: MONAI's model-zoo BraTS SegResNet (16 filters, blocks 1-2-2-4, group norm, full resolution): the label-only
+#: reference of the distillation benchmark (row ``segresnet16``) and of the cost tables, not a search candidate.
+MODEL_ZOO_SEGRESNET = StudentCandidate(
+    "segresnet16", "model-zoo SegResNet (16 filters, full resolution)", "build_segresnet_student", {"init_filters": 16}
+)

@@ -87,8 +87,7 @@ from kd_components.constants import MODALITIES
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
-from kd_components.networks import build_segresnet_student
-from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
+from kd_components.networks.candidates import DEFAULT_CANDIDATE, MODEL_ZOO_SEGRESNET, STUDENT_CANDIDATES
 from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
 from kd_components.pipeline.report import read_metrics, read_per_case
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
@@ -145,12 +144,6 @@ class Row:
     case_cost: float = 1.0
 
 
-#: ``network_def`` overrides that make the student bundle build MONAI's model-zoo BraTS SegResNet (16 filters).
-_SEGRESNET16 = (
-    *("--network_def#_target_", f"{build_segresnet_student.__module__}.build_segresnet_student"),
-    *("--network_def#init_filters", "16"),
-)
-
 ROWS: tuple[Row, ...] = (
     Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.0, case_cost=1.9),
     Row("labels_only", "student, labels only", "student", ("--alpha", "0", "--beta", "0"), kind="baseline"),
@@ -188,7 +181,7 @@ ROWS: tuple[Row, ...] = (
         "segresnet16",
         "model-zoo SegResNet (16 filters), labels only",
         "segresnet16",
-        ("--alpha", "0", "--beta", "0", *_SEGRESNET16),
+        ("--alpha", "0", "--beta", "0", *MODEL_ZOO_SEGRESNET.overrides()),
         kind="baseline",
         step_cost=2.2,
         case_cost=2.2,

@@ -210,11 +210,12 @@ def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_ca
     roi = segmenter.roi_size
     patches = []
     for case in cases:
-        try:  # a case that cannot be read or has non-finite voxels calibrates nothing (it is reported when segmented)
+        try:  # a case that cannot be read or fails the value checks calibrates nothing (it is reported when segmented)
             image = segmenter.load(case)
+            segmenter.check_values(case, image)
         except CaseFailed:
             continue
-        box = brain_box(image) if bool(torch.isfinite(image).all()) else None
+        box = brain_box(image)
         if box is None:
             continue
         region = SpatialPad(roi)(image.as_tensor()[(slice(None), *box)])
