@@ -6,7 +6,7 @@ UNLABELLED ?= 8
 SEED ?= 0
 PROFILE ?= small
 
-.PHONY: install install-test demo data benchmark benchmark-students test lint slow-test
+.PHONY: install install-test demo data benchmark benchmark-students test lint slow-test deploy-test
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -52,3 +52,12 @@ lint:
 
 slow-test: install-test
 	$(PYTHON) -m pytest -q -m slow
+
+## The MONAI Deploy application's tests (pytest -m deploy) in a virtual environment of its own: the App SDK makes
+## `import monai` import Holoscan, so it stays out of the main environment. Made once, reused after.
+DEPLOY_VENV ?= .venv-deploy
+deploy-test:
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -e ".[deploy,test]"
+	$(DEPLOY_VENV)/bin/python -m pytest -q -m deploy

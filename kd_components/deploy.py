@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +29,16 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, load_net_with_metadata
 from monai.transforms import Compose
 
-__all__ = ["DISALLOWED_TRANSFORM_PREFIXES", "DeployedBundle", "filter_compose", "load_deployed_bundle"]
+__all__ = [
+    "DISALLOWED_TRANSFORM_PREFIXES",
+    "DeployedBundle",
+    "ExportedModel",
+    "ExportedModelError",
+    "filter_compose",
+    "find_model_file",
+    "load_deployed_bundle",
+    "read_exported",
+]
 
 #: Transforms the App SDK removes from the bundle's pre- and post-processing (``DISALLOW_LOAD_SAVE``).
 DISALLOWED_TRANSFORM_PREFIXES: tuple[str, ...] = ("LoadImage", "SaveImage")
@@ -37,6 +48,89 @@ def filter_compose(compose: Compose, prefixes: Sequence[str] = DISALLOWED_TRANSF
     """``compose`` without the transforms whose class names start with one of ``prefixes``."""
     kept = [t for t in compose.transforms if not type(t).__name__.startswith(tuple(prefixes))]
     return Compose(kept)
+
+
+class ExportedModelError(ValueError):
+    """A model file that MONAI Deploy's bundle operator cannot run: the message names the file and says why."""
+
+
+@dataclass
+class ExportedModel:
+    """An exported ``model.ts``: its path, the TorchScript network (CPU, eval mode) and the embedded configs."""
+
+    path: Path
+    network: torch.jit.ScriptModule
+    metadata: dict[str, Any]
+    config: dict[str, Any]
+
+
+def find_model_file(path: str | os.PathLike[str]) -> Path:
+    """The model file of ``path``: the file itself, or in a models folder ``model.ts``, else its one ``*.ts`` file
+    at any depth (the ``-m`` argument of a MONAI Deploy application; a MAP keeps ``models/<name>/model.ts``).
+
+    Raises:
+        ExportedModelError: nothing there, or a folder without one clear ``.ts`` file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ExportedModelError(f"{path}: no such model file or folder")
+    if (path / "model.ts").is_file():
+        return path / "model.ts"
+    candidates = sorted(p for p in path.rglob("*.ts") if p.is_file())
+    if len(candidates) != 1:
+        found = ", ".join(str(p.relative_to(path)) for p in candidates) or "none"
+        raise ExportedModelError(f"{path}: a models folder needs model.ts or exactly one *.ts file (found: {found})")
+    return candidates[0]
+
+
+def _embedded_files(path: Path) -> tuple[str, set[str]]:
+    """The archive's root folder and the names of its embedded extra files (``<root>/extra/<name>``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ExportedModelError(
+            f"{path}: not a TorchScript archive ({type(err).__name__}: {err}); export it with "
+            "`python -m monai.bundle ckpt_export network_def --filepath models/model.ts ...`"
+        ) from err
+    if not names or "/" not in names[0]:
+        raise ExportedModelError(f"{path}: not a TorchScript archive (no root folder in the zip file)")
+    root = names[0].split("/", 1)[0]
+    prefix = f"{root}/extra/"
+    return root, {name[len(prefix) :] for name in names if name.startswith(prefix)}
+
+
+def read_exported(filepath: str | os.PathLike[str], config_name: str = "inference.json") -> ExportedModel:
+    """Read an exported ``model.ts`` with the checks MONAI Deploy's bundle operator leaves to a failure later on.
+
+    The SDK reads the embedded configs at ``<file stem>/extra/<name>`` of the archive: a ``model_script.ts``
+    renamed to ``model.ts`` keeps its ``model_script/`` root, and the SDK then runs without ``inference.json``
+    (no preprocessing, no sliding window) and fails further on. Here that is an error naming the file.
+
+    Raises:
+        ExportedModelError: no such file; not a TorchScript archive; ``metadata.json`` or ``config_name`` not
+            embedded; the archive's root is not the file's stem.
+    """
+    path = Path(filepath)
+    if not path.is_file():
+        raise ExportedModelError(f"{path}: no such model file")
+    root, extra_files = _embedded_files(path)
+    missing = [name for name in ("metadata.json", config_name) if name not in extra_files]
+    if missing:
+        raise ExportedModelError(
+            f"{path}: no embedded {' and '.join(missing)}: export it with `python -m monai.bundle ckpt_export "
+            f"network_def --filepath {path.name} --ckpt_file models/model.pt --meta_file configs/metadata.json "
+            f"--config_file configs/{config_name}`"
+        )
+    if root != path.stem:
+        raise ExportedModelError(
+            f"{path}: its configs are embedded under '{root}/', but MONAI Deploy reads '{path.stem}/extra/"
+            f"{config_name}' (a renamed .ts file keeps its old root): export it again with --filepath {path.name}"
+        )
+    network, metadata, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=[config_name])
+    return ExportedModel(path, network.eval(), dict(metadata), json.loads(extra[config_name]))
 
 
 @dataclass
@@ -95,24 +189,19 @@ def load_deployed_bundle(
         overrides: config ids to override, e.g. ``{"patch_size": [64, 64, 64]}``.
 
     Raises:
-        KeyError: if ``config_name`` or ``metadata.json`` is not embedded in the file.
+        ExportedModelError: see :func:`read_exported`.
     """
-    network, metadata, extra = load_net_with_metadata(str(filepath), more_extra_files=[config_name])
-    if not metadata:
-        raise KeyError(f"{filepath} has no embedded metadata.json: export it with --meta_file")
-    if config_name not in extra:
-        raise KeyError(f"{filepath} has no embedded {config_name}: export it with --config_file configs/{config_name}")
-    config = json.loads(extra[config_name])
+    exported = read_exported(filepath, config_name)
     parser = ConfigParser()
-    parser.read_config(config)
-    parser.read_meta(metadata)
+    parser.read_config(exported.config)
+    parser.read_meta(exported.metadata)
     for key, value in (overrides or {}).items():
         parser[key] = value
     target = torch.device(device) if device is not None else parser.get_parsed_content("device")
     return DeployedBundle(
-        network=network.to(target).eval(),
-        metadata=metadata,
-        config=config,
+        network=exported.network.to(target),
+        metadata=exported.metadata,
+        config=exported.config,
         preprocessing=filter_compose(parser.get_parsed_content("preprocessing")),
         inferer=parser.get_parsed_content("inferer"),
         postprocessing=filter_compose(parser.get_parsed_content("postprocessing")),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 spec = importlib.util.spec_from_file_location(
     "benchmark_inference", Path(__file__).parents[1] / "scripts" / "benchmark_inference.py"
 )
@@ -82,3 +84,29 @@ def test_measure_config_times_one_network_and_reuses_its_export(tmp_path: Path) 
     assert len(exports) == 1
     measure_config(*args)
     assert sorted(cache.glob("*.onnx")) == exports
+
+
+def test_deploy_timing_goes_between_the_markers_of_its_page_and_nowhere_else() -> None:
+    from kd_components.pipeline.deploy_benchmark import SECTION_END, SECTION_START, render_section, replace_section
+
+    app = {"command_s": 12.0, "setup_s": 0.4, "segment_s": 4.0, "runs": 3}
+    results = {
+        "shape": [4, 240, 240, 155],
+        "repeats": 3,
+        "first_export_s": 5.0,
+        "load": [[0.1, 0.1, 0.1], [0.2, 0.2, 0.2]],
+        "environment": {"command": "python scripts/benchmark_deploy.py", "date": "d", "cpu": "c", "weights": "w"},
+        "app": {
+            "torchscript (default)": {**app, "segment_s": 8.0, "dice_vs_reference": [1.0, 1.0, 1.0]},
+            "openvino fp32": {**app, "dice_vs_reference": [0.95, 0.98, 0.96]},
+        },
+        "segment": {"openvino fp32, brain crop": {"case_s": 2.6, "command_s": 19.5}},
+    }
+    section = render_section(results)
+    assert section.startswith(SECTION_START) and section.endswith(SECTION_END)
+    assert "| torchscript (default) | 12.0 | 0.4 | 8.00 |  |" in section  # no agreement of the reference with itself
+    assert "| openvino fp32 | 12.0 | 0.4 | 4.00 | 0.9500 / 0.9800 / 0.9600 |" in section
+    page = f"# Title\nbefore\n{SECTION_START}\nold numbers\n{SECTION_END}\nafter\n"
+    assert replace_section(page, section) == f"# Title\nbefore\n{section}\nafter\n"
+    with pytest.raises(ValueError, match="has no generated part"):
+        replace_section("# Title\n", section)

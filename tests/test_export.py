@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,13 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, load_net_with_metadata
 
 from kd_components.constants import ET_LABEL, MODALITIES, REGIONS
+from kd_components.data.brats import find_cases
 from kd_components.data.phantoms import make_phantom_dataset
-from kd_components.deploy import load_deployed_bundle
+from kd_components.deploy import ExportedModelError, find_model_file, load_deployed_bundle, read_exported
 from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx
+from kd_components.networks.init import init_output_prior
 from kd_components.networks.student import build_student
+from kd_components.segment import Segmenter
 from tests.conftest import REPO_ROOT, cli_overrides, run_checked, tiny_teacher_overrides
 
 #: Tolerance of the TorchScript export against the eager network (float32, CPU).
@@ -120,3 +125,67 @@ def test_onnx_export_of_the_student_has_dynamic_sizes_and_matches_pytorch(tmp_pa
 def test_onnx_export_rejects_example_sizes_that_are_not_multiples(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiples of 16"):
         export_onnx(build_student(), tmp_path / "m.onnx", (1, 4, 60, 64, 64))
+
+
+def test_read_exported_refuses_files_monai_deploy_would_run_wrongly(exported: dict[str, Any], tmp_path: Path) -> None:
+    model = exported["ts"]
+    assert read_exported(model).config == load_deployed_bundle(model, device="cpu").config
+    plain = tmp_path / "plain.ts"
+    torch.jit.save(torch.jit.load(model), plain)  # the network without the embedded configs
+    renamed = tmp_path / "renamed.ts"
+    shutil.copy(model, renamed)  # configs still under "model/": the SDK would not find inference.json
+    text = tmp_path / "model.txt"
+    text.write_text("not a model")
+    for path, reason in [
+        (plain, "no embedded metadata.json and inference.json"),
+        (renamed, "embedded under 'model/'"),
+        (text, "not a TorchScript archive"),
+        (tmp_path / "absent.ts", "no such model file"),
+    ]:
+        with pytest.raises(ExportedModelError, match=re.escape(reason)) as caught:
+            read_exported(path)
+        assert str(path) in str(caught.value)
+
+
+def test_find_model_file_takes_a_file_a_models_folder_or_a_map_layout(tmp_path: Path) -> None:
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "model.ts").write_bytes(b"")
+    (tmp_path / "flat" / "other.ts").write_bytes(b"")
+    assert find_model_file(tmp_path / "flat") == tmp_path / "flat" / "model.ts"
+    assert find_model_file(tmp_path / "flat" / "other.ts") == tmp_path / "flat" / "other.ts"
+    (tmp_path / "map" / "student").mkdir(parents=True)
+    (tmp_path / "map" / "student" / "student.ts").write_bytes(b"")
+    assert find_model_file(tmp_path / "map") == tmp_path / "map" / "student" / "student.ts"
+    (tmp_path / "map" / "teacher.ts").write_bytes(b"")
+    with pytest.raises(ExportedModelError, match=r"exactly one \*\.ts file \(found: student/student.ts, teacher.ts"):
+        find_model_file(tmp_path / "map")
+    with pytest.raises(ExportedModelError, match="no such model file or folder"):
+        find_model_file(tmp_path / "absent")
+
+
+def test_a_segmenter_from_model_ts_alone_segments_as_the_bundles_own(tmp_path: Path) -> None:
+    """``Segmenter.from_exported`` (the Deploy app's OpenVINO engine): the embedded configs and the file's weights
+    give the label map of ``Segmenter(bundle, model.pt)``; weights that do not fit the embedded network_def are an
+    error naming the file."""
+    bundle = REPO_ROOT / "bundles" / "distilled_student"
+    make_phantom_dataset(tmp_path / "data", 1, seed=3, profile="small", workers=1, progress=False)
+    (case,) = find_cases(tmp_path / "data").cases
+    small = {"patch_size": [32, 32, 32], "sw_batch_size": 4}
+    for filters in (8, 16):
+        torch.manual_seed(0)
+        network = build_student(init_filters=filters)
+        init_output_prior(network.conv_final, 0.5)  # random weights that label about half of the voxels
+        torch.save(network.state_dict(), tmp_path / f"model{filters}.pt")
+        cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def"]
+        cmd += ["--filepath", str(tmp_path / f"model{filters}.ts"), "--ckpt_file", str(tmp_path / f"model{filters}.pt")]
+        cmd += ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
+        run_checked([*cmd, "--network_def#init_filters", str(filters)], cwd=bundle)
+    options = {"engine": "torch", "device": "cpu", "overrides": small, "log": lambda line: None}
+    expected = Segmenter(bundle, tmp_path / "model8.pt", **options).segment(case)
+    actual = Segmenter.from_exported(tmp_path / "model8.ts", **options).segment(case)
+    assert 0 < (expected.labels > 0).mean() < 1
+    np.testing.assert_array_equal(actual.labels, expected.labels)
+    np.testing.assert_array_equal(actual.affine, expected.affine)
+    # ckpt_export embeds configs/inference.json as it is (init_filters 8), not the command line's override
+    with pytest.raises(ExportedModelError, match=r"model16\.ts: its weights do not fit the embedded"):
+        Segmenter.from_exported(tmp_path / "model16.ts", **options)

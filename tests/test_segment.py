@@ -18,10 +18,21 @@ from kd_components.cli import main
 from kd_components.constants import MODALITIES, case_file_name
 from kd_components.data.brats import case_from_directory
 from kd_components.handlers.metrics import label_map_dice
+from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
 from kd_components.networks.student import build_student
-from kd_components.segment import Segmenter, brain_box, cached_export, resolve_inputs, window_count
+from kd_components.segment import (
+    CaseFailed,
+    Segmentation,
+    Segmenter,
+    brain_box,
+    cached_export,
+    resolve_inputs,
+    window_count,
+)
 from kd_components.segment.engines import EngineError, build_engine
+from kd_components.segment.inputs import open_case
+from kd_components.segment.report import tumour_centre, write_case_report
 
 pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
 
@@ -236,3 +247,53 @@ def test_int8_calibration_skips_cases_it_cannot_use(
     segmenter = _segmenter(student_ckpt, tmp_path, engine="torch", device="cpu")
     patches = calibration_patches(segmenter, [bad, broken, good], per_case=2)
     assert len(patches) == 2 and all(p.shape == (1, 4, 32, 32, 32) and torch.isfinite(p).all() for p in patches)
+
+
+def test_open_case_takes_one_case_and_names_what_is_wrong(make_case: Callable[..., Path], tmp_path: Path) -> None:
+    """The single-case input of the Deploy application: the checks of ``brats-kd segment`` before any voxel."""
+    root = tmp_path / "data"
+    good = make_case("BraTS-GLI-00001-000", shape=(20, 18, 16), root=root)
+    assert open_case(good).case_id == "BraTS-GLI-00001-000"
+    assert open_case(root).case_id == "BraTS-GLI-00001-000"  # a folder holding one case folder
+    make_case("BraTS-GLI-00002-000", shape=(20, 18, 16), root=root)
+    with pytest.raises(CaseFailed, match=r"holds 2 case folders .*: give one case folder"):
+        open_case(root)
+    (good / case_file_name("BraTS-GLI-00001-000", "t2w")).unlink()
+    with pytest.raises(CaseFailed, match=r"BraTS-GLI-00001-000-t2w\.nii\.gz: missing modality 't2w'"):
+        open_case(good)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(CaseFailed, match="holds no BraTS case folder"):
+        open_case(tmp_path / "notes")
+
+
+def test_check_values_refuses_a_constant_scan_as_read_and_as_normalised() -> None:
+    image = torch.rand(4, 6, 6, 6) + 1
+    Segmenter.check_values("c", image)
+    image[2] = 7.0  # constant but not zero: only its normalised form would be all zeros
+    with pytest.raises(CaseFailed, match="c: t2w: constant scan"):
+        Segmenter.check_values("c", image)
+    image[2] = 0.0
+    with pytest.raises(CaseFailed, match="c: t2w: constant scan"):
+        Segmenter.check_values("c", image)
+
+
+def test_case_report_has_the_volumes_and_slices_through_the_tumour(tmp_path: Path) -> None:
+    labels = np.zeros((30, 28, 26), np.uint8)
+    labels[5:15, 6:16, 7:17] = 2  # a hollow tumour: its centre of mass is not a tumour voxel
+    labels[8:12, 9:13, 10:14] = 0
+    labels[5:7, 6:8, 7:9] = 3
+    assert labels[tuple(round(c) for c in (9.5, 10.5, 11.5))] == 0
+    centre = tumour_centre(labels)
+    assert centre is not None and labels[centre] > 0
+    assert tumour_centre(np.zeros_like(labels)) is None
+    affine = np.diag([-1.0, -1.2, 2.0, 1.0])
+    background = np.random.default_rng(0).uniform(0, 100, labels.shape).astype(np.float32)
+    segmentation = Segmentation("BraTS-GLI-00001-000", labels, affine, region_volumes_ml(labels, affine))
+    paths = write_case_report(segmentation, background, tmp_path, engine="openvino")
+    report = json.loads(paths["volumes"].read_text())
+    assert report["volumes_ml"]["ET_ml"] == pytest.approx(8 * 2.4 / 1000)
+    assert report["voxel_size_mm"] == [1.0, 1.2, 2.0] and report["labels_present"] == {"2": "SNFH", "3": "ET"}
+    assert paths["slices"].name == "BraTS-GLI-00001-000-slices.png"
+    assert paths["slices"].read_bytes().startswith(b"\x89PNG")
+    empty = Segmentation("BraTS-GLI-00002-000", np.zeros_like(labels), affine, region_volumes_ml(labels * 0, affine))
+    assert write_case_report(empty, background, tmp_path)["slices"].is_file()  # no tumour: the middle slices

@@ -44,6 +44,7 @@ __all__ = [
     "find_volume",
     "legend_handles",
     "load_lps",
+    "reorient_lps",
     "save_preview",
     "show_gray",
 ]
@@ -114,12 +115,20 @@ def find_volume(folder: Path, suffix: str) -> Path | None:
 def load_lps(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     """A volume reoriented to LPS, (X, Y, Z), and its in-plane voxel size (x, y) in mm."""
     image = nib.load(path)
-    current = nib.orientations.io_orientation(image.affine)
+    data, zooms = reorient_lps(np.asanyarray(image.dataobj), image.affine)
+    return data, (zooms[0], zooms[1])
+
+
+def reorient_lps(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A volume ``(H, W, D)`` with its affine, reoriented to LPS ``(X, Y, Z)``, and its voxel size in mm along
+    X, Y and Z (axes are permuted and flipped, never resampled)."""
+    current = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))
     target = nib.orientations.axcodes2ornt(_DISPLAY_ORIENTATION)
     transform = nib.orientations.ornt_transform(current, target)
-    data = nib.orientations.apply_orientation(np.asanyarray(image.dataobj), transform)
-    zooms = np.asarray(image.header.get_zooms()[:3])[transform[:, 0].astype(int).argsort()]
-    return np.asarray(data), (float(zooms[0]), float(zooms[1]))
+    reoriented = nib.orientations.apply_orientation(np.asarray(data), transform)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    zooms = spacing[transform[:, 0].astype(int).argsort()]
+    return np.asarray(reoriented), (float(zooms[0]), float(zooms[1]), float(zooms[2]))
 
 
 def axial_index(seg: np.ndarray | None, depth: int) -> int:

@@ -7,11 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+
 from kd_components.constants import MODALITIES, match_case_id
-from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases
+from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases, validate_case
+from kd_components.segment.segmenter import CaseFailed, root_cause
 from kd_components.writers import case_id_from_path
 
-__all__ = ["SegmentInputs", "resolve_inputs"]
+__all__ = ["SegmentInputs", "open_case", "read_case_image", "resolve_inputs"]
 
 
 @dataclass
@@ -87,3 +91,38 @@ def resolve_inputs(
         unique.append(case)
     found.cases = unique
     return found
+
+
+def open_case(folder: str | os.PathLike[str]) -> BratsCase:
+    """The one case of ``folder`` (a BraTS case folder), checked as ``brats-kd segment`` checks a case before
+    reading its voxels (the four modalities found, readable, 3D, one shape and affine).
+
+    Raises:
+        CaseFailed: every problem found, each naming the case and the file; also for a folder that holds no case,
+            or several (give one case folder).
+    """
+    found = resolve_inputs([folder])
+    problems = [str(p) for p in found.problems] + [str(p) for c in found.cases for p in c.problems]
+    if not problems and len(found.cases) > 1:
+        names = ", ".join(c.case_id for c in found.cases[:3])
+        problems = [f"{folder}: holds {len(found.cases)} case folders ({names}, ...): give one case folder"]
+    if not problems:
+        (case,) = found.cases
+        report = validate_case(case, headers_only=True)  # the voxels are checked once loaded
+        problems = [str(p) for p in report.problems if p.file is None or p.file != getattr(case.label, "name", None)]
+    if problems:
+        raise CaseFailed("\n".join(problems))
+    return case
+
+
+def read_case_image(case: BratsCase) -> MetaTensor:
+    """The case's four modalities as the bundles' ``LoadImaged(ensure_channel_first=True)`` reads them:
+    ``(4, H, W, D)`` float32, channels ``[t1c, t1n, t2w, t2f]``, with the scan's affine.
+
+    Raises:
+        CaseFailed: a file cannot be read (the message names the case and the reader's error).
+    """
+    try:
+        return LoadImage(image_only=True, ensure_channel_first=True)([str(case.images[m]) for m in MODALITIES])
+    except Exception as err:  # MONAI wraps reader errors; the innermost one names the file
+        raise CaseFailed(f"{case.case_id}: cannot be read ({root_cause(err)})") from err

@@ -25,6 +25,7 @@ from monai.transforms import Compose, SaveImaged, SpatialPad
 
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
+from kd_components.deploy import ExportedModelError, filter_compose, read_exported
 from kd_components.export import load_network
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
@@ -100,12 +101,92 @@ class Segmenter:
             raise FileNotFoundError(
                 f"checkpoint {self.ckpt} does not exist: train the bundle first (make demo) or pass --ckpt"
             )
+        config = ConfigParser()
+        config.read_config(str(config_file))
+        config["bundle_root"] = str(self.bundle)
+        self._configure(
+            config,
+            lambda network: load_network(network, self.ckpt),
+            engine,
+            precision,
+            device,
+            crop,
+            et_label,
+            cache_dir,
+            threads,
+            calibration_cases,
+            overrides,
+            log,
+        )
+
+    @classmethod
+    def from_exported(
+        cls,
+        model_file: str | os.PathLike[str],
+        engine: str = "auto",
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        crop: bool = True,
+        et_label: int = ET_LABEL,
+        cache_dir: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+        overrides: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> Segmenter:
+        """A segmenter built from an exported ``model.ts`` alone (``monai.bundle ckpt_export`` with the bundle's
+        ``metadata.json`` and ``inference.json`` embedded), as a MONAI Deploy application receives it.
+
+        The embedded ``inference.json`` gives the pre- and post-processing, the sliding window and the eager
+        ``network_def``, which takes the TorchScript file's weights (the ONNX and OpenVINO engines export the
+        eager network). The export cache is keyed by the file's hash. Arguments as in :class:`Segmenter`.
+
+        Raises:
+            ExportedModelError: the file is not a TorchScript archive with both configs embedded, or its weights
+                do not fit the embedded ``network_def``.
+        """
+        exported = read_exported(model_file)
+        segmenter = cls.__new__(cls)
+        segmenter.bundle = segmenter.ckpt = exported.path
+        config = ConfigParser()
+        config.read_config(exported.config)
+        config.read_meta(exported.metadata)
+
+        def load_weights(network: torch.nn.Module) -> torch.nn.Module:
+            try:
+                network.load_state_dict(exported.network.state_dict(), strict=True)
+            except RuntimeError as err:
+                raise ExportedModelError(
+                    f"{exported.path}: its weights do not fit the embedded inference.json's network_def "
+                    f"({str(err).splitlines()[0]})"
+                ) from err
+            return network.eval()
+
+        segmenter._configure(
+            config, load_weights, engine, precision, device, crop, et_label, cache_dir, threads, (), overrides, log
+        )
+        return segmenter
+
+    def _configure(
+        self,
+        config: ConfigParser,
+        load_weights: Callable[[torch.nn.Module], torch.nn.Module],
+        engine: str,
+        precision: str,
+        device: str | torch.device | None,
+        crop: bool,
+        et_label: int,
+        cache_dir: str | os.PathLike[str] | None,
+        threads: int | None,
+        calibration_cases: Sequence[BratsCase],
+        overrides: dict[str, Any] | None,
+        log: Callable[[str], None],
+    ) -> None:
+        """Everything but where the config and the weights come from (``self.ckpt`` names the export cache)."""
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device) if device is not None else _default_device()
-        self.config = ConfigParser()
-        self.config.read_config(str(config_file))
-        self.config.update({"bundle_root": str(self.bundle), "et_label": et_label, "device": str(self.device)})
+        self.config = config
+        self.config.update({"et_label": et_label, "device": str(self.device)})
         self.config.update(overrides or {})
         self.et_label = et_label
         self.crop = crop
@@ -115,7 +196,7 @@ class Segmenter:
         self.inferer = self.config.get_parsed_content("inferer#inferer")  # the sliding window, without autocast
         self.roi_size = tuple(int(s) for s in self.inferer.roi_size)
         self.overlap = float(np.atleast_1d(self.inferer.overlap)[0])
-        network = load_network(self.config.get_parsed_content("network_def"), self.ckpt)
+        network = load_weights(self.config.get_parsed_content("network_def"))
         self.engine_name = resolve_engine(engine, self.device)
         self.precision = precision
         calibration = (lambda: calibration_patches(self, calibration_cases)) if calibration_cases else None
@@ -141,7 +222,7 @@ class Segmenter:
         try:
             return self.preprocessing(item)["image"]
         except Exception as err:  # MONAI wraps reader errors; the message names the transform and the file
-            raise CaseFailed(f"{case.case_id}: cannot be read ({_root_cause(err)})") from err
+            raise CaseFailed(f"{case.case_id}: cannot be read ({root_cause(err)})") from err
 
     def box_logits(self, image: torch.Tensor) -> tuple[tuple[slice, ...], torch.Tensor]:
         """The box the sliding window runs over (the brain's bounding box with ``crop``, else the whole grid) and
@@ -163,40 +244,51 @@ class Segmenter:
         return full
 
     @staticmethod
-    def check_values(case: BratsCase, image: torch.Tensor) -> None:
-        """Each modality of the preprocessed ``image`` ``(4, H, W, D)`` finite and not constant (a constant scan
-        normalises to zeros), else :class:`CaseFailed` naming the file."""
-        for channel, modality in zip(image, MODALITIES, strict=True):
-            name = case.images[modality].name
+    def check_values(case_id: str, image: torch.Tensor, names: Sequence[str] = MODALITIES) -> None:
+        """Each channel of ``image`` ``(4, H, W, D)``, as read or preprocessed, finite and not constant (a constant
+        scan normalises to zeros), else :class:`CaseFailed` naming the case and the channel's file in ``names``."""
+        for channel, name in zip(image, names, strict=True):
             if not bool(torch.isfinite(channel).all()):
-                raise CaseFailed(f"{case.case_id}: {name}: non-finite voxels (NaN/Inf) in the scan")
-            if not bool(channel.any()):
-                raise CaseFailed(f"{case.case_id}: {name}: constant scan (all voxels equal): no image contrast")
+                raise CaseFailed(f"{case_id}: {name}: non-finite voxels (NaN/Inf) in the scan")
+            if not bool(channel.amax() > channel.amin()):
+                raise CaseFailed(f"{case_id}: {name}: constant scan (all voxels equal): no image contrast")
+
+    def preprocess(self, image: MetaTensor) -> MetaTensor:
+        """A case already in memory (``(4, H, W, D)`` channel first, the scan's affine, as ``LoadImage`` gives it)
+        through the bundle's preprocessing without its ``LoadImage*``, as MONAI Deploy runs it."""
+        return filter_compose(self.preprocessing)({"image": image})["image"]
 
     def segment(self, case: BratsCase) -> Segmentation:
         """Segment one case (nothing is written); :class:`CaseFailed` names the case and the reason."""
-        seconds: dict[str, float] = {}
         start = time.perf_counter()
         image = self.load(case)
-        seconds["read"] = time.perf_counter() - start
-        self.check_values(case, image)
+        read = time.perf_counter() - start
+        segmentation = self.segment_image(case.case_id, image, [case.images[m].name for m in MODALITIES])
+        segmentation.seconds = {"read": read, **segmentation.seconds}
+        return segmentation
+
+    def segment_image(self, case_id: str, image: MetaTensor, names: Sequence[str] = MODALITIES) -> Segmentation:
+        """Segment one preprocessed case ``(4, H, W, D)`` (:meth:`load` or :meth:`preprocess`); ``names`` are its
+        channels' files, for the messages of :class:`CaseFailed`."""
+        seconds: dict[str, float] = {}
+        self.check_values(case_id, image, names)
         start = time.perf_counter()
         try:
             box, logits = self.box_logits(image)
         except ValueError as err:
-            raise CaseFailed(f"{case.case_id}: {err}") from err
+            raise CaseFailed(f"{case_id}: {err}") from err
         seconds["network"] = time.perf_counter() - start
         start = time.perf_counter()
         # the postprocessing is voxel by voxel: run it on the box, outside the box is background
         result = self.postprocessing({"pred": MetaTensor(logits, meta=dict(image.meta))})
         if "pred" not in result:
-            raise CaseFailed(f"{case.case_id}: {result.get('problem', 'no prediction')}")
+            raise CaseFailed(f"{case_id}: {result.get('problem', 'no prediction')}")
         labels = np.zeros(image.shape[1:], np.uint8)
         labels[box] = np.asarray(result["pred"]).astype(np.uint8).reshape(logits.shape[1:])
         affine = np.asarray(image.affine, dtype=np.float64)
         volumes = region_volumes_ml(labels, affine, self.et_label)
         seconds["postprocess"] = time.perf_counter() - start
-        return Segmentation(case.case_id, labels, affine, volumes, seconds)
+        return Segmentation(case_id, labels, affine, volumes, seconds)
 
     def write(self, segmentation: Segmentation, output_dir: str | os.PathLike[str]) -> Path:
         """Write ``<output_dir>/<case_id>.nii.gz`` (uint8, the input's affine) atomically; return its path."""
@@ -212,7 +304,7 @@ def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_ca
     for case in cases:
         try:  # a case that cannot be read or fails the value checks calibrates nothing (it is reported when segmented)
             image = segmenter.load(case)
-            segmenter.check_values(case, image)
+            segmenter.check_values(case.case_id, image, [case.images[m].name for m in MODALITIES])
         except CaseFailed:
             continue
         box = brain_box(image)
@@ -229,7 +321,7 @@ def _default_device() -> torch.device:
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
-def _root_cause(err: BaseException) -> str:
+def root_cause(err: BaseException) -> str:
     """The innermost exception's type and message (MONAI wraps a reader's error in several RuntimeErrors)."""
     while err.__cause__ is not None:
         err = err.__cause__

@@ -1,0 +1,110 @@
+"""BraTS brain-tumour segmentation as a MONAI Deploy application.
+
+    python deploy/app.py -i <case folder> -o <output folder> -m <model.ts or models folder>
+
+reads one BraTS case folder (``<case>-t1c``, ``-t1n``, ``-t2w``, ``-t2f`` ``.nii.gz``), segments it with an
+exported bundle (``python -m monai.bundle ckpt_export ...``: a TorchScript network with ``metadata.json`` and
+``inference.json`` embedded) and writes ``<case>.nii.gz`` (BraTS 2023 labels on the input's grid),
+``<case>-volumes.json`` and ``<case>-slices.png``.
+
+The engine is chosen with the environment variable ``BRATS_KD_ENGINE`` (in a MAP: ``app.yaml``'s ``env``):
+
+- ``torchscript`` (default): MONAI Deploy's ``MonaiBundleInferenceOperator`` runs the TorchScript network with
+  the embedded configs, exactly as ``inference.json`` says: the reference.
+- ``openvino``: the same network in OpenVINO with ``brats-kd segment``'s engine (fp32, or ``BRATS_KD_PRECISION=bf16``;
+  the sliding window over the brain's bounding box); the ONNX export is cached in ``BRATS_KD_CACHE`` (default:
+  beside the model file, else the user's cache).
+
+Exit status 0 when the case is written; 2 with one line naming the file when the case, the model or the output
+folder cannot be used (nothing is written then).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from brats_operators import (
+    BratsCaseLoaderOperator,
+    CaseReportOperator,
+    LabelMapWriterOperator,
+    OpenVINOSegmentationOperator,
+)
+from monai.deploy.conditions import CountCondition
+from monai.deploy.core import AppContext, Application, Image, IOType
+from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
+
+from kd_components.deploy import ExportedModelError, find_model_file, read_exported
+from kd_components.io import OutputDirError
+from kd_components.segment import CaseFailed, EngineError
+
+#: Values of ``BRATS_KD_ENGINE``.
+APP_ENGINES = ("torchscript", "openvino")
+
+
+class BratsSegmentationApp(Application):
+    """Loader -> engine -> label-map writer and report writer, for one case."""
+
+    name = "brats-kd-segmentation"
+    composed_at: float | None = None  #: perf_counter when the graph was made (models loaded, engine compiled)
+    description = "BraTS 2023 tumour sub-regions (NETC, SNFH, ET) from t1c, t1n, t2w and t2f with a distilled student"
+
+    def compose(self) -> None:
+        context: AppContext = Application.init_app_context(self.argv)
+        engine = os.environ.get("BRATS_KD_ENGINE", "torchscript")
+        if engine not in APP_ENGINES:
+            raise EngineError(f"BRATS_KD_ENGINE={engine!r}: choose one of {', '.join(APP_ENGINES)}")
+        model_file = find_model_file(context.model_path)
+        read_exported(model_file)  # both configs embedded where the SDK looks, before anything runs
+        context.update({"model": str(model_file)})  # the SDK's model loader takes a file, or a folder per model
+        output = Path(context.output_path)
+        loader = BratsCaseLoaderOperator(
+            self, CountCondition(self, 1), input_folder=Path(context.input_path), name="case_loader"
+        )
+        if engine == "openvino":
+            cache = os.environ.get("BRATS_KD_CACHE")
+            precision = os.environ.get("BRATS_KD_PRECISION", "fp32")
+            infer = OpenVINOSegmentationOperator(
+                self, model_file=model_file, precision=precision, cache_dir=cache, name="openvino_inference"
+            )
+        else:
+            infer = MonaiBundleInferenceOperator(
+                self,
+                app_context=context,
+                input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
+                output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)],
+                bundle_path=model_file,
+                name="bundle_inference",
+            )
+        writer = LabelMapWriterOperator(self, output_folder=output, name="label_map_writer")
+        report = CaseReportOperator(self, output_folder=output, engine=engine, name="case_report")
+        self.add_flow(loader, infer, {("image", "image")})
+        self.add_flow(infer, writer, {("pred", "pred")})
+        self.add_flow(loader, report, {("background", "background")})
+        self.add_flow(infer, report, {("pred", "pred")})
+        self.composed_at = time.perf_counter()
+
+
+def main() -> int:
+    """Run the application; the exit status (2, with the reason, for input that cannot be used)."""
+    app = BratsSegmentationApp()
+    start = time.perf_counter()
+    try:
+        app.run()
+    except (CaseFailed, ExportedModelError, EngineError, OutputDirError) as err:
+        logging.getLogger(__name__).error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    composed = (app.composed_at or start) - start
+    print(
+        f"done: set up in {composed:.2f} s, segmented in {time.perf_counter() - start - composed:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

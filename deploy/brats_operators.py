@@ -1,0 +1,165 @@
+"""The operators of the BraTS segmentation application (``app.py``): a case loader, the OpenVINO engine of
+``brats-kd segment``, a label-map writer and a report writer. MONAI Deploy's ``MonaiBundleInferenceOperator`` is
+the reference engine; every operator hands the label map on in its layout (``(D, W, H)`` uint8 with the input's
+metadata), so that the writers take either engine's output.
+
+The work is done by ``kd_components`` (the same code as ``brats-kd segment``); these classes only connect it
+to the SDK's ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
+
+from kd_components.constants import ET_LABEL, MODALITIES
+from kd_components.handlers.region_volumes import region_volumes_ml
+from kd_components.io import check_output_dir, save_nifti_atomic
+from kd_components.segment import Segmentation, Segmenter
+from kd_components.segment.inputs import open_case, read_case_image
+from kd_components.segment.report import write_case_report
+
+__all__ = [
+    "BratsCaseLoaderOperator",
+    "CaseReportOperator",
+    "LabelMapWriterOperator",
+    "OpenVINOSegmentationOperator",
+    "label_map_of",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def label_map_of(pred: Image) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The label map ``(H, W, D)`` uint8, its affine ``(4, 4)`` and the metadata of a ``pred`` Image (the SDK's
+    bundle operator emits it as ``(D, W, H)``, the input's axes reversed)."""
+    meta = pred.metadata()
+    labels = np.ascontiguousarray(np.swapaxes(np.asarray(pred.asnumpy()), 0, 2)).astype(np.uint8)
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    return labels, affine, meta
+
+
+class BratsCaseLoaderOperator(Operator):
+    """Source: one BraTS case folder -> ``image``, an Image ``(4, H, W, D)`` float32, channels
+    ``[t1c, t1n, t2w, t2f]``, with ``affine``, ``original_affine``, ``spacing``, ``case_id`` and ``filenames`` in
+    its metadata, and ``background``, a copy of its t2f ``(H, W, D)`` for the report (the SDK's bundle operator
+    normalises the array it receives in place). The folder is checked when the operator is made (the application
+    fails before any model is loaded); ``kd_components.segment.CaseFailed`` names the case and the file.
+    """
+
+    def __init__(self, fragment: Fragment, *args: Any, input_folder: Path, **kwargs: Any) -> None:
+        self.case = open_case(input_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.output("image")
+        spec.output("background")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        start = time.perf_counter()
+        image = read_case_image(self.case)
+        names = [self.case.images[m].name for m in MODALITIES]
+        Segmenter.check_values(self.case.case_id, image, names)  # either engine would fail later, and less clearly
+        affine = np.asarray(image.affine, dtype=np.float64)
+        meta = {
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "spacing": np.linalg.norm(affine[:3, :3], axis=0),
+            "case_id": self.case.case_id,
+            "filenames": names,
+        }
+        array = np.ascontiguousarray(image.numpy())
+        op_output.emit(Image(array, metadata=meta), "image")
+        op_output.emit(Image(array[MODALITIES.index("t2f")].copy(), metadata=dict(meta)), "background")
+        logger.info(f"{self.case.case_id}: read {tuple(image.shape)} in {time.perf_counter() - start:.2f} s")
+
+
+class OpenVINOSegmentationOperator(Operator):
+    """``image`` -> ``pred``: the model file's network in OpenVINO (``Segmenter.from_exported``: the embedded
+    ``inference.json``'s preprocessing, a sliding window over the brain's bounding box, its postprocessing), the
+    label map in the layout of MONAI Deploy's bundle operator.
+
+    Args:
+        model_file: the exported ``model.ts``.
+        precision: ``fp32`` or ``bf16``.
+        cache_dir: where the ONNX export of the model is kept (``None``: beside the model file, else the user's
+            cache).
+    """
+
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        model_file: Path,
+        precision: str = "fp32",
+        cache_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r}: the application runs OpenVINO at fp32 or bf16")
+        self.segmenter = Segmenter.from_exported(
+            model_file, engine="openvino", precision=precision, device="cpu", cache_dir=cache_dir, log=logger.info
+        )
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("image")
+        spec.output("pred")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        received = op_input.receive("image")
+        meta = received.metadata()
+        array = np.array(received.asnumpy(), dtype=np.float32)  # a copy: the message is shared with other receivers
+        image = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(meta["affine"]))
+        segmenter = self.segmenter
+        segmentation = segmenter.segment_image(meta["case_id"], segmenter.preprocess(image), meta["filenames"])
+        seconds = segmentation.seconds["network"]
+        logger.info(f"{meta['case_id']}: OpenVINO {segmenter.precision}, network {seconds:.2f} s")
+        op_output.emit(Image(np.swapaxes(segmentation.labels, 0, 2), metadata=meta), "pred")
+
+
+class LabelMapWriterOperator(Operator):
+    """Sink: ``pred`` -> ``<output_folder>/<case_id>.nii.gz``, uint8 BraTS labels on the input's grid and affine,
+    written atomically (an interrupted run leaves no partial file)."""
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any) -> None:
+        self.output_folder = check_output_dir(output_folder)
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("pred")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        labels, affine, meta = label_map_of(op_input.receive("pred"))
+        path = self.output_folder / f"{meta['case_id']}.nii.gz"
+        save_nifti_atomic(labels, affine, path, dtype=np.uint8)
+        logger.info(f"{meta['case_id']}: label map {path}")
+
+
+class CaseReportOperator(Operator):
+    """Sink: ``background`` (t2f) and ``pred`` -> ``<case_id>-volumes.json`` (tumour volumes in mL) and
+    ``<case_id>-slices.png`` (axial, coronal and sagittal t2f slices through the tumour with the labels)."""
+
+    def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, engine: str, **kwargs: Any) -> None:
+        self.output_folder = Path(output_folder)
+        self.engine = engine
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("background")
+        spec.input("pred")
+
+    def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        background = np.asarray(op_input.receive("background").asnumpy())
+        labels, affine, meta = label_map_of(op_input.receive("pred"))
+        segmentation = Segmentation(meta["case_id"], labels, affine, region_volumes_ml(labels, affine, ET_LABEL))
+        paths = write_case_report(segmentation, background, self.output_folder, self.engine)
+        logger.info(f"{meta['case_id']}: report {paths['volumes']} and {paths['slices']}")

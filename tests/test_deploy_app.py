@@ -1,0 +1,206 @@
+"""The MONAI Deploy application (``deploy/app.py``) run as a user runs it, in an environment with the App SDK
+(``pip install -e ".[deploy]"``; ``make deploy-test`` makes one): the student exported with ``ckpt_export``, one
+phantom case, the label map against ``brats-kd segment``'s, the report, and input it must refuse.
+
+Marked ``deploy``: the default test run (no SDK) leaves these out; ``.ci/run`` runs them in their own venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+from monai.transforms import NormalizeIntensity
+
+from kd_components.constants import case_file_name
+from kd_components.data.brats import case_from_directory
+from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.handlers.metrics import label_map_dice
+from kd_components.handlers.region_volumes import region_volumes_ml
+from kd_components.networks.student import build_student
+from kd_components.segment.inputs import read_case_image
+from kd_components.transforms import BratsLabelsToRegions
+from tests.conftest import REPO_ROOT, run_checked
+
+pytestmark = pytest.mark.deploy
+
+APP = REPO_ROOT / "deploy" / "app.py"
+#: Steps of the quick fit that gives the student a tumour to find (random weights segment nothing).
+FIT_STEPS = 40
+FIT_PATCH = 64
+
+
+def _fit_student(case_dir: Path, steps: int = FIT_STEPS) -> torch.nn.Module:
+    """The default student fitted for a few steps to one phantom (a patch around its tumour): a network whose
+    label map has every label, so that comparing label maps compares something."""
+    case = case_from_directory(case_dir)
+    image = NormalizeIntensity(nonzero=True, channel_wise=True)(read_case_image(case)).as_tensor()
+    regions = BratsLabelsToRegions()(torch.as_tensor(np.asarray(nib.load(case.label).dataobj))[None]).float()
+    centre = np.argwhere(regions[1].numpy() > 0).mean(axis=0).round().astype(int)
+    starts = [int(np.clip(c - FIT_PATCH // 2, 0, s - FIT_PATCH)) for c, s in zip(centre, image.shape[1:], strict=True)]
+    window = (slice(None), *(slice(s, s + FIT_PATCH) for s in starts))
+    x, y = image[window][None], regions[window][None]
+    torch.manual_seed(0)
+    network = build_student()
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+    loss = DiceCELoss(sigmoid=True)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss(network(x), y).backward()
+        optimiser.step()
+    return network.eval()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One phantom case, the fitted student's ``model.pt`` and its ``models/model.ts`` made with the documented
+    ``ckpt_export`` command line."""
+    root = tmp_path_factory.mktemp("deploy")
+    make_phantom_dataset(root / "data", 1, seed=2, profile="small", workers=1, progress=False)
+    (case,) = sorted(p for p in (root / "data").iterdir() if p.is_dir())
+    torch.save(_fit_student(case).state_dict(), root / "model.pt")
+    (root / "models").mkdir()
+    bundle = REPO_ROOT / "bundles" / "distilled_student"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(root / "models/model.ts"),
+    ]
+    cmd += ["--ckpt_file", str(root / "model.pt"), "--meta_file", "configs/metadata.json"]
+    cmd += ["--config_file", "configs/inference.json"]
+    run_checked(cmd, cwd=bundle)
+    return {"root": root, "case": case, "ckpt": root / "model.pt", "models": root / "models"}
+
+
+def _run_app(case: Path, output: Path, model: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(APP), "-i", str(case), "-o", str(output), "-m", str(model)]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
+
+
+def _segment(case: Path, output: Path, ckpt: Path, *options: str) -> np.ndarray:
+    """``brats-kd segment``'s label map of ``case`` with the weights ``ckpt``."""
+    command = [sys.executable, "-m", "kd_components.cli", "segment", str(case), "-o", str(output)]
+    run_checked([*command, "--ckpt", str(ckpt), "--cache-dir", str(output / "cache"), "--no-progress", *options])
+    return np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
+
+
+@pytest.fixture(scope="module")
+def torchscript_run(deployed: dict[str, Path]) -> Path:
+    """The output folder of the application with its default engine (MONAI Deploy's bundle operator)."""
+    output = deployed["root"] / "app_torchscript"
+    result = _run_app(deployed["case"], output, deployed["models"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output
+
+
+def test_the_app_writes_the_label_map_that_brats_kd_segment_writes(
+    deployed: dict[str, Path], torchscript_run: Path
+) -> None:
+    case = deployed["case"]
+    saved = nib.load(torchscript_run / f"{case.name}.nii.gz")
+    labels = np.asarray(saved.dataobj)
+    # the same weights through `brats-kd segment` (eager PyTorch, the whole grid as the bundle operator runs it)
+    expected = _segment(case, deployed["root"] / "segment_torch", deployed["ckpt"], "--engine", "torch", "--no-crop")
+    assert set(np.unique(expected)) == {0, 1, 2, 3}  # the fitted network finds every label: a real comparison
+    np.testing.assert_array_equal(labels, expected)
+    # on the input's grid, with its affine, as uint8 BraTS labels
+    source = nib.load(case / case_file_name(case.name, "t1c"))
+    assert saved.shape == source.shape
+    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
+    assert saved.get_data_dtype() == np.uint8
+
+    report = json.loads((torchscript_run / f"{case.name}-volumes.json").read_text())
+    assert report["case_id"] == case.name and report["engine"] == "torchscript"
+    assert report["volumes_ml"] == region_volumes_ml(labels, saved.affine)
+    assert report["labels_present"] == {"1": "NETC", "2": "SNFH", "3": "ET"}
+    png = (torchscript_run / f"{case.name}-slices.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_the_openvino_engine_is_brats_kd_segments_and_agrees_with_the_reference(
+    deployed: dict[str, Path], torchscript_run: Path
+) -> None:
+    case = deployed["case"]
+    output = deployed["root"] / "app_openvino"
+    result = _run_app(case, output, deployed["models"] / "model.ts", BRATS_KD_ENGINE="openvino")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    labels = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
+    np.testing.assert_array_equal(
+        labels, _segment(case, deployed["root"] / "segment_ov", deployed["ckpt"], "--engine", "openvino")
+    )
+    assert json.loads((output / f"{case.name}-volumes.json").read_text())["engine"] == "openvino"
+    reference = np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj)
+    assert min(label_map_dice(labels, reference)) >= 0.97  # brain crop and engine: near-threshold voxels only
+
+
+def _missing_modality(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    case = tmp / deployed["case"].name
+    shutil.copytree(deployed["case"], case)
+    (case / case_file_name(case.name, "t2f")).unlink()
+    return case, deployed["models"], case_file_name(case.name, "t2f")
+
+
+def _not_a_case(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    folder = tmp / "scans"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a scan")
+    return folder, deployed["models"], str(folder)
+
+
+def _nan_voxels(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    case = tmp / deployed["case"].name
+    shutil.copytree(deployed["case"], case)
+    path = case / case_file_name(case.name, "t1n")
+    scan = nib.load(path)
+    data = np.asarray(scan.dataobj, dtype=np.float32)
+    data[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(data, scan.affine), path)
+    return case, deployed["models"], path.name
+
+
+def _no_embedded_configs(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    model = tmp / "model.ts"
+    torch.jit.save(torch.jit.load(deployed["models"] / "model.ts"), model)  # the network only: configs dropped
+    return deployed["case"], model, str(model)
+
+
+def _renamed_model(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    model = tmp / "student.ts"
+    shutil.copy(deployed["models"] / "model.ts", model)
+    return deployed["case"], model, str(model)
+
+
+BAD_INPUTS: dict[str, Any] = {
+    "missing modality": _missing_modality,
+    "not a case folder": _not_a_case,
+    "NaN voxels": _nan_voxels,
+    "model without embedded configs": _no_embedded_configs,
+    "renamed model file": _renamed_model,
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_INPUTS))
+def test_bad_input_exits_with_an_error_naming_the_file_and_writes_no_label_map(
+    deployed: dict[str, Path], tmp_path: Path, bad: str
+) -> None:
+    case, model, named = BAD_INPUTS[bad](deployed, tmp_path)
+    output = tmp_path / "out"
+    result = _run_app(case, output, model)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], result.stderr[-2000:]
+    assert not output.exists() or not list(output.glob("*.nii.gz"))
