@@ -35,7 +35,11 @@ from brats_operators import (
 )
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, IOType
-from monai.deploy.operators.monai_bundle_inference_operator import IOMapping, MonaiBundleInferenceOperator
+from monai.deploy.operators.monai_bundle_inference_operator import (
+    BundleConfigNames,
+    IOMapping,
+    MonaiBundleInferenceOperator,
+)
 
 from kd_components.deploy import ExportedModelError, find_model_file, read_exported
 from kd_components.io import OutputDirError
@@ -58,7 +62,9 @@ class BratsSegmentationApp(Application):
         if engine not in APP_ENGINES:
             raise EngineError(f"BRATS_KD_ENGINE={engine!r}: choose one of {', '.join(APP_ENGINES)}")
         model_file = find_model_file(context.model_path)
-        read_exported(model_file)  # both configs embedded where the SDK looks, before anything runs
+        exported = read_exported(model_file)  # both configs embedded where the SDK looks, before anything runs
+        # the grid the weights were trained on, when exported with models/training_geometry.json (docs/deploy.md)
+        configs = ["inference", *(["training_geometry"] if exported.geometry else [])]
         context.update({"model": str(model_file)})  # the SDK's model loader takes a file, or a folder per model
         output = Path(context.output_path)
         loader = BratsCaseLoaderOperator(
@@ -77,6 +83,7 @@ class BratsSegmentationApp(Application):
                 input_mapping=[IOMapping("image", Image, IOType.IN_MEMORY)],
                 output_mapping=[IOMapping("pred", Image, IOType.IN_MEMORY)],
                 bundle_path=model_file,
+                bundle_config_names=BundleConfigNames(config_names=configs),
                 name="bundle_inference",
             )
         writer = LabelMapWriterOperator(self, output_folder=output, name="label_map_writer")

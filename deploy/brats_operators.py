@@ -40,10 +40,12 @@ logger = logging.getLogger(__name__)
 
 def label_map_of(pred: Image) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The label map ``(H, W, D)`` uint8, its affine ``(4, 4)`` and the metadata of a ``pred`` Image (the SDK's
-    bundle operator emits it as ``(D, W, H)``, the input's axes reversed)."""
+    bundle operator emits it as ``(D, W, H)``, the input's axes reversed, with the metadata of the preprocessed
+    image: its ``affine`` is the network's grid, ``original_affine`` the input's, where the inverted label map
+    lies)."""
     meta = pred.metadata()
     labels = np.ascontiguousarray(np.swapaxes(np.asarray(pred.asnumpy()), 0, 2)).astype(np.uint8)
-    affine = np.asarray(meta["affine"], dtype=np.float64)
+    affine = np.asarray(meta.get("original_affine", meta["affine"]), dtype=np.float64)
     return labels, affine, meta
 
 

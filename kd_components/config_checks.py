@@ -118,6 +118,19 @@ def _module_pairs(value: Any) -> bool:
     )
 
 
+def _spacing(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 3 and all(_positive_number(v) for v in value)
+
+
+def _axcodes(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 3
+        and sorted(next((i for i, pair in enumerate(("LR", "PA", "IS")) if c in pair), -1) for c in value.upper())
+        == [0, 1, 2]
+    )
+
+
 #: Setting name -> (test, what is expected). Settings a bundle does not pass are not checked.
 SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "epochs": (_positive_int, "a positive integer"),
@@ -137,6 +150,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cache_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
     "sw_overlap": (_fraction, "a number in [0, 1)"),
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
+    "pixdim": (_spacing, "a list of three positive voxel sizes in mm, e.g. [1.0, 1.0, 1.0]"),
+    "orientation": (_axcodes, "three axis codes, one of L/R, one of P/A, one of I/S in any order, e.g. 'LPS'"),
     "use_unlabelled": (_flag, "true or false"),
     "unlabelled_mixing": _one_of(MIXING_MODES),
     "unlabelled_split": (_text, "the name of a datalist split, e.g. 'testing' (a string)"),

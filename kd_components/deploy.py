@@ -29,6 +29,8 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, load_net_with_metadata
 from monai.transforms import Compose
 
+from kd_components.geometry import GEOMETRY_FILE
+
 __all__ = [
     "DISALLOWED_TRANSFORM_PREFIXES",
     "DeployedBundle",
@@ -56,12 +58,14 @@ class ExportedModelError(ValueError):
 
 @dataclass
 class ExportedModel:
-    """An exported ``model.ts``: its path, the TorchScript network (CPU, eval mode) and the embedded configs."""
+    """An exported ``model.ts``: its path, the TorchScript network (CPU, eval mode) and the embedded configs
+    (``geometry``: the embedded ``training_geometry.json``, the grid the weights were trained on, when present)."""
 
     path: Path
     network: torch.jit.ScriptModule
     metadata: dict[str, Any]
     config: dict[str, Any]
+    geometry: dict[str, Any] | None = None
 
 
 def find_model_file(path: str | os.PathLike[str]) -> Path:
@@ -129,8 +133,10 @@ def read_exported(filepath: str | os.PathLike[str], config_name: str = "inferenc
             f"{path}: its configs are embedded under '{root}/', but MONAI Deploy reads '{path.stem}/extra/"
             f"{config_name}' (a renamed .ts file keeps its old root): export it again with --filepath {path.name}"
         )
-    network, metadata, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=[config_name])
-    return ExportedModel(path, network.eval(), dict(metadata), json.loads(extra[config_name]))
+    names = [config_name, *([GEOMETRY_FILE] if GEOMETRY_FILE in extra_files else [])]
+    network, metadata, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=names)
+    geometry = json.loads(extra[GEOMETRY_FILE]) if GEOMETRY_FILE in names else None
+    return ExportedModel(path, network.eval(), dict(metadata), json.loads(extra[config_name]), geometry)
 
 
 @dataclass
@@ -195,6 +201,7 @@ def load_deployed_bundle(
     parser = ConfigParser()
     parser.read_config(exported.config)
     parser.read_meta(exported.metadata)
+    parser.update(exported.geometry or {})
     for key, value in (overrides or {}).items():
         parser[key] = value
     target = torch.device(device) if device is not None else parser.get_parsed_content("device")

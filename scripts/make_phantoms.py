@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="small", choices=sorted(PROFILES), help="output grid (default: small)")
     parser.add_argument("--unlabelled", type=int, default=0, help="write the last K cases without a segmentation")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores)")
+    parser.add_argument("--healthy", action="store_true", help="tumour-free brains (all-zero label maps)")
     parser.add_argument("--preview", action="store_true", help="also write OUTPUT_DIR/preview.png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             unlabelled=args.unlabelled,
             workers=args.workers,
             progress=not args.no_progress,
+            healthy=args.healthy,
         )
     except ValueError as error:  # bad argument values: report them like argparse does (exit status 2)
         parser.error(str(error))
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     labelled = len(ids) - args.unlabelled
     print(
         f"wrote {len(ids)} {args.profile} phantom cases to {args.output_dir} in {elapsed:.1f} s: "
-        f"{labelled} labelled, {args.unlabelled} unlabelled (seed {args.seed})"
+        f"{labelled} labelled, {args.unlabelled} unlabelled (seed {args.seed}{', healthy' if args.healthy else ''})"
     )
     if args.preview and ids:
         png = save_preview(args.output_dir, Path(args.output_dir) / "preview.png")

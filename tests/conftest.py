@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))  # scripts are thin CLIs with a m
 METADATA_SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
 TINY_SHAPE = (12, 10, 8)
+#: Voxel size of the phantoms the tests make (``profile="small"``), the demo bundles' ``pixdim``.
+PHANTOM_PIXDIM = (2.0, 2.0, 2.0)
 
 #: A teacher small enough for CPU tests: ``build_teacher("demo", **TINY_TEACHER)``, the demo configuration thinner
 #: and shallower. Lists, not tuples: the same values go into bundle overrides and JSON command lines.
@@ -192,6 +194,40 @@ def write_phantom_datalist(root: Path, num_cases: int, unlabelled: int, num_fold
     return data, datalist
 
 
+#: Steps and patch of :func:`fit_student_to_case` (random weights segment nothing; this gives a tumour to find).
+FIT_STEPS = 40
+FIT_PATCH = 64
+
+
+def fit_student_to_case(case_dir: Path, steps: int = FIT_STEPS) -> torch.nn.Module:
+    """The default student fitted for a few steps to one phantom at its own voxel size (a patch around its
+    tumour): a network whose label map has every label, so that comparing label maps compares something."""
+    from monai.losses import DiceCELoss
+
+    from kd_components.data.brats import case_from_directory
+    from kd_components.intensity import normalize_brain
+    from kd_components.networks.student import build_student
+    from kd_components.segment.inputs import read_case_image
+    from kd_components.transforms import BratsLabelsToRegions
+
+    case = case_from_directory(case_dir)
+    image = normalize_brain(read_case_image(case))
+    regions = BratsLabelsToRegions()(torch.as_tensor(np.asarray(nib.load(case.label).dataobj))[None]).float()
+    centre = np.argwhere(regions[1].numpy() > 0).mean(axis=0).round().astype(int)
+    starts = [int(np.clip(c - FIT_PATCH // 2, 0, s - FIT_PATCH)) for c, s in zip(centre, image.shape[1:], strict=True)]
+    window = (slice(None), *(slice(s, s + FIT_PATCH) for s in starts))
+    x, y = image[window][None], torch.as_tensor(regions[window])[None]
+    torch.manual_seed(0)
+    network = build_student()
+    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+    loss = DiceCELoss(sigmoid=True)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss(network(x), y).backward()
+        optimiser.step()
+    return network.eval()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "phantoms(**kwargs): the phantom_data of a module, as phantom_datasets' keyword arguments"
@@ -241,10 +277,11 @@ def phantom_data(
 
 
 def phantom_overrides(phantoms: Mapping[str, Path], bundle_root: Path | None = None) -> dict[str, str]:
-    """Bundle overrides reading ``phantoms`` (a ``phantom_data``): ``dataset_dir``, ``data_list_file_path`` and,
-    given, ``bundle_root``."""
+    """Bundle overrides reading ``phantoms`` (a ``phantom_data``): ``dataset_dir``, ``data_list_file_path``, the
+    phantoms' own voxel size ``pixdim`` (2 mm, as the demo overlay) and, given, ``bundle_root``."""
     root = {"bundle_root": str(bundle_root)} if bundle_root is not None else {}
-    return {**root, "dataset_dir": str(phantoms["data"]), "data_list_file_path": str(phantoms["datalist"])}
+    data = {"dataset_dir": str(phantoms["data"]), "data_list_file_path": str(phantoms["datalist"])}
+    return {**root, **data, "pixdim": list(PHANTOM_PIXDIM)}
 
 
 @pytest.fixture(scope="module")

@@ -179,12 +179,12 @@ def test_every_declared_exception_exists_in_a_bundle() -> None:
 
 def test_a_change_to_a_shared_section_in_one_bundle_is_named() -> None:
     teacher, student = load_config(TEACHER, "train.json"), copy.deepcopy(load_config(STUDENT, "train.json"))
-    normalize = next(i for i, t in enumerate(student["base_transforms"]) if t["_target_"] == "NormalizeIntensityd")
-    student["base_transforms"][normalize]["nonzero"] = False
+    spacing = next(i for i, t in enumerate(student["base_transforms"]) if t["_target_"] == "Spacingd")
+    student["base_transforms"][spacing]["mode"] = ["nearest", "nearest"]
     student["validate"]["inferer"]["inferer"]["overlap"] = 0.75
     del student["train"]["augmentation"][-1]
     problems = list(config_differences(teacher, student, BUNDLE_SPECIFIC["train.json"]))
-    assert any(f"'base_transforms#{normalize}#nonzero' (in NormalizeIntensityd) differs" in p for p in problems)
+    assert any(f"'base_transforms#{spacing}#mode#0' (in Spacingd) differs" in p for p in problems)
     assert any("'validate#inferer#inferer#overlap' (in SlidingWindowInferer) differs" in p for p in problems)
     assert any("'train#augmentation' differs" in p for p in problems)
     assert len(problems) == 3, problems

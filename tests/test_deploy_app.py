@@ -19,46 +19,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.losses import DiceCELoss
-from monai.transforms import NormalizeIntensity
 
 from kd_components.constants import case_file_name
-from kd_components.data.brats import case_from_directory
 from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.geometry import write_training_geometry
 from kd_components.handlers.metrics import label_map_dice
 from kd_components.handlers.region_volumes import region_volumes_ml
-from kd_components.networks.student import build_student
-from kd_components.segment.inputs import read_case_image
-from kd_components.transforms import BratsLabelsToRegions
-from tests.conftest import REPO_ROOT, run_checked
+from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT, fit_student_to_case, run_checked
 
 pytestmark = pytest.mark.deploy
 
 APP = REPO_ROOT / "deploy" / "app.py"
-#: Steps of the quick fit that gives the student a tumour to find (random weights segment nothing).
-FIT_STEPS = 40
-FIT_PATCH = 64
-
-
-def _fit_student(case_dir: Path, steps: int = FIT_STEPS) -> torch.nn.Module:
-    """The default student fitted for a few steps to one phantom (a patch around its tumour): a network whose
-    label map has every label, so that comparing label maps compares something."""
-    case = case_from_directory(case_dir)
-    image = NormalizeIntensity(nonzero=True, channel_wise=True)(read_case_image(case)).as_tensor()
-    regions = BratsLabelsToRegions()(torch.as_tensor(np.asarray(nib.load(case.label).dataobj))[None]).float()
-    centre = np.argwhere(regions[1].numpy() > 0).mean(axis=0).round().astype(int)
-    starts = [int(np.clip(c - FIT_PATCH // 2, 0, s - FIT_PATCH)) for c, s in zip(centre, image.shape[1:], strict=True)]
-    window = (slice(None), *(slice(s, s + FIT_PATCH) for s in starts))
-    x, y = image[window][None], regions[window][None]
-    torch.manual_seed(0)
-    network = build_student()
-    optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
-    loss = DiceCELoss(sigmoid=True)
-    for _ in range(steps):
-        optimiser.zero_grad()
-        loss(network(x), y).backward()
-        optimiser.step()
-    return network.eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +39,14 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("deploy")
     make_phantom_dataset(root / "data", 1, seed=2, profile="small", workers=1, progress=False)
     (case,) = sorted(p for p in (root / "data").iterdir() if p.is_dir())
-    torch.save(_fit_student(case).state_dict(), root / "model.pt")
+    torch.save(fit_student_to_case(case).state_dict(), root / "model.pt")
+    geometry = write_training_geometry(root, PHANTOM_PIXDIM, "LPS")  # as training writes it: fitted at 2 mm
     (root / "models").mkdir()
     bundle = REPO_ROOT / "bundles" / "distilled_student"
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "ckpt_export",
-        "network_def",
-        "--filepath",
-        str(root / "models/model.ts"),
-    ]
+    model_ts = root / "models" / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(model_ts)]
     cmd += ["--ckpt_file", str(root / "model.pt"), "--meta_file", "configs/metadata.json"]
-    cmd += ["--config_file", "configs/inference.json"]
+    cmd += ["--config_file", f"['configs/inference.json', '{geometry}']"]
     run_checked(cmd, cwd=bundle)
     return {"root": root, "case": case, "ckpt": root / "model.pt", "models": root / "models"}
 
@@ -204,3 +169,27 @@ def test_bad_input_exits_with_an_error_naming_the_file_and_writes_no_label_map(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and named in errors[0], result.stderr[-2000:]
     assert not output.exists() or not list(output.glob("*.nii.gz"))
+
+
+def test_a_scan_in_another_voxel_order_comes_back_on_its_own_grid(
+    deployed: dict[str, Path], torchscript_run: Path, tmp_path: Path
+) -> None:
+    """The embedded training grid (2 mm, LPS) is applied and inverted by the SDK's operator: a copy of the case
+    stored in another voxel order (first axis flipped, last two swapped) gets the same labels, in its own order."""
+    case = deployed["case"]
+    flipped = tmp_path / case.name
+    flipped.mkdir()
+    for path in case.glob("*.nii.gz"):
+        scan = nib.load(path)
+        data = np.ascontiguousarray(np.flip(np.asarray(scan.dataobj), 0).transpose(0, 2, 1))
+        flip, swap = np.eye(4), np.eye(4)[[0, 2, 1, 3]]
+        flip[0, 0], flip[0, 3] = -1, scan.shape[0] - 1
+        nib.save(nib.Nifti1Image(data, scan.affine @ flip @ swap), flipped / path.name)
+    result = _run_app(flipped, tmp_path / "out", deployed["models"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    saved = nib.load(tmp_path / "out" / f"{case.name}.nii.gz")
+    source = nib.load(flipped / case_file_name(case.name, "t1c"))
+    assert saved.shape == source.shape
+    np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
+    back = np.flip(np.asarray(saved.dataobj).transpose(0, 2, 1), 0)
+    np.testing.assert_array_equal(back, np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj))

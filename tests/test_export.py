@@ -27,7 +27,7 @@ from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx
 from kd_components.networks.init import init_output_prior
 from kd_components.networks.student import build_student
 from kd_components.segment import Segmenter
-from tests.conftest import REPO_ROOT, cli_overrides, run_checked, tiny_teacher_overrides
+from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT, cli_overrides, run_checked, tiny_teacher_overrides
 
 #: Tolerance of the TorchScript export against the eager network (float32, CPU).
 TS_ATOL, TS_RTOL = 1e-5, 1e-4
@@ -170,7 +170,7 @@ def test_a_segmenter_from_model_ts_alone_segments_as_the_bundles_own(tmp_path: P
     bundle = REPO_ROOT / "bundles" / "distilled_student"
     make_phantom_dataset(tmp_path / "data", 1, seed=3, profile="small", workers=1, progress=False)
     (case,) = find_cases(tmp_path / "data").cases
-    small = {"patch_size": [32, 32, 32], "sw_batch_size": 4}
+    small = {"patch_size": [32, 32, 32], "sw_batch_size": 4, "pixdim": list(PHANTOM_PIXDIM)}
     for filters in (8, 16):
         torch.manual_seed(0)
         network = build_student(init_filters=filters)

@@ -20,11 +20,13 @@ import torch
 import torch.nn as nn
 from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
+from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
 from kd_components.handlers import ProgressBar, main_process_handlers
 from kd_components.losses import build_feature_kd_loss
 from kd_components.networks.student import build_student, feature_pairs
 from kd_components.networks.utils import unwrap_module
 from tests.conftest import (
+    PHANTOM_PIXDIM,
     REPO_ROOT,
     SMALL_PATCHES,
     STUDENT_BUNDLE_TINY,
@@ -142,7 +144,9 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     assert len(iterations) == 2, log[-4000:]
     # one set of checkpoint files, written by rank 0, holding the bare student (no ``module.`` prefix)
     models = bundle_root / "models"
-    assert sorted(p.name for p in models.iterdir() if p.name != "model.pt") == ["latest_checkpoint_epoch=1.pt"]
+    saved = sorted(p.name for p in models.iterdir() if p.name not in ("model.pt", GEOMETRY_FILE))
+    assert saved == ["latest_checkpoint_epoch=1.pt"]
+    assert read_training_geometry(models / "model.pt") == {"pixdim": list(PHANTOM_PIXDIM), "orientation": "LPS"}
     student_keys = set(build_student().state_dict())
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert set(state) == student_keys

@@ -352,3 +352,18 @@ def test_generated_tree_passes_validation_and_loads_with_monai(dataset: Path, tm
     assert tuple(data["label"].shape) == (3, *PROFILES["small"].shape)
     assert data["label"][1].sum() > 0  # whole tumour present
     np.testing.assert_allclose(data["image"].affine.numpy(), PROFILES["small"].affine, atol=1e-5)
+
+
+def test_a_healthy_phantom_is_the_same_brain_without_the_tumour(cases: list[PhantomCase], tmp_path: Path) -> None:
+    tumour = cases[0]
+    index = int(tumour.case_id.split("-")[2])
+    healthy = generate_case(index, SEED, "small", healthy=True)
+    assert healthy.case_id == tumour.case_id and not healthy.seg.any()
+    assert (healthy.brain_mask == tumour.brain_mask).mean() > 0.99  # the same pose; no mass effect
+    outside = ~ndimage.binary_dilation(tumour.seg > 0, iterations=8) & healthy.brain_mask
+    t2f_h, t2f_t = healthy.images["t2f"].astype(float), tumour.images["t2f"].astype(float)
+    assert abs(t2f_h[outside].mean() / t2f_t[outside].mean() - 1) < 0.05  # the same contrasts away from the tumour
+    assert np.array_equal(generate_case(index, SEED, "small", healthy=True).images["t1c"], healthy.images["t1c"])
+    ids = make_phantom_dataset(tmp_path, 1, seed=SEED, healthy=True, workers=1, progress=False)
+    seg = nib.load(tmp_path / ids[0] / case_file_name(ids[0], "seg"))
+    assert not np.asarray(seg.dataobj).any()

@@ -30,6 +30,7 @@ from kd_components.checkpoints import (
     load_frozen_teacher,
 )
 from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
+from kd_components.geometry import GEOMETRY_FILE
 from kd_components.handlers import FinalValidationHandler, FiniteLossGuard, NonFiniteLossError
 from kd_components.io import save_nifti_atomic
 from tests.conftest import REPO_ROOT, TEACHER_BUNDLE_TINY, build_tiny_teacher, bundle_command, run_checked, tiny_label
@@ -137,7 +138,7 @@ def test_killed_training_resumes_from_the_last_completed_epoch(tmp_path: Path) -
     assert _checkpoint_epoch(every[0]) == epochs
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     build_tiny_teacher().load_state_dict(state, strict=True)
-    assert sorted(p.name for p in models.iterdir()) == ["latest_checkpoint_epoch=12.pt", "model.pt"]
+    assert sorted(p.name for p in models.iterdir()) == ["latest_checkpoint_epoch=12.pt", "model.pt", GEOMETRY_FILE]
 
 
 def test_same_seed_gives_the_same_model_and_metrics_and_the_seed_is_logged(tmp_path: Path) -> None:

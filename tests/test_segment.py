@@ -17,6 +17,7 @@ import torch
 from kd_components.cli import main
 from kd_components.constants import MODALITIES, case_file_name
 from kd_components.data.brats import case_from_directory
+from kd_components.geometry import write_training_geometry
 from kd_components.handlers.metrics import label_map_dice
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
@@ -33,6 +34,7 @@ from kd_components.segment import (
 from kd_components.segment.engines import EngineError, build_engine
 from kd_components.segment.inputs import open_case
 from kd_components.segment.report import tumour_centre, write_case_report
+from tests.conftest import PHANTOM_PIXDIM
 
 pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
 
@@ -62,7 +64,11 @@ def test_a_folder_of_cases_one_case_folder_and_four_files(
     phantom_data: dict[str, Path], student_ckpt: Path, tmp_path: Path
 ) -> None:
     data = phantom_data["data"]
-    common = ["--ckpt", str(student_ckpt), "--cache-dir", str(tmp_path / "cache"), "--engine", "onnxruntime"]
+    ckpt = tmp_path / "weights" / "model.pt"  # weights "trained" on the 2 mm phantoms: run at 2 mm
+    ckpt.parent.mkdir()
+    shutil.copy(student_ckpt, ckpt)
+    write_training_geometry(ckpt.parent, PHANTOM_PIXDIM, "LPS")
+    common = ["--ckpt", str(ckpt), "--cache-dir", str(tmp_path / "cache"), "--engine", "onnxruntime"]
     assert _segment([str(data), "-o", str(tmp_path / "all"), *common]) == 0
     cases = sorted(p.name for p in data.iterdir() if p.is_dir())
     assert sorted(p.name for p in (tmp_path / "all").glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases]

@@ -63,7 +63,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -503,6 +503,13 @@ class _LesionMaps:
     texture: np.ndarray
 
 
+def _no_lesion(profile: PhantomProfile) -> _LesionMaps:
+    """The lesion maps of a healthy brain: an all-zero label map and an empty box."""
+    empty = np.zeros((0, 0, 0), np.float32)
+    box = (slice(0, 0), slice(0, 0), slice(0, 0))
+    return _LesionMaps(np.zeros(profile.shape, np.uint8), box, empty, empty, empty, np.zeros((2, 0, 0, 0), np.float32))
+
+
 def _lesion_box(lesion: _LesionSpec, profile: PhantomProfile) -> tuple[slice, slice, slice]:
     """Index ranges of the grid that can contain the lesion."""
     centre = np.linalg.solve(profile.affine, np.r_[lesion.centre_mm, 1.0])[:3]
@@ -741,10 +748,12 @@ class PhantomCase:
         return bool((self.seg == ET_LABEL).any())
 
 
-def generate_case(index: int, seed: int, profile: str | PhantomProfile = "small") -> PhantomCase:
+def generate_case(index: int, seed: int, profile: str | PhantomProfile = "small", healthy: bool = False) -> PhantomCase:
     """Generate phantom case ``index`` of data set ``seed`` on the grid of ``profile``.
 
-    The result depends only on ``(seed, index)`` and the profile. Takes about 1 s for
+    ``healthy``: the same brain, pose and contrasts without the tumour (no lesion, no mass effect, an all-zero
+    label map): every voxel a network labels in it is a false positive. The result depends only on
+    ``(seed, index)``, the profile and ``healthy``. Takes about 1 s for
     ``small`` (120, 120, 78) and several seconds for ``brats`` (240, 240, 155), plus about
     3 s once per process to load the MNI templates.
 
@@ -757,8 +766,12 @@ def generate_case(index: int, seed: int, profile: str | PhantomProfile = "small"
     rng = np.random.default_rng([seed, index])
     pose = _sample_pose(rng, grid, atlas)
     lesion = _sample_lesion(rng, atlas, pose)
+    if healthy:
+        lesion = replace(lesion, mass_effect=0.0)
     anatomy = _resample_anatomy(atlas, grid, pose, lesion)
-    maps = _draw_lesion(rng, anatomy, lesion, grid)
+    maps = _draw_lesion(rng, anatomy, lesion, grid)  # drawn for a healthy brain too: the same contrasts follow
+    if healthy:
+        maps = _no_lesion(grid)
     images = _synthesize_images(rng, anatomy, maps, grid)
     return PhantomCase(
         case_id=case_id(PHANTOM_TASK, index),
@@ -796,13 +809,16 @@ def make_phantom_dataset(
     unlabelled: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    healthy: bool = False,
 ) -> list[str]:
     """Generate and write ``num_cases`` phantoms under ``output_dir``; return their case ids in index order.
 
     Case ``i`` gets id ``BraTS-SYN-<i:05d>-000``; the last ``unlabelled`` cases are written
     without a segmentation (for semi-supervised distillation). Cases are generated in a pool
     of ``workers`` processes (default: the available cores, at most one per case); each
-    worker loads the MNI templates once. Results do not depend on ``workers``.
+    worker loads the MNI templates once. Results do not depend on ``workers``. ``healthy``: tumour-free brains
+    (:func:`generate_case`), written with their all-zero label maps; keep them in a folder of their own (their
+    case ids are those of the tumour phantoms).
     """
     _check_non_negative(num_cases=num_cases, seed=seed, unlabelled=unlabelled)
     if unlabelled > num_cases:
@@ -812,7 +828,7 @@ def make_phantom_dataset(
     grid = resolve_profile(profile)
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, seed, grid, str(root), i < num_cases - unlabelled) for i in range(num_cases)]
+    jobs = [(i, seed, grid, str(root), i < num_cases - unlabelled, healthy) for i in range(num_cases)]
     workers = min(workers or _available_cores(), max(num_cases, 1))
     done = _run_jobs(jobs, workers)
     if progress:
@@ -824,13 +840,13 @@ def make_phantom_dataset(
     return [case_id(PHANTOM_TASK, i) for i in range(num_cases)]
 
 
-_Job = tuple[int, int, PhantomProfile, str, bool]
+_Job = tuple[int, int, PhantomProfile, str, bool, bool]
 
 
 def _generate_and_write(job: _Job) -> str:
     """Worker task: generate one case and write it; returns its case id."""
-    index, seed, grid, root, labelled = job
-    case = generate_case(index, seed, grid)
+    index, seed, grid, root, labelled, healthy = job
+    case = generate_case(index, seed, grid, healthy)
     write_case(case, root, labelled=labelled)
     return case.case_id
 

@@ -27,6 +27,7 @@ from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
 from kd_components.deploy import ExportedModelError, filter_compose, read_exported
 from kd_components.export import load_network
+from kd_components.geometry import read_training_geometry
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
 from kd_components.segment.crop import brain_box
@@ -104,6 +105,7 @@ class Segmenter:
         config = ConfigParser()
         config.read_config(str(config_file))
         config["bundle_root"] = str(self.bundle)
+        config.update(read_training_geometry(self.ckpt) or {})  # the grid these weights were trained on
         self._configure(
             config,
             lambda network: load_network(network, self.ckpt),
@@ -150,6 +152,7 @@ class Segmenter:
         config = ConfigParser()
         config.read_config(exported.config)
         config.read_meta(exported.metadata)
+        config.update(exported.geometry or {})
 
         def load_weights(network: torch.nn.Module) -> torch.nn.Module:
             try:
@@ -274,18 +277,18 @@ class Segmenter:
         self.check_values(case_id, image, names)
         start = time.perf_counter()
         try:
-            box, logits = self.box_logits(image)
+            full = self.logits(image)
         except ValueError as err:
             raise CaseFailed(f"{case_id}: {err}") from err
         seconds["network"] = time.perf_counter() - start
         start = time.perf_counter()
-        # the postprocessing is voxel by voxel: run it on the box, outside the box is background
-        result = self.postprocessing({"pred": MetaTensor(logits, meta=dict(image.meta))})
+        # the postprocessing inverts the preprocessing's orientation and spacing (Invertd): the input's grid
+        result = self.postprocessing({"pred": MetaTensor(full, meta=dict(image.meta)), "image": image})
         if "pred" not in result:
             raise CaseFailed(f"{case_id}: {result.get('problem', 'no prediction')}")
-        labels = np.zeros(image.shape[1:], np.uint8)
-        labels[box] = np.asarray(result["pred"]).astype(np.uint8).reshape(logits.shape[1:])
-        affine = np.asarray(image.affine, dtype=np.float64)
+        pred = result["pred"]
+        labels = np.ascontiguousarray(np.asarray(pred).astype(np.uint8).reshape(pred.shape[-3:]))
+        affine = np.asarray(pred.affine, dtype=np.float64)
         volumes = region_volumes_ml(labels, affine, self.et_label)
         seconds["postprocess"] = time.perf_counter() - start
         return Segmentation(case_id, labels, affine, volumes, seconds)
