@@ -106,7 +106,8 @@ def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_infer
     (bundle / "models" / "latest_epoch=1.pt").write_bytes(b"training state, not for packages")
     args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--with-weights"]
     assert cli.main(args) == 0
-    zip_path = tmp_path / "dist" / "hybrid_teacher_v0.1.0.zip"
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    zip_path = tmp_path / "dist" / f"hybrid_teacher_v{version}.zip"
     with zipfile.ZipFile(zip_path) as zf:
         assert [n for n in zf.namelist() if "/models/" in n] == ["hybrid_teacher/models/model.pt"]
 

@@ -1,0 +1,98 @@
+"""BraTS-2023-format brain-tumour phantoms built from the MNI152 template shipped with nilearn.
+
+Real BraTS data cannot be downloaded here, so the project's default data set is synthetic:
+each case is the MNI152 brain (T1 template and grey/white-matter/brain probability maps,
+loaded offline from nilearn) resampled into a BraTS grid with a small random pose, pushed
+aside by a simulated glioma (mass effect), and rendered in the four BraTS contrasts.
+
+Anatomy
+    The MNI brain is placed in the profile's grid with a random rotation (a few degrees per
+    axis), a random scale (about +-5 %) and a shift of a few millimetres; its x/y extent is
+    centred in the field of view and the top of the brain sits a few millimetres below the
+    top of the grid (the MNI brain is 155 mm tall, so the lower brainstem may be cropped,
+    as in real BraTS scans). Tissue fractions are partial-volume maps: CSF is the brain mask
+    minus grey and white matter, ventricles included. Every modality is exactly 0 outside
+    the brain mask (skull-stripped) and at least 1 inside it, so all four channels share
+    one support.
+
+Normal variation (so that a network does not learn one brain)
+    Each case's brain differs from the average MNI brain: the lateral ventricles grow or shrink
+    (a radial push around them: small in young brains, enlarged in 45 % of cases, up to
+    hydrocephalic in 10 %), the cerebellum shrinks or grows, grey matter beside CSF turns into
+    CSF (sulcal widening, atrophy), the grey/white border moves (cortical thickness), the whole
+    template is warped by a smooth random displacement of 1-4 mm, and the cerebellum and
+    brainstem get their own signal level and texture. ``healthy=True`` makes the same brain
+    without the tumour (no lesion, no mass effect, an all-zero label map), for measuring false
+    positives.
+
+Tumour
+    An irregular core (an ellipsoidal distance field whose radius is modulated by smoothed
+    random noise) is split into a necrotic centre NETC (label 1) and an enhancing rim ET
+    (label 3); around it lies oedema SNFH (label 2) that reaches further along white matter
+    than into grey matter and stays out of CSF. About 18 % of cases have no ET (low-grade
+    like: NETC and oedema only) and about 15 % have little oedema. The core is placed in
+    supratentorial white matter, deep enough that the lesion stays inside the brain.
+
+Contrasts (relative to normal white matter = 1, jittered per case)
+    =====  =====  =====  ====  =======  =======  =====
+           CSF    GM     WM    NETC     ET       SNFH
+    t1c    0.30   0.74   1     0.40     1.3-1.9  0.72
+    t1n    0.30   0.72   1     0.42     0.70     0.70
+    t2w    2.9    1.35   1     2.4      1.6      2.0
+    t2f    0.32   1.20   1     0.6-1.6  1.45     1.8
+    =====  =====  =====  ====  =======  =======  =====
+
+    T1-weighted images borrow the MNI T1 template's texture (deep grey nuclei, cortex)
+    beyond what the tissue fractions explain; T2-weighted ones get the inverse of it.
+    Oedema fades by up to 25 % towards its outer edge; tumour tissue is heterogeneous
+    (8-22 % texture). t1c also has enhancing normal structures (vessels in sulci, dural
+    remnants along parts of the brain's edge), so ET is not simply "the bright voxels of
+    t1c". Each modality then gets per-tissue texture, a blur (0.3-0.9 mm, and in 40 % of
+    scans 2-5 mm thick slices along one axis, mostly the axial one), a smooth multiplicative
+    bias field (up to 25 %), a random global scale (white matter at about 300-1000) and Rician
+    noise.
+
+Modules
+    ``grid`` (output grids), ``atlas`` (the MNI template), ``anatomy`` (pose, normal variation,
+    resampling), ``lesion`` (the glioma's parameters and drawing), ``fields`` (smooth random
+    fields), ``contrast`` (tissue levels and scanner effects), ``dataset`` (cases and data sets).
+
+Storage
+    Images are ``int16`` scanner-like values (0 outside the brain, about 1..3500 inside);
+    the segmentation is ``uint8`` with the BraTS-2023 labels from :mod:`kd_components.constants`.
+
+Grid and affine
+    ``brats``: 240 x 240 x 155 voxels of 1 mm, the BraTS grid. ``small``: 120 x 120 x 78
+    voxels of 2 mm, the same field of view. The affine has BraTS' form: direction
+    ``diag(-1, -1, 1)`` times the spacing (voxel axes point to patient Left, Posterior,
+    Superior: LPS), with the origin of real BraTS-2023 files, ``(0, 239, 0)`` mm, moved by
+    half a voxel minus half a millimetre so coarser grids cover the same field of view:
+    ``affine = [[-s, 0, 0, -(s-1)/2], [0, -s, 0, 239-(s-1)/2], [0, 0, s, (s-1)/2], [0, 0, 0, 1]]``.
+
+Determinism
+    Case ``i`` of seed ``s`` depends only on ``(s, i)`` and the profile: its random numbers
+    come from ``np.random.default_rng([s, i])``, independent of how many cases are made and
+    of the number of worker processes.
+"""
+
+from __future__ import annotations
+
+from kd_components.data.phantoms.contrast import T1_TEXTURE_WEIGHT, TISSUE_CONTRAST, WM_LEVEL_RANGE
+from kd_components.data.phantoms.dataset import PhantomCase, generate_case, make_phantom_dataset, write_case
+from kd_components.data.phantoms.grid import PROFILES, PhantomProfile, resolve_profile
+from kd_components.data.phantoms.lesion import LITTLE_OEDEMA_PROBABILITY, NO_ET_PROBABILITY
+
+__all__ = [
+    "LITTLE_OEDEMA_PROBABILITY",
+    "NO_ET_PROBABILITY",
+    "PROFILES",
+    "T1_TEXTURE_WEIGHT",
+    "TISSUE_CONTRAST",
+    "WM_LEVEL_RANGE",
+    "PhantomCase",
+    "PhantomProfile",
+    "generate_case",
+    "make_phantom_dataset",
+    "resolve_profile",
+    "write_case",
+]
