@@ -174,3 +174,20 @@ def test_the_training_grid_travels_with_the_weights(phantom: Path, tmp_path: Pat
     (weights.parent / GEOMETRY_FILE).write_text("[2, 2, 2]")
     with pytest.raises(ValueError, match="expected a JSON object with pixdim, orientation"):
         read_training_geometry(weights)
+
+
+def test_false_positive_probe_measures_healthy_volumes_and_unseen_dice(tmp_path: Path) -> None:
+    from kd_components.pipeline.false_positives import make_probe_data, measure, render
+
+    folders = make_probe_data(tmp_path, 1)
+    assert not np.asarray(nib.load(next(folders["healthy"].glob("*/*-seg.nii.gz"))).dataobj).any()
+    weights = tmp_path / "model.pt"
+    torch.save(build_student().state_dict(), weights)
+    segmenter = Segmenter(ckpt=weights, engine="torch", device="cpu", overrides=DEMO, log=lambda line: None)
+    # a "network" that labels every brain voxel tumour
+    segmenter.engine = lambda x: torch.where((x != 0).any(1, keepdim=True), 10.0, -10.0).repeat(1, 3, 1, 1, 1)
+    row = measure(segmenter, folders, log=lambda line: None)
+    brain_ml = float(np.count_nonzero(nib.load(next(folders["healthy"].glob("*/*-t1c.nii.gz"))).dataobj)) * 8 / 1000
+    assert row["healthy_wt_ml"] == [pytest.approx(brain_ml, rel=0.05)]  # every brain voxel a false positive
+    assert len(row["unseen_dice"]) == 1 and 0 < row["unseen_dice_mean"]["WT"] < 0.5
+    assert "| everything | " in render({"everything": row}, 1, "cmd", "today")
