@@ -23,7 +23,7 @@ from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import check_output_dir, save_nifti_atomic
-from kd_components.segment import Segmentation, Segmenter
+from kd_components.segment import EngineError, Segmentation, Segmenter
 from kd_components.segment.inputs import open_case, read_case_image
 from kd_components.segment.report import write_case_report
 
@@ -105,8 +105,8 @@ class OpenVINOSegmentationOperator(Operator):
         cache_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision {precision!r}: the application runs OpenVINO at fp32 or bf16")
+        if precision not in ("fp32", "bf16"):  # int8 needs calibration cases, which one case is not
+            raise EngineError(f"BRATS_KD_PRECISION={precision!r}: the application runs OpenVINO at fp32 or bf16")
         self.segmenter = Segmenter.from_exported(
             model_file, engine="openvino", precision=precision, device="cpu", cache_dir=cache_dir, log=logger.info
         )
