@@ -119,3 +119,15 @@ def check_output_dir(path: str | os.PathLike[str], min_free_mb: float = MIN_FREE
             f"only {free_mb:.0f} MB free under output_dir {folder}; at least {min_free_mb:.0f} MB are needed"
         )
     return folder
+
+
+def replace_between(page: str, section: str, start_marker: str, end_marker: str) -> str:
+    """``page`` with the part from ``start_marker`` to ``end_marker`` (both included) replaced by ``section``.
+
+    A generated part of a hand-written page: ``section`` normally begins and ends with the two markers.
+    Raises ValueError, naming both lines, when the page lacks either marker.
+    """
+    start, end = page.find(start_marker), page.find(end_marker)
+    if start < 0 or end < start:
+        raise ValueError(f"the page has no generated part: add the lines {start_marker!r} and {end_marker!r}")
+    return page[:start] + section + page[end + len(end_marker) :]

@@ -9,24 +9,34 @@ frozen teacher's forward and the soft-target and feature losses (``DistillationL
 ``train.json`` declares it). Each variant is timed as the median of ``--repeats`` steps after one warm-up
 step, the variants interleaved so that a change in machine load hits them alike. The load average before
 and after is printed with the table, and the table is written atomically to ``--output``.
+
+The allocator table times the student + KD step (bf16 where the CPU has it, as the bundles run it) with
+glibc's default malloc settings and with :func:`kd_components.allocator.tune_malloc`, each in a fresh
+process (malloc's state is per process), alternated ``--allocator-rounds`` times; it gives the step's
+wall time, its system (kernel) time and its minor page faults, medians over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 
+from kd_components.allocator import tune_malloc
 from kd_components.benchmarking import cpu_description, time_runs
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.inferers import AutocastInferer, cpu_bf16_supported
-from kd_components.io import atomic_path
+from kd_components.io import atomic_path, replace_between
 from kd_components.losses import (
     DistillationInputs,
     DistillationLoss,
@@ -39,13 +49,18 @@ from kd_components.losses import (
 from kd_components.networks import build_student, build_teacher, trainable_parameters
 from kd_components.networks.student import feature_pairs
 
+SECTION_START = "<!-- training-step:start (scripts/benchmark_training.py writes this part) -->"
+SECTION_END = "<!-- training-step:end -->"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--batch", type=int, default=4, help="patches per step (demo: batch_size 2 x num_samples 2)")
     parser.add_argument("--size", type=int, default=64, help="patch side (demo: 64)")
-    parser.add_argument("--output", default="docs/training_speed.md", help="markdown report ('' to only print)")
+    parser.add_argument("--output", default="docs/training_speed.md", help="page to update ('' to print only)")
+    parser.add_argument("--allocator-rounds", type=int, default=2, help="fresh processes per malloc setting")
+    parser.add_argument("--child", choices=("default", "tuned"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -104,8 +119,51 @@ def _student_step(size: int, batch: int, bf16: bool):
     return step
 
 
+def _allocator_child(setting: str, size: int, batch: int, repeats: int) -> dict[str, float]:
+    """One process's student + KD steps under ``setting``: median seconds, system seconds and minor faults per step."""
+    if setting == "tuned" and not tune_malloc():
+        raise SystemExit("tune_malloc() did not apply here (not glibc, or BRATS_KD_MALLOC=default)")
+    step = _student_step(size, batch, cpu_bf16_supported())
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    times = [time_runs(step, 1)[0] for _ in range(repeats)]
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "seconds": sorted(times)[len(times) // 2],
+        "system": (after.ru_stime - before.ru_stime) / repeats,
+        "minor_faults": (after.ru_minflt - before.ru_minflt) / repeats,
+    }
+
+
+def _allocator_table(args: argparse.Namespace) -> list[str]:
+    """Markdown rows comparing glibc's defaults with tune_malloc(), from fresh processes alternated."""
+    runs: dict[str, list[dict[str, float]]] = {"default": [], "tuned": []}
+    for _ in range(args.allocator_rounds):
+        for setting in runs:
+            env = {**os.environ, "BRATS_KD_MALLOC": "default"} if setting == "default" else dict(os.environ)
+            command = [sys.executable, __file__, "--child", setting, "--size", str(args.size)]
+            command += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
+            done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+            runs[setting].append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def median(setting: str, key: str) -> float:
+        values = sorted(run[key] for run in runs[setting])
+        return values[len(values) // 2]
+
+    rows = ["| malloc | step (s) | system time per step (s) | minor page faults per step |", "|---|---:|---:|---:|"]
+    for setting, label in (("default", "glibc defaults"), ("tuned", "`tune_malloc()`")):
+        rows.append(
+            f"| {label} | {median(setting, 'seconds'):.2f} | {median(setting, 'system'):.2f} "
+            f"| {median(setting, 'minor_faults'):,.0f} |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child:
+        print(json.dumps(_allocator_child(args.child, args.size, args.batch, args.repeats)))
+        return 0
     load_before = os.getloadavg()
     variants = [(name, bf16) for name in ("teacher (demo)", "student + KD") for bf16 in (False, True)]
     builders = {"teacher (demo)": _teacher_step, "student + KD": _student_step}
@@ -116,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for key, step in steps.items():
             times[key].append(time_runs(step, 1)[0])
+    allocator_rows = _allocator_table(args) if args.allocator_rounds > 0 else []
     load_after = os.getloadavg()
     medians = {key: sorted(v)[len(v) // 2] for key, v in times.items()}
     lines = [
-        "# Training step: float32 and bf16 autocast on the CPU",
-        "",
+        SECTION_START,
         f"Generated by `python {' '.join(['scripts/benchmark_training.py', *(argv or sys.argv[1:])])}` on "
         f"{datetime.date.today().isoformat()}: {cpu_description()}, native bf16: {cpu_bf16_supported()}, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, Python {platform.python_version()}; "
@@ -135,11 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     for name in builders:
         fp32, bf16 = medians[(name, False)], medians[(name, True)]
         lines.append(f"| {name} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x |")
-    text = "\n".join(lines) + "\n"
+    if args.allocator_rounds > 0:
+        lines += [
+            "",
+            f"malloc: the student + KD step ({'bf16' if cpu_bf16_supported() else 'float32'}) with glibc's defaults "
+            "and with `kd_components.allocator.tune_malloc()` (what the bundles' `initialize` calls), each in a "
+            f"fresh process, alternated {args.allocator_rounds} times; medians over the processes of each one's "
+            f"median of {args.repeats} steps.",
+            "",
+            *allocator_rows,
+        ]
+    lines.append(SECTION_END)
+    text = "\n".join(lines)
     print(text)
     if args.output:
-        with atomic_path(args.output) as tmp:
-            tmp.write_text(text)
+        page = Path(args.output)
+        with atomic_path(page) as tmp:
+            tmp.write_text(replace_between(page.read_text(), text, SECTION_START, SECTION_END))
     return 0
 
 

@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from kd_components.handlers.metrics import label_map_dice
+from kd_components.io import replace_between
 
 __all__ = [
     "APP",
@@ -129,7 +130,4 @@ def render_section(results: dict[str, Any]) -> str:
 
 def replace_section(page: str, section: str) -> str:
     """``page`` with its generated part (between the markers) replaced by ``section``; ValueError without both."""
-    start, end = page.find(SECTION_START), page.find(SECTION_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the page has no generated part: add the lines {SECTION_START!r} and {SECTION_END!r}")
-    return page[:start] + section + page[end + len(SECTION_END) :]
+    return replace_between(page, section, SECTION_START, SECTION_END)
