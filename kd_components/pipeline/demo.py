@@ -49,8 +49,8 @@ class DemoSettings:
     num_cases: int = 24
     unlabelled: int = 8
     seed: int = 0
-    teacher_epochs: int = 16
-    student_epochs: int = 12
+    teacher_epochs: int = 32
+    student_epochs: int = 16
     val_interval: int = 4
     overlay_cases: int = 3
 
