@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -37,19 +38,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", action="append", required=True, help="NAME=weights (repeat for several networks)")
     parser.add_argument("--bundle", action="append", default=[], help="NAME=bundle folder (default: the student)")
+    parser.add_argument(
+        "--overlay", action="append", default=[], help="NAME=config JSON merged over inference.json (e.g. demo.json)"
+    )
     parser.add_argument("--pixdim", type=float, nargs=3, help="voxel size the weights were trained at, if not recorded")
     parser.add_argument("--cases", type=int, default=8, help="healthy and unseen-seed phantoms, each")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/false_positives"))
     parser.add_argument("--output", type=Path, default=Path("docs/false_positives.md"))
     parser.add_argument("--notes", type=Path, help="Markdown appended as the page's Notes")
     args = parser.parse_args(argv)
-    weights, bundles = _pairs(args.ckpt, "--ckpt"), _pairs(args.bundle, "--bundle")
+    weights, bundles, overlays = (
+        _pairs(args.ckpt, "--ckpt"),
+        _pairs(args.bundle, "--bundle"),
+        _pairs(args.overlay, "--overlay"),
+    )
     folders = make_probe_data(args.output_dir / "data", args.cases)
     overrides = {"pixdim": list(args.pixdim)} if args.pixdim else {}
     rows = {}
     for name, ckpt in weights.items():
         print(f"[{name}] {ckpt}", flush=True)
-        segmenter = Segmenter(bundles.get(name, default_bundle()), ckpt, overrides=overrides, log=lambda line: None)
+        config = {**(json.loads(overlays[name].read_text()) if name in overlays else {}), **overrides}
+        segmenter = Segmenter(bundles.get(name, default_bundle()), ckpt, overrides=config, log=lambda line: None)
         rows[name] = measure(segmenter, folders)
         save_json_atomic(rows, args.output_dir / "results.json")
     command = "python scripts/measure_false_positives.py " + shlex.join(argv if argv is not None else sys.argv[1:])

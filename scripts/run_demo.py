@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--student-epochs", type=int, default=defaults.student_epochs)
     parser.add_argument("--val-interval", type=int, default=defaults.val_interval, help="epochs between validations")
     parser.add_argument("--overlay-cases", type=int, default=defaults.overlay_cases, help="cases drawn in the report")
+    parser.add_argument(
+        "--probe-cases", type=int, default=defaults.probe_cases, help="healthy / unseen-seed phantoms (0: none)"
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results and run every stage again")
     return parser
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             student_epochs=args.student_epochs,
             val_interval=args.val_interval,
             overlay_cases=args.overlay_cases,
+            probe_cases=args.probe_cases,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -8,7 +8,9 @@ entry points (``scripts/make_phantoms.py``, ``scripts/prepare_datalist.py``, the
 3. teacher training (demo overlay), 4. its evaluation on the validation fold and 5. its label
 maps for the validation cases, 6. student distillation from that teacher on the labelled and
 unlabelled cases, 7.-9. the student's evaluation, validation label maps and label maps with
-tumour volumes for the unlabelled scans, 10. ``report.md`` with curves and overlays.
+tumour volumes for the unlabelled scans, 10. both networks on healthy (tumour-free) phantoms and on phantoms
+of a generator seed never trained on (``scripts/measure_false_positives.py``), 11. ``report.md`` with
+curves, overlays and those false positives.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from monai.bundle import ConfigParser
 
+from kd_components.inferers import cpu_bf16_supported
 from kd_components.pipeline.report import ModelRun, write_report
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
 
@@ -43,6 +47,7 @@ class DemoSettings:
         student_epochs: student distillation epochs.
         val_interval: epochs between validations (both bundles).
         overlay_cases: validation cases drawn in the report.
+        probe_cases: healthy and unseen-seed phantoms, each, for the false-positive probe (0: no probe).
     """
 
     output_dir: Path = Path("outputs/demo")
@@ -53,6 +58,7 @@ class DemoSettings:
     student_epochs: int = 16
     val_interval: int = 4
     overlay_cases: int = 3
+    probe_cases: int = 4
 
     def __post_init__(self) -> None:
         if not 0 <= self.unlabelled < self.num_cases:
@@ -62,6 +68,8 @@ class DemoSettings:
         for name in ("teacher_epochs", "student_epochs", "val_interval", "overlay_cases"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.probe_cases < 0:
+            raise ValueError(f"probe_cases must be at least 0, got {self.probe_cases}")
 
 
 def _configs(bundle: Path, *names: str) -> str:
@@ -217,6 +225,28 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                 description="student: label maps and tumour volumes of the unlabelled scans",
             )
         )
+    if settings.probe_cases:
+        probe = out / "false_positives"
+        stages.append(
+            Stage(
+                "false_positives",
+                command=python_command(
+                    str(REPO_ROOT / "scripts" / "measure_false_positives.py"),
+                    *("--ckpt", f"teacher={teacher_model}", "--bundle", f"teacher={TEACHER_BUNDLE}"),
+                    *("--overlay", f"teacher={TEACHER_BUNDLE / 'configs' / 'demo.json'}"),
+                    *("--ckpt", f"student={student / 'models' / 'model.pt'}", "--bundle", f"student={STUDENT_BUNDLE}"),
+                    *("--overlay", f"student={STUDENT_BUNDLE / 'configs' / 'demo.json'}"),
+                    *("--cases", str(settings.probe_cases), "--output-dir", str(probe)),
+                    *("--output", str(probe / "false_positives.md")),
+                ),
+                inputs=config_files(TEACHER_BUNDLE, ("demo.json",)) + config_files(STUDENT_BUNDLE, ("demo.json",)),
+                outputs=(probe / "false_positives.md",),
+                owned_dirs=(probe,),
+                depends_on=("teacher_train", "student_train"),
+                description=f"both networks on {settings.probe_cases} healthy and {settings.probe_cases} "
+                "unseen-seed phantoms",
+            )
+        )
     return stages
 
 
@@ -266,6 +296,7 @@ def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Pat
     runs = _model_runs(settings)
     teacher, student = runs
     size = teacher.parameters / student.parameters
+    precision = "CUDA AMP" if torch.cuda.is_available() else "bf16 autocast" if cpu_bf16_supported() else "float32"
     intro = (
         f"The main job on {settings.num_cases} phantom cases ({settings.num_cases - settings.unlabelled} labelled, "
         f"{settings.unlabelled} unlabelled; seed {settings.seed}): the demo hybrid teacher "
@@ -274,9 +305,23 @@ def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Pat
         "epochs on the labelled training folds plus the unlabelled scans. Validation is fold 0 of "
         f"`{out / 'datalist.json'}`. The data preview is `{out / 'data' / 'preview.png'}`; the student's label "
         f"maps and tumour volumes for the unlabelled scans are in `{out / 'distilled_student' / 'predictions'}"
-        "/unlabelled`."
+        f"/unlabelled`. Both trainings ran the networks in {precision} (the bundles' `cpu_bf16: auto`) with "
+        "glibc's malloc tuned (`kd_components.allocator`); evaluation runs float32."
         "\n\nThis is a short CPU demo: its numbers show that the pipeline works, not how well the method works. "
         "The comparison of teacher, distilled students, label-only student and the model-zoo SegResNet is "
         "`docs/results.md` (`scripts/benchmark_kd.py`)."
     )
-    return write_report(out, runs, out / "data", _validation_cases(settings, settings.overlay_cases), intro, timings)
+    extra = [_false_positive_section(out / "false_positives" / "false_positives.md")] if settings.probe_cases else []
+    cases = _validation_cases(settings, settings.overlay_cases)
+    return write_report(out, runs, out / "data", cases, intro, timings, extra_sections=extra)
+
+
+def _false_positive_section(page: Path) -> str:
+    """The report's section on normal anatomy: the probe's table (its page without the title)."""
+    table = "\n".join(line for line in page.read_text().splitlines() if not line.startswith("# ")).strip()
+    return (
+        "## Normal anatomy and unseen phantoms\n\n"
+        "Every tumour voxel predicted on a healthy phantom is a false positive; the unseen seed shows how the "
+        "networks do on phantoms they were not trained or validated on (`docs/false_positives.md` explains "
+        f"the probe).\n\n{table}"
+    )
