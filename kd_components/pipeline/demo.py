@@ -36,7 +36,7 @@ STUDENT_BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size and budget of the demo run (the defaults take about 15 minutes on 2 CPU cores).
+    """Size and budget of the demo run (the defaults take about 13 minutes on 2 CPU cores; docs/training_speed.md).
 
     Args:
         output_dir: everything goes below this folder.
