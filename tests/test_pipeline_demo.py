@@ -50,3 +50,18 @@ def test_main_job_runs_end_to_end_and_a_rerun_reuses_it(tmp_path: Path) -> None:
     second = _run(out)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("up to date, reusing") == first.stdout.count("] done in")
+
+
+def test_the_false_positive_probe_is_a_stage_of_the_main_job_unless_switched_off(tmp_path: Path) -> None:
+    from kd_components.pipeline.demo import TEACHER_BUNDLE, DemoSettings, demo_stages
+
+    stages = {stage.name: stage for stage in demo_stages(DemoSettings(output_dir=tmp_path))}
+    probe = stages["false_positives"]
+    command = probe.command
+    # the demo teacher is built from demo.json: without that overlay its weights do not fit inference.json's network
+    assert f"teacher={TEACHER_BUNDLE / 'configs' / 'demo.json'}" in command
+    assert command[command.index("--cases") + 1] == "4"
+    assert set(probe.depends_on) == {"teacher_train", "student_train"}
+    assert "false_positives" not in {s.name for s in demo_stages(DemoSettings(output_dir=tmp_path, probe_cases=0))}
+    with pytest.raises(ValueError, match="probe_cases"):
+        DemoSettings(probe_cases=-1)
