@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_case",
     "evaluate_folder",
     "find_prediction",
+    "load_case_pair",
     "summary_rows",
     "summary_table",
     "write_evaluation",
@@ -110,14 +111,11 @@ def _read_label_map(case_id: str, path: Path, et_label: int, what: str) -> tuple
     return data.astype(np.uint8), np.asarray(image.affine, dtype=np.float64)
 
 
-def evaluate_case(
-    case: BratsCase,
-    prediction: Path,
-    et_label: int = ET_LABEL,
-    regions: Sequence[str] = tuple(EVALUATION_REGIONS),
-    affine_atol: float = AFFINE_ATOL,
-) -> dict[str, RegionScores]:
-    """Score one prediction file against the case's segmentation; :class:`EvaluationError` names what is wrong."""
+def load_case_pair(
+    case: BratsCase, prediction: Path, et_label: int = ET_LABEL, affine_atol: float = AFFINE_ATOL
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """The prediction and the reference label maps ``(H, W, D)`` of a case and the voxel spacing (mm), checked
+    (see the module's docstring); :class:`EvaluationError` names what is wrong."""
     if case.label is None:
         raise EvaluationError(CaseProblem(case.case_id, None, "no segmentation (-seg file) to evaluate against"))
     reference, ref_affine = _read_label_map(case.case_id, case.label, et_label, "reference")
@@ -142,6 +140,18 @@ def evaluate_case(
             )
         )
     spacing = tuple(float(s) for s in np.linalg.norm(ref_affine[:3, :3], axis=0))
+    return pred, reference, spacing
+
+
+def evaluate_case(
+    case: BratsCase,
+    prediction: Path,
+    et_label: int = ET_LABEL,
+    regions: Sequence[str] = tuple(EVALUATION_REGIONS),
+    affine_atol: float = AFFINE_ATOL,
+) -> dict[str, RegionScores]:
+    """Score one prediction file against the case's segmentation; :class:`EvaluationError` names what is wrong."""
+    pred, reference, spacing = load_case_pair(case, prediction, et_label, affine_atol)
     return score_label_maps(pred, reference, spacing, et_label, regions)
 
 
