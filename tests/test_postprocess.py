@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from kd_components.cli import _segment_overrides, build_parser
 from kd_components.config_checks import BundleSettingError, check_settings
 from kd_components.evaluation.tuning import TuningCase, choose_postprocessing
 from kd_components.postprocess import BratsPostprocessd, PostprocessSettings, postprocess_label_map, postprocess_regions
@@ -103,3 +104,9 @@ def test_choice_removes_a_false_positive_component_and_keeps_the_smallest_thresh
     assert result.settings.et_to_netc_mm3 == 0.0
     assert (result.before["WT"]["fp"], result.after["WT"]["fp"]) == (1.0, 0.0)
     assert result.config_values()["postprocess_min_mm3"] == {"TC": 0, "WT": 10, "ET": 0}
+
+
+def test_segment_no_postprocess_turns_the_bundle_setting_off() -> None:
+    parse = build_parser().parse_args
+    assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--no-postprocess"])) == {"postprocess": False}
+    assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--sw-overlap", "0.25"])) == {"sw_overlap": 0.25}
