@@ -1,5 +1,11 @@
 """The ``brats-kd`` command (installed with the package).
 
+``brats-kd evaluate PREDICTIONS DATA_DIR``: score label maps ``PREDICTIONS/<case_id>.nii.gz`` against the BraTS
+cases below DATA_DIR with the BraTS challenge's metrics (per region: global Dice, HD95 and NSD, lesion-wise Dice and
+HD95, lesion TP/FP/FN). Prints a table and writes ``brats_metrics.csv`` (per case) and ``brats_summary.csv`` (per
+region) atomically. A case that cannot be scored is named with the file and the reason; the others are scored; the
+exit status is then 1.
+
 ``brats-kd segment INPUT... -o OUT``: segment BraTS cases with the distilled student (or any bundle) on a CPU
 or GPU, with no datalist. Each INPUT is a case folder (named by its case id), or a folder searched for case
 folders; ``--t1c --t1n --t2w --t2f`` give one case as four files. Writes ``OUT/<case_id>.nii.gz`` (BraTS
@@ -13,10 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL, MODALITIES
+
+if TYPE_CHECKING:
+    from kd_components.data.brats import BratsCase
 
 __all__ = ["build_parser", "main"]
 
@@ -58,8 +68,35 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--calibration-cases", type=int, default=4, help="int8: the first N cases calibrate the quantization"
     )
+    seg.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="keep the network's label map as it is (default: the bundle's post-processing, inference.json)",
+    )
     seg.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     seg.set_defaults(run=segment_command)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="score label maps against BraTS cases with the challenge's (lesion-wise) metrics",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    ev.add_argument("predictions", type=Path, help="folder of label maps <case_id>.nii.gz")
+    ev.add_argument("dataset_dir", type=Path, help="folder of BraTS case folders with their -seg files (any depth)")
+    ev.add_argument("-o", "--output", type=Path, help="where the CSVs go (default: the predictions folder)")
+    ev.add_argument("--cases", nargs="+", metavar="CASE_ID", help="only these cases (default: every labelled one)")
+    ev.add_argument("--datalist", type=Path, help="score the cases of one split of this datalist (--split, --fold)")
+    ev.add_argument("--split", default="validation", help="datalist split: validation (default), train, labelled")
+    ev.add_argument("--fold", type=int, default=0, help="the datalist's validation fold (default 0)")
+    ev.add_argument(
+        "--et-label",
+        type=int,
+        choices=(ET_LABEL, LEGACY_ET_LABEL),
+        default=ET_LABEL,
+        help="ET value in both label maps: 3 (BraTS 2023, default) or 4 (BraTS 2018-2022)",
+    )
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.set_defaults(run=evaluate_command)
     return parser
 
 
@@ -95,7 +132,7 @@ def segment_command(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             threads=args.threads,
             calibration_cases=ready[: args.calibration_cases] if args.precision == "int8" else (),
-            overrides={"sw_overlap": args.sw_overlap} if args.sw_overlap is not None else None,
+            overrides=_segment_overrides(args),
             log=lambda line: print(line, file=sys.stderr),
         )
     except (FileNotFoundError, EngineError, OutputDirError) as err:
@@ -125,6 +162,66 @@ def segment_command(args: argparse.Namespace) -> int:
         write_volume_table(rows, args.output)
         progress.write(f"{case.case_id}: {path} ({segmentation.volumes['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
     return _report(failed, len(rows), args.output)
+
+
+def _segment_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The ``inference.json`` settings the ``segment`` options change."""
+    overrides: dict[str, object] = {}
+    if args.sw_overlap is not None:
+        overrides["sw_overlap"] = args.sw_overlap
+    if args.no_postprocess:
+        overrides["postprocess"] = False
+    return overrides
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Run ``brats-kd evaluate``; the exit status."""
+    from tqdm import tqdm
+
+    from kd_components.data.datalist import load_datalist_split
+    from kd_components.evaluation.folder import evaluate_folder, summary_table, write_evaluation
+    from kd_components.io import OutputDirError, check_output_dir
+
+    for folder, what in ((args.predictions, "prediction"), (args.dataset_dir, "data")):
+        if not folder.is_dir():
+            print(f"error: {what} folder {folder} does not exist or is not a folder", file=sys.stderr)
+            return 2
+    case_ids = args.cases
+    if args.datalist is not None:
+        try:
+            items = load_datalist_split(args.datalist, args.dataset_dir, args.split, args.fold, check_images=False)
+        except (OSError, ValueError) as err:
+            print(f"error: {args.datalist}: {err}", file=sys.stderr)
+            return 2
+        listed = [str(item["case_id"]) for item in items]
+        case_ids = [c for c in case_ids if c in listed] if case_ids else listed
+    output = args.output or args.predictions
+    try:
+        check_output_dir(output)
+    except OutputDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def progress(cases: Iterable[BratsCase]) -> Iterable[BratsCase]:
+        return tqdm(list(cases), desc="evaluate", unit="case", disable=args.no_progress, file=sys.stderr)
+
+    evaluation = evaluate_folder(args.predictions, args.dataset_dir, case_ids, args.et_label, progress=progress)
+    if evaluation.unmatched:
+        shown = ", ".join(evaluation.unmatched[:5]) + (" ..." if len(evaluation.unmatched) > 5 else "")
+        print(f"note: {len(evaluation.unmatched)} prediction(s) of no case evaluated: {shown}", file=sys.stderr)
+    if evaluation.scores:
+        print(f"BraTS metrics of {len(evaluation.scores)} case(s) (means over cases; TP/FP/FN: sums):")
+        print(summary_table(evaluation.scores))
+        for path in write_evaluation(evaluation, output):
+            print(f"wrote {path}", file=sys.stderr)
+    if evaluation.problems:
+        print(f"{len(evaluation.problems)} problem(s); these were not scored:", file=sys.stderr)
+        for line in evaluation.problems:
+            print(f"  {line}", file=sys.stderr)
+    if not evaluation.scores and not evaluation.problems:
+        print(f"error: no labelled case below {args.dataset_dir}", file=sys.stderr)
+        return 2
+    return 1 if evaluation.problems else 0
 
 
 def _report(failed: list[str], written: int, output: Path) -> int:

@@ -96,6 +96,14 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _region_volumes(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and set(value) <= {"TC", "WT", "ET"}
+        and all(_non_negative_number(v) for v in value.values())
+    )
+
+
 def _one_of(choices: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), " or ".join(repr(c) for c in choices)
 
@@ -171,6 +179,12 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),
     "teacher_ckpt": (_text, "a path (a string)"),
     "teacher_config": (_text, "the name of a teacher configuration (a string)"),
+    "postprocess": (_flag, "true or false"),
+    "postprocess_min_mm3": (
+        _region_volumes,
+        "volumes in mm³ >= 0 by region, e.g. {'TC': 0, 'WT': 100, 'ET': 20} (regions TC, WT, ET)",
+    ),
+    "postprocess_et_to_netc_mm3": (_non_negative_number, "a volume in mm³ >= 0"),
 }
 
 

@@ -27,6 +27,23 @@ LEGACY_ET_LABEL: int = 4  #: enhancing tumour in BraTS 2018-2022 and MONAI's def
 LABEL_NAMES: dict[int, str] = {BACKGROUND_LABEL: "background", NETC_LABEL: "NETC", SNFH_LABEL: "SNFH", ET_LABEL: "ET"}
 
 
+#: HD95 (mm) given to a region, or a lesion, that one of the two maps has and the other misses entirely: the
+#: diagonal of BraTS's 240 x 240 x 155 grid at 1 mm (sqrt(240^2 + 240^2 + 155^2) = 373.13). The BraTS evaluators
+#: write it rounded: 373 (``brats-evaluation``, "diameter of the cube in SRI space") or 374 (the BraTS 2023
+#: lesion-wise script).
+MISSED_REGION_HD_MM: float = 373.13
+
+#: The regions the BraTS evaluation scores, each as the BraTS-2023 labels it unites: the three overlapping
+#: regions of the networks' outputs and the two labels that are not a region by themselves (ET is both).
+EVALUATION_REGIONS: dict[str, tuple[int, ...]] = {
+    "TC": (NETC_LABEL, ET_LABEL),
+    "WT": (NETC_LABEL, SNFH_LABEL, ET_LABEL),
+    "ET": (ET_LABEL,),
+    "NETC": (NETC_LABEL,),
+    "SNFH": (SNFH_LABEL,),
+}
+
+
 def allowed_labels(et_label: int = ET_LABEL) -> frozenset[int]:
     """The label values a segmentation may contain when ET is marked with ``et_label`` (3 or 4)."""
     if et_label not in (ET_LABEL, LEGACY_ET_LABEL):

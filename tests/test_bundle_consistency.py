@@ -72,6 +72,10 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
     "inference.json": {
         "network_def": (OWN, "the network each bundle runs"),
         "teacher_config": (OWN, "the teacher's network definition"),
+        **{
+            key: (OWN, "each network's post-processing thresholds, chosen on its own validation predictions")
+            for key in ("postprocess_min_mm3", "postprocess_et_to_netc_mm3")
+        },
     },
     "evaluate.json": {},
     "demo.json": {},

@@ -2,6 +2,7 @@
 
 from kd_components.handlers.finite_loss import FiniteLossGuard, NonFiniteLossError
 from kd_components.handlers.inference_summary import InferenceSummary, SkippedCasesExit
+from kd_components.handlers.lesion_metrics import CaseScoresWriter, LesionWiseMetrics
 from kd_components.handlers.loss_logging import every_n_iterations, loss_components
 from kd_components.handlers.main_process import MAIN_PROCESS_HANDLER_TYPES, main_process_handlers
 from kd_components.handlers.metrics import HausdorffDistanceMM, voxel_spacing
@@ -11,10 +12,12 @@ from kd_components.handlers.validation import FinalValidationHandler
 
 __all__ = [
     "MAIN_PROCESS_HANDLER_TYPES",
+    "CaseScoresWriter",
     "FinalValidationHandler",
     "FiniteLossGuard",
     "HausdorffDistanceMM",
     "InferenceSummary",
+    "LesionWiseMetrics",
     "NonFiniteLossError",
     "ProgressBar",
     "RegionVolumeWriter",

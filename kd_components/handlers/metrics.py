@@ -9,12 +9,10 @@ import torch
 from monai.handlers import HausdorffDistance
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
-from kd_components.constants import ET_LABEL
+from kd_components.constants import ET_LABEL, MISSED_REGION_HD_MM
 from kd_components.transforms import BratsLabelsToRegions
 
-#: HD95 given to a region that the ground truth has and the prediction misses entirely: the BraTS
-#: challenge's convention, the diagonal of the 240 x 240 x 155 grid at 1 mm.
-MISSED_REGION_HD_MM = 373.13
+__all__ = ["MISSED_REGION_HD_MM", "HausdorffDistanceMM", "label_map_dice", "voxel_spacing"]
 
 
 def label_map_dice(a: np.ndarray, b: np.ndarray, et_label: int = ET_LABEL) -> list[float]:

@@ -40,6 +40,7 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     *((f"Dice {r}", f"val_dice_{r.lower()}") for r in REGIONS),
     ("mean Dice", "val_mean_dice"),
     *((f"HD95 {r} (mm)", f"val_hd95_{r.lower()}") for r in REGIONS),
+    *((f"lesion Dice {r}", f"lesion_dice_{r.lower()}") for r in REGIONS),
 )
 
 
@@ -228,7 +229,10 @@ def write_report(
         intro.strip(),
         "## Validation metrics",
         "Dice and HD95 (mm) per region on the validation fold, from `evaluate.json` of each bundle "
-        "(HD95 is undefined, and left out of the mean, where a case has no voxel of a region).",
+        "(HD95 is undefined, and left out of the mean, where a case has no voxel of a region), and the BraTS "
+        "challenge's lesion-wise Dice (mean over matched lesions; a region empty in the reference scores 1 when the "
+        "prediction is empty too, else 0; `brats_metrics.csv` beside `metrics.csv` has every score per case, "
+        "`docs/evaluation.md` says how they are computed).",
         metrics_table(runs),
         "## Training",
         "Loss terms per iteration (faint) with a 10-point moving average, and validation Dice per epoch.",

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Choose the post-processing thresholds of a network on the validation fold, and measure what they change.
+
+    python scripts/choose_postprocessing.py --dataset-dir outputs/demo/data --datalist outputs/demo/datalist.json \
+        --predictions student=outputs/demo/distilled_student/predictions/validation \
+        --predictions teacher=outputs/demo/hybrid_teacher/predictions/validation --output postprocess.json
+
+Each --predictions folder holds the network's label maps of the validation cases made with its post-processing
+off (``--postprocess false`` of the bundle's inference.json, or ``brats-kd segment --no-postprocess``). Only the
+cases of the datalist's validation fold (--fold) are used, never its test cases. Prints, per network, the chosen
+values of the inference.json settings ``postprocess_min_mm3`` and ``postprocess_et_to_netc_mm3`` and a table of the
+BraTS metrics without -> with them (kd_components/evaluation/tuning.py says how they are chosen); --output also
+writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+from kd_components.data.brats import find_cases
+from kd_components.data.datalist import load_datalist_split
+from kd_components.evaluation.folder import EvaluationError, find_prediction, load_case_pair
+from kd_components.evaluation.tuning import (
+    DEFAULT_ET_TO_NETC_MM3,
+    DEFAULT_MIN_COMPONENT_MM3,
+    TuningCase,
+    choose_postprocessing,
+    comparison_table,
+)
+from kd_components.io import save_json_atomic
+
+
+def _pairs(values: list[str]) -> dict[str, Path]:
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--predictions takes NAME=FOLDER, got {value!r}")
+        pairs[name] = Path(path)
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-dir", type=Path, required=True, help="the data set (case folders with -seg files)")
+    parser.add_argument("--datalist", type=Path, required=True, help="the datalist whose validation fold is used")
+    parser.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
+    parser.add_argument(
+        "--predictions", action="append", required=True, help="NAME=folder of validation label maps (repeatable)"
+    )
+    parser.add_argument("--min-mm3", type=float, nargs="+", default=DEFAULT_MIN_COMPONENT_MM3, help="candidates")
+    parser.add_argument("--et-to-netc-mm3", type=float, nargs="+", default=DEFAULT_ET_TO_NETC_MM3, help="candidates")
+    parser.add_argument("--et-label", type=int, choices=(ET_LABEL, LEGACY_ET_LABEL), default=ET_LABEL)
+    parser.add_argument("--output", type=Path, help="write the choices and the metrics as JSON")
+    args = parser.parse_args(argv)
+
+    items = load_datalist_split(args.datalist, args.dataset_dir, "validation", args.fold, check_images=False)
+    validation = [str(item["case_id"]) for item in items]
+    cases = {c.case_id: c for c in find_cases(args.dataset_dir).cases}
+    results, report = {}, {}
+    for name, folder in _pairs(args.predictions).items():
+        loaded, problems = [], []
+        for case_id in validation:
+            prediction = find_prediction(folder, case_id) if folder.is_dir() else None
+            if case_id not in cases or prediction is None:
+                problems.append(f"{case_id}: no case folder or no prediction in {folder}")
+                continue
+            try:
+                pred, ref, spacing = load_case_pair(cases[case_id], prediction, args.et_label)
+            except EvaluationError as err:
+                problems.append(str(err))
+                continue
+            loaded.append(TuningCase(case_id, pred, ref, spacing))
+        if problems:
+            print(f"{name}: {len(problems)} validation case(s) left out:", file=sys.stderr)
+            for line in problems:
+                print(f"  {line}", file=sys.stderr)
+        print(f"{name}: {len(loaded)} validation case(s) of fold {args.fold}", file=sys.stderr)
+
+        def log(line: str) -> None:
+            print(f"  {line}", file=sys.stderr)
+
+        result = choose_postprocessing(loaded, args.min_mm3, args.et_to_netc_mm3, args.et_label, log=log)
+        results[name] = result
+        report[name] = {
+            "cases": [c.case_id for c in loaded],
+            "chosen": result.config_values(),
+            "before": result.before,
+            "after": result.after,
+            "trials": result.trials,
+        }
+        print(f"{name}: {json.dumps(result.config_values())}")
+    print(comparison_table(results))
+    if args.output:
+        save_json_atomic(report, args.output)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

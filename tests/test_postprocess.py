@@ -1,0 +1,112 @@
+"""Post-processing of predicted regions (kd_components.postprocess) and the choice of its thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from kd_components.cli import _segment_overrides, build_parser
+from kd_components.config_checks import BundleSettingError, check_settings
+from kd_components.evaluation.tuning import TuningCase, choose_postprocessing
+from kd_components.postprocess import BratsPostprocessd, PostprocessSettings, postprocess_label_map, postprocess_regions
+from kd_components.transforms import regions_to_labels
+
+SHAPE = (20, 20, 20)
+BIG = (slice(2, 8),) * 3  # 216 voxels
+SMALL = (slice(14, 16),) * 3  # 8 voxels, apart from BIG
+
+
+def labels_with(*parts: tuple[tuple[slice, ...], int]) -> np.ndarray:
+    out = np.zeros(SHAPE, dtype=np.uint8)
+    for box, value in parts:
+        out[box] = value
+    return out
+
+
+def test_small_whole_tumour_component_is_removed_and_the_big_one_kept() -> None:
+    labels = labels_with((BIG, 2), (SMALL, 3))  # the small one is ET: it goes with its WT component
+    out = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings({"WT": 10}))
+    assert (out[BIG] == 2).all()
+    assert (out[SMALL] == 0).all()
+
+
+def test_thresholds_are_volumes_in_mm3() -> None:
+    labels = labels_with((BIG, 2), (SMALL, 2))  # SMALL: 8 voxels = 64 mm³ at 2 mm
+    kept = postprocess_label_map(labels, (2.0, 2.0, 2.0), PostprocessSettings({"WT": 50}))
+    removed = postprocess_label_map(labels, (2.0, 2.0, 2.0), PostprocessSettings({"WT": 100}))
+    assert (kept[SMALL] == 2).all() and (removed[SMALL] == 0).all()
+
+
+def test_small_core_becomes_oedema_and_small_et_becomes_netc() -> None:
+    labels = labels_with((BIG, 2), ((slice(3, 4),) * 3, 1), ((slice(6, 7),) * 3, 3))  # 1-voxel NETC and ET islands
+    core = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings({"TC": 5}))
+    assert core[3, 3, 3] == 2 and core[6, 6, 6] == 2  # both core components removed from TC: oedema
+    et = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings({"ET": 5}))
+    assert et[6, 6, 6] == 1 and et[3, 3, 3] == 1  # the ET island stays tumour core
+
+
+def test_et_below_the_threshold_is_relabelled_netc() -> None:
+    labels = labels_with((BIG, 2), ((slice(3, 6),) * 3, 3))  # 27 mm³ of ET
+    below = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings(et_to_netc_mm3=30))
+    above = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings(et_to_netc_mm3=20))
+    assert (below[3:6, 3:6, 3:6] == 1).all() and not (below == 3).any()
+    assert (above == labels).all()
+
+
+def test_transform_on_raw_regions_equals_the_label_map_rule() -> None:
+    rng = np.random.default_rng(0)
+    regions = rng.random((3, *SHAPE)) > 0.93  # scattered, not nested
+    regions[:, BIG[0], BIG[1], BIG[2]] = True
+    settings = {"min_component_mm3": {"WT": 20, "TC": 10, "ET": 3}, "et_to_netc_mm3": 0}
+    pred = MetaTensor(torch.as_tensor(regions).float(), affine=torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0])))
+    out = BratsPostprocessd("pred", **settings)({"pred": pred})["pred"]
+    assert isinstance(out, MetaTensor) and out.dtype == torch.float32
+    expected = postprocess_label_map(
+        np.asarray(regions_to_labels(regions))[0], (1.0,) * 3, PostprocessSettings(**settings)
+    )
+    assert (np.asarray(regions_to_labels(out.numpy()))[0] == expected).all()
+    assert not (expected == np.asarray(regions_to_labels(regions))[0]).all()  # something was removed
+    unchanged = BratsPostprocessd("pred", **settings, enabled="false")({"pred": pred})["pred"]
+    assert torch.equal(unchanged, pred)
+
+
+def test_regions_keep_nesting_and_changes_are_counted() -> None:
+    regions = np.zeros((3, *SHAPE), dtype=bool)
+    regions[:, BIG[0], BIG[1], BIG[2]] = True
+    regions[2, 15, 15, 15] = True  # a lone ET voxel outside TC and WT
+    out, changes = postprocess_regions(regions, (1.0,) * 3, PostprocessSettings({"WT": 2}))
+    assert not out[:, 15, 15, 15].any()
+    assert changes == {"WT": 1, "TC": 0, "ET": 0, "et_to_netc": 0}
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [({"postprocess_min_mm3": {"XX": 1}}, "postprocess_min_mm3"), ({"postprocess_et_to_netc_mm3": -1}, "et_to_netc")],
+)
+def test_wrong_settings_are_refused(settings: dict, problem: str) -> None:
+    with pytest.raises(BundleSettingError, match=problem):
+        check_settings(settings)
+    with pytest.raises(ValueError):
+        PostprocessSettings({"XX": 1} if "min" in problem else {}, -1 if "netc" in problem else 0)
+
+
+def test_choice_removes_a_false_positive_component_and_keeps_the_smallest_threshold() -> None:
+    reference = labels_with((BIG, 2))
+    prediction = labels_with((BIG, 2), (SMALL, 2))  # an 8 mm³ false-positive lesion
+    result = choose_postprocessing(
+        [TuningCase("c", prediction, reference, (1.0, 1.0, 1.0))],
+        min_component_mm3=(0, 5, 10, 50),
+        et_to_netc_mm3=(0, 5),
+    )
+    assert result.settings.min_component_mm3 == {"TC": 0.0, "WT": 10.0, "ET": 0.0}
+    assert result.settings.et_to_netc_mm3 == 0.0
+    assert (result.before["WT"]["fp"], result.after["WT"]["fp"]) == (1.0, 0.0)
+    assert result.config_values()["postprocess_min_mm3"] == {"TC": 0, "WT": 10, "ET": 0}
+
+
+def test_segment_no_postprocess_turns_the_bundle_setting_off() -> None:
+    parse = build_parser().parse_args
+    assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--no-postprocess"])) == {"postprocess": False}
+    assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--sw-overlap", "0.25"])) == {"sw_overlap": 0.25}
