@@ -8,7 +8,7 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
 
 from kd_components.config_checks import BundleSettingError
-from kd_components.inferers import AutocastInferer, cpu_bf16_supported, use_cpu_bf16
+from kd_components.inferers import AutocastInferer, cpu_bf16_supported, float32_small_convolutions, use_cpu_bf16
 from kd_components.losses import DistillationInputs, DistillationLoss, FeatureTerm, TaskTerm, build_feature_kd_loss
 from kd_components.networks import build_student
 from kd_components.networks.student import feature_pairs
@@ -74,3 +74,22 @@ def test_distillation_terms_take_bf16_features() -> None:
     )
     out = loss(inputs)
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss_feature"])
+
+
+def test_convolutions_of_tiny_maps_run_in_float32_under_autocast() -> None:
+    """bf16 conv3d on the CPU can return non-finite weight gradients for 2x2x2 inputs: such layers run in float32."""
+    network = torch.nn.Sequential(torch.nn.Conv3d(4, 8, 3, padding=1), torch.nn.Conv3d(8, 3, 3, padding=1))
+    dtypes: list[torch.dtype] = []
+    for layer in network:
+        layer.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    inferer = AutocastInferer(SimpleInferer(), enabled=True)
+    for side, expected in ((2, torch.float32), (4, torch.bfloat16)):
+        dtypes.clear()
+        x = torch.randn(2, 4, side, side, side, requires_grad=True)
+        out = inferer(x, network)
+        assert dtypes == [expected, expected], side
+        out.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in network.parameters())
+        assert out.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")  # the hooks left autocast as they found it
+    assert float32_small_convolutions(network) == 0  # hooked once
