@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -131,3 +131,24 @@ def replace_between(page: str, section: str, start_marker: str, end_marker: str)
     if start < 0 or end < start:
         raise ValueError(f"the page has no generated part: add the lines {start_marker!r} and {end_marker!r}")
     return page[:start] + section + page[end + len(end_marker) :]
+
+
+def update_generated_part(page: str | os.PathLike[str], section: str, start_marker: str, end_marker: str) -> None:
+    """Replace the generated part of the page at ``page`` (see :func:`replace_between`) and write it atomically."""
+    path = Path(page)
+    with atomic_path(path) as tmp:
+        tmp.write_text(replace_between(path.read_text(), section, start_marker, end_marker))
+
+
+def parse_named_paths(values: Sequence[str], option: str) -> dict[str, Path]:
+    """``["teacher=a/model.pt", ...]`` (a repeated ``NAME=PATH`` command-line option) as ``{"teacher": Path(...)}``.
+
+    Raises SystemExit naming ``option`` for a value without ``=``.
+    """
+    pairs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} takes NAME=PATH, got {value!r}")
+        pairs[name] = Path(path)
+    return pairs

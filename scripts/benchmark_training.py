@@ -26,7 +26,6 @@ import platform
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from monai.inferers import SimpleInferer
@@ -36,7 +35,7 @@ from kd_components.allocator import tune_malloc
 from kd_components.benchmarking import cpu_description, time_runs
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.inferers import AutocastInferer, cpu_bf16_supported
-from kd_components.io import atomic_path, replace_between
+from kd_components.io import update_generated_part
 from kd_components.losses import (
     DistillationInputs,
     DistillationLoss,
@@ -207,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.output:
-        page = Path(args.output)
-        with atomic_path(page) as tmp:
-            tmp.write_text(replace_between(page.read_text(), text, SECTION_START, SECTION_END))
+        update_generated_part(args.output, text, SECTION_START, SECTION_END)
     return 0
 
 

@@ -31,17 +31,7 @@ from kd_components.evaluation.tuning import (
     choose_postprocessing,
     comparison_table,
 )
-from kd_components.io import save_json_atomic
-
-
-def _pairs(values: list[str]) -> dict[str, Path]:
-    pairs = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            raise SystemExit(f"--predictions takes NAME=FOLDER, got {value!r}")
-        pairs[name] = Path(path)
-    return pairs
+from kd_components.io import parse_named_paths, save_json_atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     validation = [str(item["case_id"]) for item in items]
     cases = {c.case_id: c for c in find_cases(args.dataset_dir).cases}
     results, report = {}, {}
-    for name, folder in _pairs(args.predictions).items():
+    for name, folder in parse_named_paths(args.predictions, "--predictions").items():
         loaded, problems = [], []
         for case_id in validation:
             prediction = find_prediction(folder, case_id) if folder.is_dir() else None

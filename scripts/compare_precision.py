@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from kd_components.benchmarking import cpu_description
-from kd_components.io import atomic_path, replace_between
+from kd_components.io import update_generated_part
 from kd_components.pipeline.demo import DemoSettings
 from kd_components.pipeline.precision import SECTION_END, SECTION_START, render_section, run_all
 
@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render_section(results, settings, header)
     print(text)
     if args.output:
-        page = Path(args.output)
-        with atomic_path(page) as tmp:
-            tmp.write_text(replace_between(page.read_text(), text, SECTION_START, SECTION_END))
+        update_generated_part(args.output, text, SECTION_START, SECTION_END)
     return 0
 
 

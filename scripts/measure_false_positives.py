@@ -19,19 +19,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from kd_components.io import atomic_path, save_json_atomic
+from kd_components.io import atomic_path, parse_named_paths, save_json_atomic
 from kd_components.pipeline.false_positives import make_probe_data, measure, render
 from kd_components.segment import Segmenter, default_bundle
-
-
-def _pairs(values: list[str], option: str) -> dict[str, Path]:
-    pairs = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep:
-            raise SystemExit(f"{option} takes NAME=PATH, got {value!r}")
-        pairs[name] = Path(path)
-    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", type=Path, help="Markdown appended as the page's Notes")
     args = parser.parse_args(argv)
     weights, bundles, overlays = (
-        _pairs(args.ckpt, "--ckpt"),
-        _pairs(args.bundle, "--bundle"),
-        _pairs(args.overlay, "--overlay"),
+        parse_named_paths(args.ckpt, "--ckpt"),
+        parse_named_paths(args.bundle, "--bundle"),
+        parse_named_paths(args.overlay, "--overlay"),
     )
     folders = make_probe_data(args.output_dir / "data", args.cases)
     overrides = {"pixdim": list(args.pixdim)} if args.pixdim else {}
