@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap-resamples", type=int, default=d.bootstrap_resamples)
     parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed, help="seed of the bootstrap draws")
     parser.add_argument("--rows", nargs="+", default=list(d.rows), choices=[r.key for r in ROWS])
+    parser.add_argument(
+        "--probe-cases",
+        type=int,
+        default=d.probe_cases,
+        help="healthy and unseen-seed phantoms, each, that every trained run segments (0: no false-positive probe)",
+    )
     parser.add_argument("--timing-networks", nargs="+", default=list(d.timing_networks))
     parser.add_argument(
         "--no-timing",
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             rows=tuple(args.rows),
             bootstrap_resamples=args.bootstrap_resamples,
             bootstrap_seed=args.bootstrap_seed,
+            probe_cases=args.probe_cases,
             timing_networks=tuple(args.timing_networks),
             jobs=args.jobs,
         )

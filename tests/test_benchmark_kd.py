@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kd_components.constants import REGIONS
+from kd_components.evaluation.lesions import RegionScores, case_row, write_case_table
 from kd_components.networks.student import build_student
 from kd_components.pipeline.benchmark import (
+    BRATS_METRICS,
     METRICS,
     ROWS,
     BenchmarkSettings,
     add_statistics,
     benchmark_stages,
+    cli_overrides,
     collect_results,
     estimate_seconds,
     network_sizes,
@@ -68,6 +72,21 @@ def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> Non
     assert "teacher_seed0_train" not in stages["labels_only_seed0_train"].depends_on  # no teacher needed
     test = stages["soft_seed1_test"].command
     assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
+
+
+def test_every_run_is_probed_after_its_training_with_its_overrides(tmp_path: Path) -> None:
+    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0,), teacher_seeds=(0,), rows=("segresnet16",))
+    stages = {s.name: s for s in benchmark_stages(settings)}
+    probe = stages["segresnet16_seed0_probe"]
+    assert probe.depends_on == ("segresnet16_seed0_train",) and probe.action is not None
+    assert probe.outputs == (run_dir(settings, ROWS[6], 0) / "probe" / "probe.json",)
+    assert "teacher_seed0_probe" in stages
+    overrides = cli_overrides(ROWS[6].overrides)
+    assert overrides["network_def#init_filters"] == 16 and overrides["alpha"] == 0
+    assert overrides["network_def#_target_"] == "kd_components.networks.student.build_segresnet_student"
+    assert not any(n.endswith("_probe") for n in (s.name for s in benchmark_stages(BenchmarkSettings(probe_cases=0))))
+    with pytest.raises(ValueError, match="--key value"):
+        cli_overrides(["--alpha"])
 
 
 def test_students_are_paired_with_teachers_round_robin(tmp_path: Path) -> None:
@@ -128,14 +147,23 @@ _CASES = [f"BraTS-SYN-{i:05d}-000" for i in range(4)]
 
 
 def _row(kind: str, network: str, dice: float, seeds: tuple[int, ...] = (0, 1)) -> dict:
-    """A row as collect_results builds it, with the same score ``dice`` on every (seed, test case)."""
+    """A row as collect_results builds it, with the same score ``dice`` on every (seed, test case) (the BraTS
+    scores after post-processing: ``dice`` + 0.05), and a false-positive probe per seed."""
     per_case = {"cases": _CASES} | {m: [[dice] * len(_CASES) for _ in seeds] for m in METRICS}
+    for metric in BRATS_METRICS:
+        value = dice + 0.05 if metric.startswith("post_") else dice
+        per_case[metric] = [[value] * len(_CASES) for _ in seeds]
     std = 0.0 if len(seeds) > 1 else None
     summary = {
         k: {"mean": dice, "std": std, "values": [dice] * len(seeds), "case_means": [dice] * len(seeds)} for k in METRICS
     }
     row = {"label": f"{kind} {network}", "kind": kind, "network": network, "steps": 72, "summary": summary}
-    return row | {"seeds": list(seeds), "per_case": per_case}
+    unseen = dict.fromkeys(REGIONS, dice)
+    probe = [
+        {"healthy_wt_ml_mean": 10.0 * (1 + i), "healthy_wt_ml_max": 30.0, "unseen_dice_mean": unseen}
+        for i, _ in enumerate(seeds)
+    ]
+    return row | {"seeds": list(seeds), "per_case": per_case, "probe": probe}
 
 
 def _results() -> dict:
@@ -176,6 +204,7 @@ def _results() -> dict:
             "timing_roi": 96,
             "timing_overlap": 0.25,
             "timing_shape": [240, 240, 155],
+            "probe_cases": 3,
         },
         "rows": add_statistics(rows, resamples=1000, seed=0),
         "cost": cost,
@@ -209,6 +238,15 @@ def _write_evaluation(folder: Path, values: np.ndarray) -> None:
     write_metrics_reports(folder, _CASES, metrics, details, summary_ops=None)
 
 
+def _write_brats_scores(folder: Path, lesion_dice: float) -> None:
+    """``brats_metrics.csv`` (lesion Dice ``lesion_dice`` in TC and WT, 0 in ET, two false-positive WT lesions) and
+    ``brats_metrics_post.csv`` (the same without the false positives), as CaseScoresWriter writes them."""
+    for filename, fp in (("brats_metrics.csv", 2), ("brats_metrics_post.csv", 0)):
+        scores = {r: RegionScores(0.7, 5.0, 0.5, lesion_dice, 5.0, 0.5, 1, fp, 0) for r in ("TC", "WT")}
+        scores["ET"] = RegionScores(0.0, 373.13, 0.0, 0.0, 373.13, 0.0, 0, 0, 1)
+        write_case_table([case_row(c, scores) for c in reversed(_CASES)], folder / filename)
+
+
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")  # MONAI's writer, on the case without ET
 def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path) -> None:
     settings = BenchmarkSettings(
@@ -223,7 +261,20 @@ def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path)
         _write_evaluation(run_dir(settings, ROWS[1], s) / "test", base[s])
         _write_evaluation(run_dir(settings, ROWS[2], s) / "test", base[s] + 0.1)
     _write_evaluation(run_dir(settings, ROWS[0], 0) / "test", np.full((len(_CASES), 3), 0.9))
+    for row, seed in [(ROWS[0], 0), *((r, s) for r in ROWS[1:3] for s in (0, 1))]:
+        _write_brats_scores(run_dir(settings, row, seed) / "test", lesion_dice=0.5 + 0.1 * seed)
+        probe = {"healthy_wt_ml_mean": 1.0 + seed, "healthy_wt_ml_max": 2.0, "unseen_dice_mean": {}}
+        (run_dir(settings, row, seed) / "probe").mkdir()
+        (run_dir(settings, row, seed) / "probe" / "probe.json").write_text(json.dumps(probe))
     rows = collect_results(settings)
+    assert [p["healthy_wt_ml_mean"] for p in rows["soft"]["probe"]] == [1.0, 2.0]
+    # BraTS scores: per case and region from brats_metrics.csv, the mean over the regions, the post-processed ones
+    assert rows["soft"]["per_case"]["brats_lesion_dice_wt"][1] == pytest.approx([0.6] * len(_CASES))
+    assert rows["soft"]["per_case"]["brats_lesion_dice_mean"][0] == pytest.approx([(0.5 + 0.5 + 0.0) / 3] * 4)
+    assert rows["soft"]["per_case"]["post_brats_fp_wt"][0] == [0.0] * len(_CASES)
+    effect = rows["soft"]["statistics"]["post_brats_fp_wt"]["postprocessing_effect"]
+    assert effect["estimate"] == pytest.approx(-2.0)
+    assert rows["soft"]["statistics"]["brats_lesion_dice_et"]["difference"]["estimate"] == pytest.approx(0.0)
     assert list(rows) == ["teacher", "labels_only", "soft"]
     soft = rows["soft"]
     assert soft["per_case"]["cases"] == _CASES and soft["teacher_seeds"] == [0, 0]
@@ -258,6 +309,11 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "as recorded when each ran: 3 min 01 s; of the stages this invocation ran: 1 min 01 s." in page
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page
+    # BraTS challenge metrics, the lesion-wise comparison, the post-processing effect, the false-positive probe
+    assert "## BraTS challenge metrics" in page and "## Against the label-only student (mean lesion-wise Dice;" in page
+    assert "| student student | 0.750 [0.750, 0.750] | +0.050 [+0.050, +0.050] |" in page
+    assert "| student student | 15.0 (10.0-20.0) | 30.0 | 0.700 (0.700-0.700) |" in page
+    assert "| teacher demo | 10.0 | 30.0 | 0.800 |" in page
 
 
 def test_page_without_timing_still_has_sizes_and_says_cost_was_not_measured(tmp_path: Path) -> None:

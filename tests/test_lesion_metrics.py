@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from kd_components.cli import main
 from kd_components.constants import MISSED_REGION_HD_MM
 from kd_components.evaluation.lesions import score_label_maps, score_region
 from kd_components.handlers import CaseScoresWriter, LesionWiseMetrics
+from kd_components.postprocess import PostprocessSettings, bundle_postprocess_settings
+from tests.conftest import REPO_ROOT
 
 SHAPE = (20, 20, 20)
 A = (slice(2, 6),) * 3  # a 4x4x4 lesion (64 voxels)
@@ -127,6 +130,46 @@ def test_ignite_metric_reports_means_details_and_a_case_table(tmp_path: Path) ->
     rows = list(csv.DictReader((tmp_path / "brats_metrics.csv").open()))
     assert len(rows) == 2
     assert (rows[0]["tp_wt"], rows[0]["fn_wt"], rows[1]["fp_et"]) == ("1", "1", "1")
+
+
+def test_ignite_metric_scores_the_post_processed_prediction_under_its_own_names(tmp_path: Path) -> None:
+    # a found 4^3 lesion and a one-voxel false positive; the 2 mm^3 rule removes the false positive only
+    pred, ref = mask(A), mask(A)
+    pred[15, 15, 15] = True
+    case = (regions_tensor(pred, pred, mask()), regions_tensor(ref, ref, mask()))
+    raw = LesionWiseMetrics(output_transform=lambda output: output)
+    post = LesionWiseMetrics(
+        output_transform=lambda output: output,
+        postprocess=PostprocessSettings({"WT": 2, "TC": 2}),
+        suffix="_post",
+    )
+    writer = CaseScoresWriter(post, tmp_path, filename="brats_metrics_post.csv")
+    engine = Engine(lambda engine, batch: batch)
+    engine.state.metric_details = {}
+    raw.attach(engine, "lesion_wise")
+    post.attach(engine, "lesion_wise_post")
+    writer.attach(engine)
+    engine.run([([case[0]], [case[1]])], max_epochs=1)
+    metrics = engine.state.metrics
+    assert metrics["lesion_dice_wt"] == pytest.approx(1.0)  # the mean over matched lesions ignores the false one
+    assert metrics["lesion_dice_wt_post"] == pytest.approx(1.0)
+    rows = list(csv.DictReader((tmp_path / "brats_metrics_post.csv").open()))
+    assert (rows[0]["fp_wt"], rows[0]["fp_tc"], rows[0]["dice_wt"]) == ("0", "0", "1.0")
+    assert raw.rows[0]["fp_wt"] == 1 and raw.rows[0]["dice_wt"] < 1.0
+    with pytest.raises(ValueError, match="region channels"):
+        LesionWiseMetrics(regions=("WT",), postprocess=PostprocessSettings())
+
+
+def test_bundle_postprocess_settings_are_those_of_inference_json(tmp_path: Path) -> None:
+    for bundle in ("distilled_student", "hybrid_teacher"):
+        config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "inference.json").read_text())
+        settings = bundle_postprocess_settings(REPO_ROOT / "bundles" / bundle)
+        assert settings.min_component_mm3 == {r: float(v) for r, v in config["postprocess_min_mm3"].items()}
+        assert settings.et_to_netc_mm3 == config["postprocess_et_to_netc_mm3"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.json").write_text('{"postprocess_min_mm3": {}}')
+    with pytest.raises(ValueError, match="postprocess_et_to_netc_mm3"):
+        bundle_postprocess_settings(tmp_path)
 
 
 def save(path: Path, data: np.ndarray, spacing: float = 1.0) -> Path:

@@ -6,6 +6,11 @@ rules and puts the means over cases of lesion-wise Dice and HD95 into ``engine.s
 MONAI rows, and their per-case values as ``lesion_dice_tc_raw.csv`` ...). :class:`CaseScoresWriter` writes every
 score of every case (global Dice / HD95 / NSD, lesion-wise Dice / HD95 / NSD, lesion TP / FP / FN per region) to one
 CSV beside them.
+
+With ``postprocess`` (the bundle's thresholds, :func:`~kd_components.postprocess.bundle_postprocess_settings`) the
+prediction is post-processed as ``inference.json`` does (:func:`~kd_components.postprocess.postprocess_regions`)
+before it is scored, and the results are named with ``suffix`` (``lesion_dice_tc_post`` ...): one evaluation
+measures the network with and without its post-processing.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from monai.utils import string_list_all_gather
 from kd_components.constants import REGIONS
 from kd_components.evaluation.lesions import RegionScores, case_row, score_region, write_case_table
 from kd_components.handlers.metrics import voxel_spacing
+from kd_components.postprocess import PostprocessSettings, postprocess_regions
 from kd_components.writers import case_id_of
 
 __all__ = ["CaseScoresWriter", "LesionWiseMetrics"]
@@ -49,6 +55,8 @@ class LesionWiseMetrics(Metric):
             id. E.g. ``monai.handlers.from_engine(['pred', 'label'])``.
         regions: the names of the channels. Defaults to ``[TC, WT, ET]``.
         device: where the buffers live.
+        postprocess: score the prediction after these post-processing rules (regions must be ``[TC, WT, ET]``).
+        suffix: appended to every result name (e.g. ``"_post"`` for the post-processed scores).
     """
 
     def __init__(
@@ -56,8 +64,14 @@ class LesionWiseMetrics(Metric):
         output_transform: Callable[[Any], Any] = lambda x: x,
         regions: Sequence[str] = REGIONS,
         device: str | torch.device = "cpu",
+        postprocess: PostprocessSettings | None = None,
+        suffix: str = "",
     ) -> None:
         self.regions = tuple(regions)
+        if postprocess is not None and self.regions != tuple(REGIONS):
+            raise ValueError(f"post-processing needs the region channels {list(REGIONS)}, got {list(self.regions)}")
+        self.postprocess = postprocess
+        self.suffix = suffix
         self._scores = Cumulative()
         self._case_ids: list[str] = []
         self.rows: list[dict[str, Any]] = []
@@ -80,6 +94,8 @@ class LesionWiseMetrics(Metric):
             spacing = voxel_spacing(label)
             p = pred.detach().cpu().numpy() > 0.5
             y = label.detach().cpu().numpy() > 0.5
+            if self.postprocess is not None:
+                p, _ = postprocess_regions(p, spacing, self.postprocess)
             scores = [score_region(p[i], y[i], spacing).as_dict() for i in range(len(self.regions))]
             self._scores.extend(torch.tensor([[[float(s[f]) for f in _FIELDS] for s in scores]], dtype=torch.float64))
             case = case_id_of(getattr(pred, "meta", None)) or case_id_of(getattr(label, "meta", None))
@@ -95,7 +111,8 @@ class LesionWiseMetrics(Metric):
         return torch.as_tensor(buffer), ids
 
     def compute(self) -> dict[str, float]:
-        """Means over cases: ``{"lesion_dice_tc": ..., ..., "lesion_hd95_et": ...}``; fills :attr:`rows`."""
+        """Means over cases: ``{"lesion_dice_tc<suffix>": ..., ..., "lesion_hd95_et<suffix>": ...}``; fills
+        :attr:`rows`."""
         data, ids = self._gathered()
         self.rows = [
             case_row(case, {r: _region_scores(data[c, i]) for i, r in enumerate(self.regions)})
@@ -104,7 +121,7 @@ class LesionWiseMetrics(Metric):
         out = {}
         for name, field in _REPORTED:
             for i, region in enumerate(self.regions):
-                out[f"{name}_{region.lower()}"] = float(data[:, i, _FIELDS.index(field)].mean())
+                out[f"{name}_{region.lower()}{self.suffix}"] = float(data[:, i, _FIELDS.index(field)].mean())
         return out
 
     def completed(self, engine: Engine, name: str) -> None:
@@ -115,7 +132,7 @@ class LesionWiseMetrics(Metric):
             details = engine.state.metric_details = {}
         for metric, field in _REPORTED:
             for i, region in enumerate(self.regions):
-                details[f"{metric}_{region.lower()}"] = data[:, i, _FIELDS.index(field)][:, None].float()
+                details[f"{metric}_{region.lower()}{self.suffix}"] = data[:, i, _FIELDS.index(field)][:, None].float()
 
 
 def _region_scores(values: torch.Tensor) -> RegionScores:

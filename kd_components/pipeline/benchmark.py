@@ -34,6 +34,14 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
   per-seed aggregates (``per_seed``, ``summary``) and (:func:`add_statistics`) the mean with a 95 %
   bootstrap interval over seeds and cases, the paired difference to the label-only student and the gap
   closed, each with its interval (:mod:`kd_components.pipeline.statistics` says what is resampled).
+- **BraTS challenge metrics.** ``evaluate.json`` also scores every test case as the BraTS evaluation does
+  (panoptica; lesion-wise Dice and HD95, the empty-region rule; :mod:`kd_components.evaluation.lesions`), once as
+  the network outputs it (``brats_metrics.csv``) and once after the bundle's post-processing
+  (``brats_metrics_post.csv``, thresholds of its ``inference.json``); :data:`BRATS_METRICS` are read from both.
+- **False positives.** After its training, every run segments ``probe_cases`` healthy phantoms and as many
+  tumour phantoms of a generator seed no network is trained on (:mod:`kd_components.pipeline.false_positives`,
+  with ``brats-kd segment``'s engine and post-processing): the predicted whole-tumour volume on brains without a
+  tumour, and Dice on an unseen seed.
 - **Determinism.** On one machine, a rerun repeats every number: phantoms depend only on (seed, index),
   each bundle run seeds everything with ``monai.utils.set_determinism(seed)`` and loads data in the main
   process (``num_workers`` 0 in ``demo.json``). Across machines the CPU's floating-point summation order
@@ -67,6 +75,7 @@ an interrupted benchmark continues where it stopped when the same command is run
 from __future__ import annotations
 
 import concurrent.futures
+import csv
 import datetime
 import json
 import math
@@ -83,7 +92,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_components.constants import MODALITIES
+from kd_components.constants import MODALITIES, REGIONS
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
 from kd_components.io import save_json_atomic
@@ -94,6 +103,7 @@ from kd_components.pipeline.stages import Stage, StageRunner, python_command
 from kd_components.pipeline.statistics import gap_closed_interval, mean_interval, paired_difference
 
 __all__ = [
+    "BRATS_METRICS",
     "METRICS",
     "ROWS",
     "BenchmarkSettings",
@@ -107,6 +117,7 @@ __all__ = [
     "measure_costs",
     "measure_inference",
     "network_sizes",
+    "read_brats_scores",
     "run_benchmark",
     "schedule",
     "split_cases",
@@ -211,6 +222,19 @@ METRICS: tuple[str, ...] = (
     "val_hd95_wt",
     "val_hd95_et",
 )
+#: The BraTS challenge scores read per case from the test stage (:func:`read_brats_scores`): for each prefix
+#: (``""``: as the network outputs it, ``brats_metrics.csv``; ``"post_"``: after the bundle's post-processing,
+#: ``brats_metrics_post.csv``) and each column of :data:`BRATS_COLUMNS`, one key per region
+#: (``brats_dice_tc`` ... ``post_brats_lesion_hd95_et``) and, for Dice, the mean over the regions
+#: (``brats_dice_mean``, ``brats_lesion_dice_mean``, ...). ``fp``: false-positive lesions of the case.
+BRATS_FILES: dict[str, str] = {"": "brats_metrics.csv", "post_": "brats_metrics_post.csv"}
+BRATS_COLUMNS: tuple[str, ...] = ("dice", "lesion_dice", "lesion_hd95", "fp")
+BRATS_METRICS: tuple[str, ...] = tuple(
+    f"{prefix}brats_{column}_{region}"
+    for prefix in BRATS_FILES
+    for column in BRATS_COLUMNS
+    for region in (*(r.lower() for r in REGIONS), *(("mean",) if "dice" in column else ()))
+)
 #: Model-selection rules: ``last`` (validate once, after the last epoch: the final weights) or ``best`` (the
 #: checkpoint of the best validation mean Dice among ``validations`` evenly spaced validations).
 SELECTION_RULES: tuple[str, ...] = ("last", "best")
@@ -237,6 +261,8 @@ class BenchmarkSettings:
     rows: tuple[str, ...] = tuple(r.key for r in ROWS if r.key != "soft_feature_unlabelled" and r.key[:3] != "kd_")
     bootstrap_resamples: int = 10_000
     bootstrap_seed: int = 0
+    #: healthy and unseen-seed phantoms, each, segmented by every run (0: no false-positive probe)
+    probe_cases: int = 4
     timing_networks: tuple[str, ...] = ("default", "demo", "student", "segresnet16")
     timing_shape: tuple[int, int, int] = (240, 240, 155)
     timing_roi: int = 96
@@ -260,6 +286,8 @@ class BenchmarkSettings:
             raise ValueError("validations and bootstrap resamples must be at least 1")
         if self.jobs < 1:
             raise ValueError("jobs must be at least 1")
+        if self.probe_cases < 0:
+            raise ValueError(f"probe_cases must be at least 0, got {self.probe_cases}")
 
     @property
     def num_cases(self) -> int:
@@ -424,12 +452,29 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
                     str(folder / "test"),
                 ),
                 inputs=config_files(bundle, ("train.json", "demo.json", "evaluate.json")),
-                outputs=(folder / "test" / "metrics.csv", *(folder / "test" / f"{m}_raw.csv" for m in METRICS)),
+                outputs=(
+                    folder / "test" / "metrics.csv",
+                    *(folder / "test" / f"{m}_raw.csv" for m in METRICS),
+                    *(folder / "test" / f for f in BRATS_FILES.values()),
+                ),
                 owned_dirs=(folder / "test",),
                 depends_on=(f"{name}_train",),
                 description=f"{row.label}, seed {seed}: Dice and HD95 on the {settings.test} test cases",
             ),
         )
+        if settings.probe_cases:
+            stages.append(
+                Stage(
+                    f"{name}_probe",
+                    action=lambda row=row, seed=seed: probe_run(settings, row, seed),
+                    params={"probe_cases": settings.probe_cases, "overrides": list(row.overrides)},
+                    inputs=config_files(bundle, ("inference.json", "demo.json")),
+                    outputs=(folder / "probe" / "probe.json",),
+                    owned_dirs=(folder / "probe",),
+                    depends_on=(f"{name}_train",),
+                    description=f"{row.label}, seed {seed}: {settings.probe_cases} healthy and unseen-seed phantoms",
+                ),
+            )
     return stages
 
 
@@ -539,6 +584,58 @@ def read_case_scores(evaluation_dir: Path, cases: Sequence[str]) -> dict[str, li
     return scores
 
 
+def read_brats_scores(evaluation_dir: Path, cases: Sequence[str]) -> dict[str, list[float]]:
+    """Per key of :data:`BRATS_METRICS`: the values of ``cases`` (in that order) from the test stage's
+    ``brats_metrics.csv`` and ``brats_metrics_post.csv`` (:class:`~kd_components.handlers.CaseScoresWriter`)."""
+    scores: dict[str, list[float]] = {}
+    for prefix, filename in BRATS_FILES.items():
+        path = evaluation_dir / filename
+        with path.open(newline="") as f:
+            by_case = {row["case_id"]: row for row in csv.DictReader(f)}
+        missing = sorted(set(cases) - set(by_case))
+        if missing:
+            raise ValueError(f"{path} has no row for test cases {missing}")
+        for column in BRATS_COLUMNS:
+            per_region = {r: [float(by_case[c][f"{column}_{r}"]) for c in cases] for r in (x.lower() for x in REGIONS)}
+            for region, values in per_region.items():
+                scores[f"{prefix}brats_{column}_{region}"] = values
+            if "dice" in column:
+                scores[f"{prefix}brats_{column}_mean"] = [
+                    statistics.fmean(v) for v in zip(*per_region.values(), strict=True)
+                ]
+    return scores
+
+
+def cli_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Bundle command-line overrides (``--key value`` pairs, as :attr:`Row.overrides`) as a config dict; values
+    that read as JSON (numbers, ``true``) are parsed, the others stay strings."""
+    if len(args) % 2 or not all(a.startswith("--") for a in args[::2]):
+        raise ValueError(f"overrides must be --key value pairs, got {list(args)}")
+    out: dict[str, Any] = {}
+    for key, value in zip(args[::2], args[1::2], strict=True):
+        try:
+            out[key[2:]] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key[2:]] = value
+    return out
+
+
+def probe_run(settings: BenchmarkSettings, row: Row, seed: int) -> None:
+    """The false-positive probe of one trained run (:func:`kd_components.pipeline.false_positives.measure`, with
+    the bundle's ``inference.json``, its demo overlay and the row's overrides) -> ``<run>/probe/probe.json``."""
+    from kd_components.pipeline.false_positives import make_probe_data, measure
+    from kd_components.segment import Segmenter
+
+    bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
+    folder = run_dir(settings, row, seed)
+    overlay = json.loads((bundle / "configs" / "demo.json").read_text())
+    segmenter = Segmenter(
+        bundle, folder / "models" / "model.pt", overrides=overlay | cli_overrides(row.overrides), log=lambda line: None
+    )
+    folders = make_probe_data(settings.output_dir / "probe_data", settings.probe_cases)
+    save_json_atomic(measure(segmenter, folders), folder / "probe" / "probe.json")
+
+
 def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
     """Per row: the aggregated test metrics of each seed (``metrics.csv``), the per-(seed, case) scores of every
     metric (``*_raw.csv``), mean and standard deviation over seeds, and the bootstrap statistics
@@ -550,8 +647,14 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             continue
         seeds = row_seeds(settings, row)
         per_seed = {seed: read_metrics(run_dir(settings, row, seed) / "test") for seed in seeds}
-        per_case_by_seed = {seed: read_case_scores(run_dir(settings, row, seed) / "test", cases) for seed in seeds}
-        per_case = {"cases": cases} | {m: [per_case_by_seed[s][m] for s in seeds] for m in METRICS}
+        per_case_by_seed = {
+            seed: read_case_scores(run_dir(settings, row, seed) / "test", cases)
+            | read_brats_scores(run_dir(settings, row, seed) / "test", cases)
+            for seed in seeds
+        }
+        per_case = {"cases": cases} | {m: [per_case_by_seed[s][m] for s in seeds] for m in (*METRICS, *BRATS_METRICS)}
+        probes = [run_dir(settings, row, seed) / "probe" / "probe.json" for seed in seeds]
+        probe = [json.loads(p.read_text()) for p in probes] if settings.probe_cases else None
         summary = {}
         for key in sorted(next(iter(per_seed.values()))):
             values = [per_seed[s][key] for s in seeds]
@@ -577,6 +680,7 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             "per_seed": per_seed,
             "per_case": per_case,
             "summary": summary,
+            "probe": probe,
         }
     return add_statistics(results, settings.bootstrap_resamples, settings.bootstrap_seed)
 
@@ -587,7 +691,9 @@ def add_statistics(
     """Add ``statistics`` to each row of ``rows`` (as :func:`collect_results` builds them, ``per_case`` holding
     a ``(seeds, cases)`` list per metric): per metric the mean with its bootstrap interval and, for every row
     trained on the same seeds as ``base`` (except ``base`` itself), the paired difference to ``base`` and the
-    gap closed towards ``teacher`` (see :mod:`kd_components.pipeline.statistics`). Intervals are
+    gap closed towards ``teacher`` (see :mod:`kd_components.pipeline.statistics`); for a ``post_`` metric of
+    :data:`BRATS_METRICS` also ``postprocessing_effect``, its paired difference to the same score without
+    post-processing. Intervals are
     :meth:`~kd_components.pipeline.statistics.Interval.as_dict`; absent statistics are None. Returns ``rows``."""
     options = {"resamples": resamples, "seed": seed}
 
@@ -597,7 +703,7 @@ def add_statistics(
     for key, row in rows.items():
         paired = key not in (base, teacher) and base in rows and row["seeds"] == rows[base]["seeds"]
         row["statistics"] = {}
-        for metric in METRICS:
+        for metric in (*METRICS, *BRATS_METRICS):
             if metric not in row["per_case"]:
                 continue
             own = scores(key, metric)
@@ -609,6 +715,10 @@ def add_statistics(
                 if teacher in rows:
                     gap = gap_closed_interval(own, reference, scores(teacher, metric), **options)
                     entry["gap_closed"] = gap.as_dict()
+            if metric.startswith("post_") and metric[len("post_") :] in row["per_case"]:
+                # what the bundle's post-processing changes, paired over the same seeds and cases
+                raw = scores(key, metric[len("post_") :])
+                entry["postprocessing_effect"] = paired_difference(own, raw, **options).as_dict()
             row["statistics"][metric] = entry
     return rows
 

@@ -15,19 +15,15 @@ from matplotlib.figure import Figure
 
 from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
+from kd_components.pipeline.results_challenge import challenge_sections, postprocessing_section, probe_section
 from kd_components.pipeline.stages import format_minutes
-from kd_components.pipeline.statistics import Interval
+from kd_components.pipeline.statistics import format_interval as _ci
+from kd_components.pipeline.statistics import row_interval as _interval
 
 __all__ = ["markdown_blocks", "plot_dice_vs_time", "plot_region_bars", "render_results"]
 
 _DICE = [f"val_dice_{r.lower()}" for r in REGIONS]
 _HD95 = [f"val_hd95_{r.lower()}" for r in REGIONS]
-
-
-def _interval(row: Mapping[str, Any], metric: str, which: str = "mean") -> Interval | None:
-    """The bootstrap interval ``which`` (``mean``, ``difference``, ``gap_closed``) of ``metric``, if computed."""
-    value = row.get("statistics", {}).get(metric, {}).get(which)
-    return None if value is None else Interval.from_dict(value)
 
 
 def _mean(row: Mapping[str, Any], key: str) -> float:
@@ -106,21 +102,19 @@ def plot_region_bars(results: Mapping[str, Any], output_png: str | os.PathLike[s
     return save_figure_atomic(figure, output_png)
 
 
-def _ci(interval: Interval | None, digits: int, scale: float = 1.0, unit: str = "") -> str:
-    """``estimate [low, high]`` (``n/a`` where undefined; the estimate alone where there is no interval)."""
-    if interval is None or not math.isfinite(interval.estimate):
-        return "n/a"
-    estimate = f"{scale * interval.estimate:.{digits}f}{unit}"
-    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
-        return estimate
-    return f"{estimate} [{scale * interval.low:.{digits}f}, {scale * interval.high:.{digits}f}]"
-
-
 def _seed_means(row: Mapping[str, Any], metric: str = "val_mean_dice") -> dict[int, float]:
     """Seed -> that seed's mean over the test cases (the seed's ``metrics.csv`` value in an older results.json)."""
-    summary = row["summary"][metric]
-    values = summary.get("case_means", summary["values"])
+    summary = row["summary"].get(metric)
+    if summary is None:  # a score read per case only (the BraTS challenge metrics)
+        values = [_nanmean_or_none(seed) for seed in row["per_case"][metric]]
+    else:
+        values = summary.get("case_means", summary["values"])
     return {int(s): (math.nan if v is None else float(v)) for s, v in zip(row["seeds"], values, strict=True)}
+
+
+def _nanmean_or_none(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _seed_list(seeds: Sequence[int]) -> str:
@@ -234,6 +228,10 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "HD95 of a region the prediction misses entirely is 373.13 mm (BraTS's convention); a case without "
         "that region in its ground truth is left out of that region's mean.",
         *_comparison(rows),
+        *challenge_sections(rows),
+        *_comparison(rows, "brats_lesion_dice_mean", "mean lesion-wise Dice"),
+        *postprocessing_section(rows),
+        *probe_section(rows, settings.get("probe_cases", 0)),
         f"## Inference cost on the CPU ({_cost_cpu(cost)})",
         f"Sliding-window inference (MONAI `SlidingWindowInferer`, ROI {settings['timing_roi']}³, overlap "
         f"{settings['timing_overlap']}, Gaussian blending, batch 1 per window, `torch.no_grad()`) of one "
@@ -287,7 +285,9 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
     return "\n\n".join(markdown_blocks(lines)) + "\n"
 
 
-def _comparison(rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice") -> list[str]:
+def _comparison(
+    rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice", name: str = "mean Dice"
+) -> list[str]:
     """The table of each row against the label-only student: paired difference, gap closed, seeds better."""
     base = rows.get("labels_only")
     compared = [r for r in rows.values() if _interval(r, metric, "difference") is not None]
@@ -295,8 +295,8 @@ def _comparison(rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_d
         return []
     base_seeds = _seed_means(base, metric)
     lines = [
-        "## Against the label-only student (mean Dice; paired over seeds and test cases)",
-        "| row | mean Dice | difference to label-only | gap closed | seeds better than label-only |",
+        f"## Against the label-only student ({name}; paired over seeds and test cases)",
+        f"| row | {name} | difference to label-only | gap closed | seeds better than label-only |",
         "|---|---:|---:|---:|---:|",
         f"| {base['label']} | {_ci(_interval(base, metric), 3)} |  |  |  |",
     ]

@@ -36,6 +36,7 @@ same ``seed`` and shapes use the same resampled student seeds and cases.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,11 +49,13 @@ __all__ = [
     "SEED",
     "Interval",
     "bootstrap_counts",
+    "format_interval",
     "gap_closed_interval",
     "mean_interval",
     "paired_difference",
     "percentile_interval",
     "resampled_means",
+    "row_interval",
 ]
 
 #: Default number of bootstrap resamples.
@@ -96,6 +99,27 @@ class Interval:
         """Inverse of :meth:`as_dict` (None becomes NaN)."""
         values = {k: (float("nan") if data.get(k) is None else data[k]) for k in ("estimate", "low", "high")}
         return cls(**values, confidence=data.get("confidence", CONFIDENCE), resamples=data.get("resamples", 0))
+
+
+def row_interval(row: Mapping[str, Any], metric: str, which: str = "mean") -> Interval | None:
+    """The interval ``which`` (``mean``, ``difference``, ``gap_closed``, ``postprocessing_effect``) of ``metric`` in
+    a row of the benchmark's ``results.json`` (its ``statistics``), if computed."""
+    value = row.get("statistics", {}).get(metric, {}).get(which)
+    return None if value is None else Interval.from_dict(value)
+
+
+def format_interval(
+    interval: Interval | None, digits: int, scale: float = 1.0, unit: str = "", sign: bool = False
+) -> str:
+    """``estimate [low, high]`` (``n/a`` where undefined; the estimate alone where there is no interval); ``sign``
+    writes ``+`` before positive numbers (for differences)."""
+    if interval is None or not math.isfinite(interval.estimate):
+        return "n/a"
+    form = f"{'+' if sign else ''}.{digits}f"
+    estimate = f"{scale * interval.estimate:{form}}{unit}"
+    if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
+        return estimate
+    return f"{estimate} [{scale * interval.low:{form}}, {scale * interval.high:{form}}]"
 
 
 def _scores(values: ArrayLike, name: str) -> NDArray[np.float64]:
