@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
+from kd_components.data.guidance import UNLABELLED_SAMPLING
 from kd_components.data.mixing import MIXING_MODES
 from kd_components.losses.feature import FEATURE_DISTANCES
-from kd_components.losses.terms import SCALE_WEIGHT_SOURCES
+from kd_components.losses.terms import PSEUDO_LABEL_WEIGHTINGS, SCALE_WEIGHT_SOURCES
 
 __all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
 
@@ -163,6 +164,13 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "use_unlabelled": (_flag, "true or false"),
     "unlabelled_mixing": _one_of(MIXING_MODES),
     "unlabelled_split": (_text, "the name of a datalist split, e.g. 'testing' (a string)"),
+    "unlabelled_sampling": _one_of(UNLABELLED_SAMPLING),
+    "unlabelled_tumour_share": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "teacher_guidance_cache": (_text, "a folder (a string)"),
+    "pseudo_weight": (_non_negative_number, "a non-negative number"),
+    "pseudo_threshold": (lambda v: _is_number(v) and 0.5 < v <= 1, "a number in (0.5, 1]"),
+    "pseudo_weighting": _one_of(PSEUDO_LABEL_WEIGHTINGS),
+    "unlabelled_ramp_up": (_non_negative_int, "a non-negative integer (iterations)"),
     "feature_distance": _one_of(tuple(FEATURE_DISTANCES)),
     "feature_scale_weights": _one_of(SCALE_WEIGHT_SOURCES),
     "feature_pairs": (_module_pairs, "a non-empty list of [teacher_module_path, student_module_path] pairs"),

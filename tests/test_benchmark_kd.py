@@ -79,9 +79,10 @@ def test_every_run_is_probed_after_its_training_with_its_overrides(tmp_path: Pat
     stages = {s.name: s for s in benchmark_stages(settings)}
     probe = stages["segresnet16_seed0_probe"]
     assert probe.depends_on == ("segresnet16_seed0_train",) and probe.action is not None
-    assert probe.outputs == (run_dir(settings, ROWS[6], 0) / "probe" / "probe.json",)
+    segresnet = next(r for r in ROWS if r.key == "segresnet16")
+    assert probe.outputs == (run_dir(settings, segresnet, 0) / "probe" / "probe.json",)
     assert "teacher_seed0_probe" in stages
-    overrides = cli_overrides(ROWS[6].overrides)
+    overrides = cli_overrides(segresnet.overrides)
     assert overrides["network_def#init_filters"] == 16 and overrides["alpha"] == 0
     assert overrides["network_def#_target_"] == "kd_components.networks.student.build_segresnet_student"
     assert not any(n.endswith("_probe") for n in (s.name for s in benchmark_stages(BenchmarkSettings(probe_cases=0))))

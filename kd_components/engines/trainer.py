@@ -214,6 +214,7 @@ class DistillationTrainer(SupervisedTrainer):
                     student_features=dict(zip(student_paths, s_hooks.features(), strict=True)) if s_hooks else {},
                     teacher_features=dict(zip(teacher_paths, t_hooks.features(), strict=True)) if t_hooks else {},
                     teacher=self.teacher,
+                    iteration=engine.state.iteration,
                 )
             terms = loss_fn(step)
             engine.state.output[Keys.LOSS] = terms.pop(LOSS_PREFIX).mean()

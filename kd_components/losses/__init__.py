@@ -12,10 +12,12 @@ from kd_components.losses.feature import (
 )
 from kd_components.losses.soft_target import SOFT_TARGET_MODES, SoftTargetKDLoss
 from kd_components.losses.terms import (
+    PSEUDO_LABEL_WEIGHTINGS,
     SCALE_WEIGHT_SOURCES,
     DistillationInputs,
     DistillationTerm,
     FeatureTerm,
+    PseudoLabelTerm,
     SoftTargetTerm,
     TaskTerm,
 )
@@ -23,6 +25,7 @@ from kd_components.losses.terms import (
 __all__ = [
     "FEATURE_DISTANCES",
     "LOSS_PREFIX",
+    "PSEUDO_LABEL_WEIGHTINGS",
     "SCALE_WEIGHT_SOURCES",
     "SOFT_TARGET_MODES",
     "DistillationInputs",
@@ -31,6 +34,7 @@ __all__ = [
     "FeatureAdapter",
     "FeatureKDLoss",
     "FeatureTerm",
+    "PseudoLabelTerm",
     "SoftTargetKDLoss",
     "SoftTargetTerm",
     "TaskTerm",

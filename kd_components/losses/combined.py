@@ -118,7 +118,8 @@ class DistillationLoss(nn.Module):
                 continue
             value = term(inputs)
             values[loss_key(name)] = value.detach()
-            total = term.weight * value if total is None else total + term.weight * value
+            weight = term.weight_at(inputs.iteration)
+            total = weight * value if total is None else total + weight * value
         if total is None:
             raise ValueError(
                 "DistillationLoss: no active term applies to this batch (no label, and no distillation term "

@@ -19,6 +19,7 @@ TensorBoard and MLflow, with no other edit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,14 +30,18 @@ from kd_components.hooks import resolve_module
 from kd_components.losses.feature import FeatureKDLoss
 
 __all__ = [
+    "PSEUDO_LABEL_WEIGHTINGS",
     "SCALE_WEIGHT_SOURCES",
     "DistillationInputs",
     "DistillationTerm",
     "FeatureTerm",
+    "PseudoLabelTerm",
     "SoftTargetTerm",
     "TaskTerm",
 ]
 
+#: How :class:`PseudoLabelTerm` weighs a voxel by the teacher's confidence.
+PSEUDO_LABEL_WEIGHTINGS: tuple[str, ...] = ("threshold", "entropy")
 #: Where :class:`FeatureTerm` takes its per-scale weights from: the teacher's learned fusion weights
 #: (``teacher.scale_weights()``, detached) or the feature loss's own fixed weights.
 SCALE_WEIGHT_SOURCES: tuple[str, ...] = ("teacher", "fixed")
@@ -58,6 +63,7 @@ class DistillationInputs:
         student_features: the student's tapped feature maps by module path, ``(B, C_i, h_i, w_i, d_i)``.
         teacher_features: the teacher's tapped feature maps by module path (detached).
         teacher: the frozen teacher itself (e.g. for its learned scale weights), or ``None``.
+        iteration: the trainer's iteration (1-based) for the terms' ramp-up, or ``None`` (full weights).
     """
 
     student_logits: torch.Tensor
@@ -68,6 +74,16 @@ class DistillationInputs:
     student_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     teacher_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     teacher: nn.Module | None = None
+    iteration: int | None = None
+
+    def unlabelled_slice(self) -> slice | None:
+        """The samples of the batch without labels: all of a batch without labels, the last ``B - B_l`` of a
+        paired batch, ``None`` for a batch whose samples all have labels."""
+        if self.label is None:
+            return slice(None)
+        if self.num_labelled is None or self.num_labelled >= self.student_logits.shape[0]:
+            return None
+        return slice(self.num_labelled, None)
 
     def labelled_logits(self) -> torch.Tensor:
         """The student's logits of the labelled samples ``(B_l, C, H, W, D)``.
@@ -100,21 +116,35 @@ class DistillationTerm(nn.Module):
 
     Args:
         weight: the term's weight in the total, non-negative. Defaults to 1.0.
+        ramp_up: iterations over which the weight rises from about 0 to ``weight`` (:meth:`weight_at`); 0: the
+            full weight from the first iteration. Defaults to 0.
 
     Raises:
-        ValueError: for a negative or non-finite weight.
+        ValueError: for a negative or non-finite weight, or a negative ramp-up.
     """
 
     needs_label: bool = False
     needs_teacher: bool = False
     needs_mask: bool = False
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, ramp_up: int = 0) -> None:
         super().__init__()
         weight = float(weight)
         if not (weight >= 0 and weight != float("inf")):
             raise ValueError(f"{type(self).__name__}: weight must be a finite non-negative number, got {weight}")
+        if int(ramp_up) != ramp_up or ramp_up < 0:
+            raise ValueError(f"{type(self).__name__}: ramp_up must be a whole number of iterations >= 0, got {ramp_up}")
         self.weight = weight
+        self.ramp_up = int(ramp_up)
+
+    def weight_at(self, iteration: int | None) -> float:
+        """The weight at ``iteration`` (1-based): ``weight * exp(-5 (1 - t)^2)`` with ``t = min(iteration /
+        ramp_up, 1)``, the sigmoid-shaped ramp of the mean-teacher method (Tarvainen and Valpola, 2017); the full
+        weight without a ramp-up or an iteration."""
+        if not self.ramp_up or iteration is None:
+            return self.weight
+        t = min(max(iteration, 0) / self.ramp_up, 1.0)
+        return self.weight * math.exp(-5.0 * (1.0 - t) ** 2)
 
     @property
     def active(self) -> bool:
@@ -288,3 +318,73 @@ class FeatureTerm(DistillationTerm):
         student = [inputs.student_features[p].float() for p in self.student_paths]
         teacher = [inputs.teacher_features[p].float() for p in self.teacher_paths]
         return self.loss(student, teacher, scale_weights=self.teacher_scale_weights(inputs.teacher))
+
+
+class PseudoLabelTerm(DistillationTerm):
+    """The teacher's confident predictions as labels for the samples of the batch that have none.
+
+    Per voxel (inside the brain mask, when there is one) and region channel, with the teacher's probability
+    ``p = sigmoid(teacher_logit)``: the target is ``p > 0.5`` and the voxel's weight is, for ``weighting``
+
+    - ``"threshold"``: 1 where the teacher is confident, ``max(p, 1 - p) >= threshold``, else 0;
+    - ``"entropy"``: ``1 - H(p) / ln 2`` (``H`` the binary entropy): 1 at ``p`` = 0 or 1, 0 at 0.5.
+
+    The value is the weighted mean of the student's binary cross-entropy against the targets,
+    ``sum(w * bce) / sum(w)`` (0 where no voxel has weight). Samples with labels are left to the task term: the
+    term is 0 for a batch whose samples all have labels.
+
+    Args:
+        weight: its weight. Defaults to 1.0.
+        threshold: the confidence a voxel needs with ``"threshold"`` weighting, in (0.5, 1]. Defaults to 0.9.
+        weighting: ``"threshold"`` or ``"entropy"``. Defaults to "threshold".
+        masked: restrict it to the brain mask. Defaults to True.
+        ramp_up: see :class:`DistillationTerm`. Defaults to 0.
+
+    Raises:
+        ValueError: for an unknown weighting or a threshold outside (0.5, 1].
+    """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        threshold: float = 0.9,
+        weighting: str = "threshold",
+        masked: bool = True,
+        ramp_up: int = 0,
+    ) -> None:
+        super().__init__(weight, ramp_up)
+        if weighting not in PSEUDO_LABEL_WEIGHTINGS:
+            raise ValueError(f"PseudoLabelTerm: weighting must be one of {PSEUDO_LABEL_WEIGHTINGS}, got {weighting!r}")
+        if not 0.5 < float(threshold) <= 1.0:
+            raise ValueError(f"PseudoLabelTerm: threshold must be in (0.5, 1], got {threshold}")
+        self.threshold = float(threshold)
+        self.weighting = weighting
+        self.masked = masked
+        self.needs_mask = masked
+
+    def voxel_weights(self, probability: torch.Tensor) -> torch.Tensor:
+        """The confidence weight of every voxel, same shape as ``probability``."""
+        if self.weighting == "threshold":
+            return (torch.maximum(probability, 1 - probability) >= self.threshold).float()
+        p = probability.clamp(1e-6, 1 - 1e-6)
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+        return (1 - entropy / math.log(2)).clamp(0.0, 1.0)
+
+    def forward(self, inputs: DistillationInputs) -> torch.Tensor:
+        if inputs.teacher_logits is None:
+            raise ValueError("PseudoLabelTerm needs the teacher's logits")
+        samples = inputs.unlabelled_slice()
+        if samples is None:
+            return inputs.student_logits.sum() * 0.0
+        student = inputs.student_logits[samples].float()
+        probability = torch.sigmoid(inputs.teacher_logits[samples].float().detach())
+        weights = self.voxel_weights(probability)
+        if self.masked and inputs.mask is not None:
+            weights = weights * inputs.mask[samples].to(weights.dtype)
+        bce = nn.functional.binary_cross_entropy_with_logits(student, (probability > 0.5).float(), reduction="none")
+        total = weights.sum()
+        if total <= 0:
+            return student.sum() * 0.0
+        return (weights * bce).sum() / total

@@ -189,6 +189,28 @@ ROWS: tuple[Row, ...] = (
         step_cost=2.6,
     ),
     Row(
+        "guided_paired",
+        "student + soft-target + feature KD + unlabelled scans, paired, teacher-guided patches",
+        "student",
+        (
+            *("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "paired"),
+            *("--unlabelled_sampling", "teacher"),
+        ),
+        unlabelled="paired",
+        step_cost=2.6,
+    ),
+    Row(
+        "guided_pseudo_paired",
+        "student + soft-target + feature KD + unlabelled scans, paired, teacher-guided patches + pseudo-labels",
+        "student",
+        (
+            *("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "paired"),
+            *("--unlabelled_sampling", "teacher", "--pseudo_weight", "1"),
+        ),
+        unlabelled="paired",
+        step_cost=2.6,
+    ),
+    Row(
         "segresnet16",
         "model-zoo SegResNet (16 filters), labels only",
         "segresnet16",
