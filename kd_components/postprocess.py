@@ -13,16 +13,13 @@ Two rules, applied to the binary region channels ``[TC, WT, ET]`` before they be
 Volumes are in mm³ (the voxel count times the voxel volume from the affine), so a threshold means the same on
 any grid. The thresholds are bundle settings of ``inference.json`` (``postprocess``, ``postprocess_min_mm3``,
 ``postprocess_et_to_netc_mm3``), chosen on the validation fold by ``scripts/choose_postprocessing.py``;
-:func:`bundle_postprocess_settings` reads them from there for ``evaluate.json``, which scores a network with and
-without them.
+``evaluate.json`` repeats the two thresholds to score a network with and without them (a test keeps the two files
+equal).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +36,6 @@ from kd_components.transforms import ET_INDEX, TC_INDEX, WT_INDEX, BratsLabelsTo
 __all__ = [
     "BratsPostprocessd",
     "PostprocessSettings",
-    "bundle_postprocess_settings",
     "postprocess_label_map",
     "postprocess_regions",
     "small_components",
@@ -76,20 +72,6 @@ class PostprocessSettings:
     def is_identity(self) -> bool:
         """True when no rule can change anything."""
         return self.et_to_netc_mm3 == 0 and not any(self.min_component_mm3.values())
-
-
-def bundle_postprocess_settings(bundle_root: str | os.PathLike[str]) -> PostprocessSettings:
-    """The thresholds of a bundle's ``configs/inference.json`` (their one home), as :class:`PostprocessSettings`.
-
-    Raises:
-        ValueError: the file lacks ``postprocess_min_mm3`` or ``postprocess_et_to_netc_mm3`` (named in the message).
-    """
-    path = Path(bundle_root) / "configs" / "inference.json"
-    config = json.loads(path.read_text())
-    missing = [k for k in ("postprocess_min_mm3", "postprocess_et_to_netc_mm3") if k not in config]
-    if missing:
-        raise ValueError(f"{path} has no post-processing setting {missing}")
-    return PostprocessSettings(config["postprocess_min_mm3"], config["postprocess_et_to_netc_mm3"])
 
 
 def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:

@@ -84,7 +84,9 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
             for key in ("postprocess_min_mm3", "postprocess_et_to_netc_mm3")
         },
     },
-    "evaluate.json": {},
+    "evaluate.json": {
+        "postprocess_min_mm3": (OWN, "each bundle's post-processing thresholds, those of its inference.json"),
+    },
     "demo.json": {},
     "multi_gpu_train.json": {
         key: (OWN, "the student's unlabelled loader is distributed too")
@@ -203,3 +205,14 @@ def test_a_change_to_a_shared_section_in_one_bundle_is_named() -> None:
     student["alpha"], student["settings"]["new_setting"] = 0.5, "@alpha"
     student["network_def"]["init_filters"] = 16
     assert len(list(config_differences(teacher, student, BUNDLE_SPECIFIC["train.json"]))) == 3
+
+
+@pytest.mark.parametrize("bundle", [TEACHER, STUDENT])
+def test_evaluate_json_scores_with_the_post_processing_of_inference_json(bundle: str) -> None:
+    # evaluate.json repeats inference.json's thresholds (it overlays train.json, not inference.json)
+    inference, evaluate = load_config(bundle, "inference.json"), load_config(bundle, "evaluate.json")
+    for key in ("postprocess_min_mm3", "postprocess_et_to_netc_mm3"):
+        assert evaluate[key] == inference[key], f"{bundle}: {key} of evaluate.json differs from inference.json"
+    post = evaluate["validate#additional_metrics"]["lesion_wise_post"]["postprocess"]
+    assert post["min_component_mm3"] == "@postprocess_min_mm3"
+    assert post["et_to_netc_mm3"] == "@postprocess_et_to_netc_mm3"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from kd_components.cli import main
 from kd_components.constants import MISSED_REGION_HD_MM
 from kd_components.evaluation.lesions import score_label_maps, score_region
 from kd_components.handlers import CaseScoresWriter, LesionWiseMetrics
-from kd_components.postprocess import PostprocessSettings, bundle_postprocess_settings
-from tests.conftest import REPO_ROOT
+from kd_components.postprocess import PostprocessSettings
 
 SHAPE = (20, 20, 20)
 A = (slice(2, 6),) * 3  # a 4x4x4 lesion (64 voxels)
@@ -158,18 +156,6 @@ def test_ignite_metric_scores_the_post_processed_prediction_under_its_own_names(
     assert raw.rows[0]["fp_wt"] == 1 and raw.rows[0]["dice_wt"] < 1.0
     with pytest.raises(ValueError, match="region channels"):
         LesionWiseMetrics(regions=("WT",), postprocess=PostprocessSettings())
-
-
-def test_bundle_postprocess_settings_are_those_of_inference_json(tmp_path: Path) -> None:
-    for bundle in ("distilled_student", "hybrid_teacher"):
-        config = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "inference.json").read_text())
-        settings = bundle_postprocess_settings(REPO_ROOT / "bundles" / bundle)
-        assert settings.min_component_mm3 == {r: float(v) for r, v in config["postprocess_min_mm3"].items()}
-        assert settings.et_to_netc_mm3 == config["postprocess_et_to_netc_mm3"]
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "inference.json").write_text('{"postprocess_min_mm3": {}}')
-    with pytest.raises(ValueError, match="postprocess_et_to_netc_mm3"):
-        bundle_postprocess_settings(tmp_path)
 
 
 def save(path: Path, data: np.ndarray, spacing: float = 1.0) -> Path:
