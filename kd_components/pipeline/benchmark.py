@@ -52,21 +52,15 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
   the same run; the default (full-size) teacher is measured too, though it is not trained here.
 
 Time budget (:func:`estimate_seconds`, printed by ``scripts/benchmark_kd.py --estimate``). The model:
-a label-only student step costs :data:`STEP_SECONDS` (2.3 s; the other rows a multiple,
-:attr:`Row.step_cost`: KD 1.3, paired 2.6, SegResNet-16 2.2, demo teacher 2.0), evaluating one phantom
-case :data:`CASE_SECONDS` (4 s for the student; teacher 1.9x, SegResNet-16 2.2x, their inference-time
-ratios on the cost table), starting a bundle process :data:`START_SECONDS` (25 s), a phantom 2 s. Fitted
-to the recorded stage times of the two published runs (8 test cases, 3 seeds, one teacher, best of 4
-validations on 2 cases): ``docs/results_long_budget.md`` (108 student steps, 4 rows: 129 min recorded,
-model 128 min) and ``docs/results.md`` (36 steps, 5 rows: 89 min recorded on cores shared with other
-work, model 75 min); per-case and start-up costs cross-checked against a smoke run (teacher: 18 s per
-case and 53 s start-up at a load average of 5 on 2 cores, i.e. about 7 s and 20 s unloaded). For the
-defaults (6 rows incl. the teacher; 24 test cases; 5 student and 2 teacher seeds; last-checkpoint rule;
-36 student steps) the model gives about 2 h 41 min: 92 min of training (2 teachers x 120 steps,
-25 students x 36 steps), 67 min of testing (27 runs x 24 cases), 1 min of phantoms, plus about 4 min of
-inference timing; the same regime at 108 student steps would take about 4 h 37 min, so the step budget stays
-at 36 (``--student-steps 108`` for the longer one). Treat it as +-25 %: the per-step costs are fitted
-to two totals.
+a label-only student step costs :data:`STEP_SECONDS` (0.4 s; the other rows a multiple,
+:attr:`Row.step_cost`: KD 1.3, paired 2.5, SegResNet-16 4.4, demo teacher 2.2), evaluating one phantom case
+:data:`CASE_SECONDS` (0.85 s for the student, sliding window and every metric; teacher 4x, SegResNet-16 6x),
+starting a bundle process :data:`START_SECONDS` (10 s), a phantom 1 s; the false-positive probe segments its
+cases at the cost of a test case each, and the teacher-guided rows segment each unlabelled scan once per teacher
+(:data:`GUIDANCE_SECONDS`, 16 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
+(bf16 training, the strided student; the 2026-11-29 run of ``docs/results.md``): a student trains in 30-50 s and
+is tested in 30 s; a teacher trains in 2-2.5 min and is tested in 1.5 min (6 min for the seed-1 teacher, whose
+many small false-positive components slow the lesion-wise matching). Treat it as +-30 %.
 
 Every training and evaluation is a stage of :class:`~kd_components.pipeline.stages.StageRunner`, so
 an interrupted benchmark continues where it stopped when the same command is run again.
@@ -156,7 +150,7 @@ class Row:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.0, case_cost=1.9),
+    Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.2, case_cost=4.0),
     Row("labels_only", "student, labels only", "student", ("--alpha", "0", "--beta", "0"), kind="baseline"),
     Row(
         "soft",
@@ -186,7 +180,7 @@ ROWS: tuple[Row, ...] = (
         "student",
         ("--alpha", "1", "--use_unlabelled", "true", "--unlabelled_mixing", "paired"),
         unlabelled="paired",
-        step_cost=2.6,
+        step_cost=2.5,
     ),
     Row(
         "guided_paired",
@@ -197,7 +191,7 @@ ROWS: tuple[Row, ...] = (
             *("--unlabelled_sampling", "teacher"),
         ),
         unlabelled="paired",
-        step_cost=2.6,
+        step_cost=2.5,
     ),
     Row(
         "guided_pseudo_paired",
@@ -208,7 +202,7 @@ ROWS: tuple[Row, ...] = (
             *("--unlabelled_sampling", "teacher", "--pseudo_weight", "1"),
         ),
         unlabelled="paired",
-        step_cost=2.6,
+        step_cost=2.5,
     ),
     Row(
         "segresnet16",
@@ -216,8 +210,8 @@ ROWS: tuple[Row, ...] = (
         "segresnet16",
         ("--alpha", "0", "--beta", "0", *MODEL_ZOO_SEGRESNET.overrides()),
         kind="baseline",
-        step_cost=2.2,
-        case_cost=2.2,
+        step_cost=4.4,
+        case_cost=6.0,
     ),
     # the other students of the CPU student search (scripts/benchmark_students.py), with soft-target + feature KD
     *(
@@ -503,10 +497,12 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
 #: Cost model of :func:`estimate_seconds` on 2 CPU cores (see the module docstring for where the numbers
 #: come from): one label-only student step, one case evaluated by the student (sliding window and metrics),
 #: starting one bundle process, and generating one phantom case.
-STEP_SECONDS = 2.3
-CASE_SECONDS = 4.0
-START_SECONDS = 25.0
-PHANTOM_SECONDS = 2.0
+STEP_SECONDS = 0.4
+CASE_SECONDS = 0.85
+START_SECONDS = 10.0
+PHANTOM_SECONDS = 1.0
+#: Seconds for the frozen teacher to segment one unlabelled scan for teacher-guided sampling (once per teacher).
+GUIDANCE_SECONDS = 16.0
 
 
 def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
@@ -515,7 +511,9 @@ def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
 
     A model, not a measurement: each row's steps times its :attr:`Row.step_cost` times :data:`STEP_SECONDS`,
     each evaluated case times its :attr:`Row.case_cost` times :data:`CASE_SECONDS`, :data:`START_SECONDS` per
-    bundle process. The inference-cost measurements (``timing``, about 4 min) are not included.
+    bundle process; the probe's cases count as test cases, and :data:`GUIDANCE_SECONDS` per unlabelled scan and
+    teacher when a teacher-guided row is run. The inference-cost measurements (``timing``, about 4 min) are not
+    included.
     """
     training = testing = 0.0
     for row in ROWS:
@@ -529,7 +527,9 @@ def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
             + epochs * per_epoch * row.step_cost * STEP_SECONDS
             + settings.validations_per_run * settings.validation * case
         )
-        testing += runs * (START_SECONDS + settings.test * case)
+        testing += runs * (START_SECONDS + (settings.test + 2 * settings.probe_cases) * case)
+    if any("teacher" in row.overrides for row in ROWS if row.key in settings.rows):  # teacher-guided sampling
+        training += len(settings.teacher_seeds) * settings.unlabelled * GUIDANCE_SECONDS
     phantoms = settings.num_cases * PHANTOM_SECONDS
     return {"phantoms": phantoms, "training": training, "testing": testing, "total": phantoms + training + testing}
 
