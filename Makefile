@@ -25,7 +25,7 @@ data:
 		--unlabelled $(UNLABELLED) --seed $(SEED) --profile $(PROFILE) --preview
 	$(PYTHON) scripts/prepare_datalist.py --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
-## The comparison in docs/results.md (about 1 h 15 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
+## The comparison in docs/results.md (about 1 h 10 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
 ## run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many cores, a GPU).
 ## The page's notes interpret one run: add them afterwards with
 ## `scripts/benchmark_kd.py --render-from outputs/benchmark/results.json --notes NOTES.md`.

@@ -57,7 +57,7 @@ a label-only student step costs :data:`STEP_SECONDS` (0.4 s; the other rows a mu
 :data:`CASE_SECONDS` (0.85 s for the student, sliding window and every metric; teacher 4x, SegResNet-16 6x),
 starting a bundle process :data:`START_SECONDS` (10 s), a phantom 1 s; the false-positive probe segments its
 cases at the cost of a test case each, and the teacher-guided rows segment each unlabelled scan once per teacher
-(:data:`GUIDANCE_SECONDS`, 16 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
+(:data:`GUIDANCE_SECONDS`, 4 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
 (bf16 training, the strided student; the 2026-11-29 run of ``docs/results.md``): a student trains in 30-50 s and
 is tested in 30 s; a teacher trains in 2-2.5 min and is tested in 1.5 min (6 min for the seed-1 teacher, whose
 many small false-positive components slow the lesion-wise matching). Treat it as +-30 %.
@@ -502,7 +502,7 @@ CASE_SECONDS = 0.85
 START_SECONDS = 10.0
 PHANTOM_SECONDS = 1.0
 #: Seconds for the frozen teacher to segment one unlabelled scan for teacher-guided sampling (once per teacher).
-GUIDANCE_SECONDS = 16.0
+GUIDANCE_SECONDS = 4.0
 
 
 def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
