@@ -18,8 +18,10 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
   epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
   and seeds. Rows: labels only; + soft-target KD; + soft-target and feature KD; the same with the
   unlabelled scans paired with the labelled batches (each step one labelled and one unlabelled batch, so
-  as many labelled batches are seen as in the label-only row); MONAI's model-zoo BraTS SegResNet
-  (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
+  as many labelled batches are seen as in the label-only row); the same with the unlabelled patches centred
+  in the tumour the teacher predicts (``--unlabelled_sampling teacher``, :mod:`kd_components.data.guidance`), and
+  with the teacher's confident predictions as pseudo-labels on top (``--pseudo_weight 1``); MONAI's model-zoo BraTS
+  SegResNet (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
   their own, each an optimizer step: a third of the labelled batches of the other rows at equal steps)
   is a row too, but not a default one (``--rows ... soft_feature_unlabelled``); so is each other candidate of
   the CPU student search with soft-target and feature KD (``kd_<name>``, one per entry of
