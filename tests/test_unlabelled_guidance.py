@@ -65,6 +65,9 @@ def test_teacher_mask_is_the_teachers_tumour_cached_by_case_teacher_and_grid(tmp
     calls = teacher.calls
     again = transform({"image": scan(box)})  # read from the cache: the teacher is not run
     assert teacher.calls == calls and torch.equal(again["teacher_tumour"], out["teacher_tumour"])
+    cached.write_bytes(b"not an array")  # a damaged cache file is segmented again, not read
+    torch.testing.assert_close(transform({"image": scan(box)})["teacher_tumour"], out["teacher_tumour"])
+    assert teacher.calls > calls
     # another grid (a different affine) or another case is segmented again
     other = scan(box)
     other.affine = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0]))

@@ -153,7 +153,10 @@ class TeacherTumourMaskd(MapTransform):
         if not case_id:
             raise ValueError(f"TeacherTumourMaskd: the image under {key!r} has no case id (file name) to cache by")
         path = self.cache_path(case_id, image)
-        mask = np.load(path) if path.exists() else None
+        try:
+            mask = np.load(path) if path.exists() else None
+        except (OSError, ValueError):  # an unreadable cache file is made again, not trusted
+            mask = None
         if mask is None or mask.shape != (1, *image.shape[1:]):
             mask = teacher_tumour_mask(
                 self.teacher, image, self.roi_size, self.sw_batch_size, self.overlap, self.threshold

@@ -7,10 +7,10 @@ MONAI rows, and their per-case values as ``lesion_dice_tc_raw.csv`` ...). :class
 score of every case (global Dice / HD95 / NSD, lesion-wise Dice / HD95 / NSD, lesion TP / FP / FN per region) to one
 CSV beside them.
 
-With ``postprocess`` (the bundle's thresholds, :func:`~kd_components.postprocess.bundle_postprocess_settings`) the
-prediction is post-processed as ``inference.json`` does (:func:`~kd_components.postprocess.postprocess_regions`)
-before it is scored, and the results are named with ``suffix`` (``lesion_dice_tc_post`` ...): one evaluation
-measures the network with and without its post-processing.
+With ``postprocess`` (a :class:`~kd_components.postprocess.PostprocessSettings`: in ``evaluate.json`` the bundle's
+thresholds, those of its ``inference.json``) the prediction is post-processed as ``inference.json`` does
+(:func:`~kd_components.postprocess.postprocess_regions`) before it is scored, and the results are named with
+``suffix`` (``lesion_dice_tc_post`` ...): one evaluation measures the network with and without its post-processing.
 """
 
 from __future__ import annotations
