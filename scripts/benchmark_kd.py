@@ -8,7 +8,7 @@ interpretation lives in ``--notes`` (a Markdown file appended as the page's Note
 Example::
 
     python scripts/benchmark_kd.py --estimate               # the predicted time of the default regime, then exit
-    python scripts/benchmark_kd.py --notes docs/results_notes.md   # the docs/results.md run (about 1 h 10 min on 2 cores)
+    python scripts/benchmark_kd.py --notes docs/results_notes.md   # the docs/results.md run (about 70 min, 2 cores)
     python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 1 --teacher-seeds 0 --teacher-steps 2 \\
         --student-steps 2 --labelled 2 --validation 1 --unlabelled 2 --test 3 --rows labels_only soft \\
         --no-timing --results-md /tmp/bench/results.md     # a smoke test of the whole chain (minutes)
