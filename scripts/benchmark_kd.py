@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kd_components.io import atomic_path, save_json_atomic
 from kd_components.pipeline.benchmark import (
+    RESULTS_INDENT,
     ROWS,
     SELECTION_RULES,
     BenchmarkSettings,
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         command = results.get("command") or f"(command not recorded in {args.render_from})"
         if args.cost_from:
             results["cost"] = json.loads(args.cost_from.read_text())
-            save_json_atomic(results, args.render_from)
+            save_json_atomic(results, args.render_from, indent=RESULTS_INDENT)
     else:
         command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kd_components.constants import ET_LABEL, REGIONS
+from kd_components.evaluation.folder import SUMMARY_COLUMNS
 from kd_components.evaluation.lesions import RegionScores, mean_scores, score_label_maps
 from kd_components.postprocess import PostprocessSettings, postprocess_label_map
 
@@ -148,16 +149,8 @@ def choose_postprocessing(
     return TuningResult(chosen, mean_scores(baseline), mean_scores(score(chosen)), trials)
 
 
-#: Columns of :func:`comparison_table`: (header, score, format).
-COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("Dice", "dice", ".3f"),
-    ("HD95 (mm)", "hd95", ".1f"),
-    ("lesion Dice", "lesion_dice", ".3f"),
-    ("lesion HD95 (mm)", "lesion_hd95", ".1f"),
-    ("TP", "tp", ".0f"),
-    ("FP", "fp", ".0f"),
-    ("FN", "fn", ".0f"),
-)
+#: Columns of :func:`comparison_table`: (header, score, format): those of ``brats-kd evaluate``'s summary but NSD.
+COMPARISON_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(c for c in SUMMARY_COLUMNS if c[1] != "nsd")
 
 
 def comparison_table(results: Mapping[str, TuningResult]) -> str:

@@ -96,11 +96,12 @@ from kd_components.networks.candidates import DEFAULT_CANDIDATE, MODEL_ZOO_SEGRE
 from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
 from kd_components.pipeline.report import read_metrics, read_per_case
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
-from kd_components.pipeline.statistics import gap_closed_interval, mean_interval, paired_difference
+from kd_components.pipeline.statistics import finite_mean, gap_closed_interval, mean_interval, paired_difference
 
 __all__ = [
     "BRATS_METRICS",
     "METRICS",
+    "RESULTS_INDENT",
     "ROWS",
     "BenchmarkSettings",
     "Row",
@@ -253,6 +254,8 @@ BRATS_METRICS: tuple[str, ...] = tuple(
     for column in BRATS_COLUMNS
     for region in (*(r.lower() for r in REGIONS), *(("mean",) if "dice" in column else ()))
 )
+#: ``results.json`` is written without indentation: with every per-case score of every row, indented, it passes 1 MiB.
+RESULTS_INDENT: int | None = None
 #: Model-selection rules: ``last`` (validate once, after the last epoch: the final weights) or ``best`` (the
 #: checkpoint of the best validation mean Dice among ``validations`` evenly spaced validations).
 SELECTION_RULES: tuple[str, ...] = ("last", "best")
@@ -530,7 +533,10 @@ def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
             + settings.validations_per_run * settings.validation * case
         )
         testing += runs * (START_SECONDS + (settings.test + 2 * settings.probe_cases) * case)
-    if any("teacher" in row.overrides for row in ROWS if row.key in settings.rows):  # teacher-guided sampling
+    guided = [
+        r for r in ROWS if r.key in settings.rows and cli_overrides(r.overrides).get("unlabelled_sampling") == "teacher"
+    ]
+    if guided:  # teacher-guided sampling
         training += len(settings.teacher_seeds) * settings.unlabelled * GUIDANCE_SECONDS
     phantoms = settings.num_cases * PHANTOM_SECONDS
     return {"phantoms": phantoms, "training": training, "testing": testing, "total": phantoms + training + testing}
@@ -690,7 +696,7 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
                 "values": values,
             }
             if key in METRICS:  # the same, from the per-case scores: per seed the mean over the test cases
-                summary[key]["case_means"] = [_nanmean(v) for v in per_case[key]]
+                summary[key]["case_means"] = [finite_mean(v) for v in per_case[key]]
         epochs, _, per_epoch = row_schedule(settings, row)
         results[row.key] = {
             "label": row.label,
@@ -745,11 +751,6 @@ def add_statistics(
                 entry["postprocessing_effect"] = paired_difference(own, raw, **options).as_dict()
             row["statistics"][metric] = entry
     return rows
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(finite) if finite else float("nan")
 
 
 def environment(jobs: int) -> dict[str, Any]:
@@ -808,7 +809,7 @@ def run_benchmark(
     results["finished"] = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
     results["stage_seconds"] = runner.timings
     results["stage_seconds_recorded"] = runner.recorded
-    save_json_atomic(_jsonable(results), settings.output_dir / "results.json")
+    save_json_atomic(_jsonable(results), settings.output_dir / "results.json", indent=RESULTS_INDENT)
     return results
 
 

@@ -17,6 +17,7 @@ from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
 from kd_components.pipeline.results_challenge import challenge_sections, postprocessing_section, probe_section
 from kd_components.pipeline.stages import format_minutes
+from kd_components.pipeline.statistics import finite_mean
 from kd_components.pipeline.statistics import format_interval as _ci
 from kd_components.pipeline.statistics import row_interval as _interval
 
@@ -106,15 +107,10 @@ def _seed_means(row: Mapping[str, Any], metric: str = "val_mean_dice") -> dict[i
     """Seed -> that seed's mean over the test cases (the seed's ``metrics.csv`` value in an older results.json)."""
     summary = row["summary"].get(metric)
     if summary is None:  # a score read per case only (the BraTS challenge metrics)
-        values = [_nanmean_or_none(seed) for seed in row["per_case"][metric]]
+        values = [finite_mean(seed) for seed in row["per_case"][metric]]
     else:
         values = summary.get("case_means", summary["values"])
     return {int(s): (math.nan if v is None else float(v)) for s, v in zip(row["seeds"], values, strict=True)}
-
-
-def _nanmean_or_none(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
 
 
 def _seed_list(seeds: Sequence[int]) -> str:

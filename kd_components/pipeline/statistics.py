@@ -36,7 +36,8 @@ same ``seed`` and shapes use the same resampled student seeds and cases.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "SEED",
     "Interval",
     "bootstrap_counts",
+    "finite_mean",
     "format_interval",
     "gap_closed_interval",
     "mean_interval",
@@ -99,6 +101,12 @@ class Interval:
         """Inverse of :meth:`as_dict` (None becomes NaN)."""
         values = {k: (float("nan") if data.get(k) is None else data[k]) for k in ("estimate", "low", "high")}
         return cls(**values, confidence=data.get("confidence", CONFIDENCE), resamples=data.get("resamples", 0))
+
+
+def finite_mean(values: Sequence[float | None]) -> float:
+    """The mean of the finite values (``None``, NaN and infinities left out); NaN when there is none."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
 
 
 def row_interval(row: Mapping[str, Any], metric: str, which: str = "mean") -> Interval | None:
