@@ -25,6 +25,7 @@ from kd_components.data.guidance import UNLABELLED_SAMPLING
 from kd_components.data.mixing import MIXING_MODES
 from kd_components.losses.feature import FEATURE_DISTANCES
 from kd_components.losses.terms import PSEUDO_LABEL_WEIGHTINGS, SCALE_WEIGHT_SOURCES
+from kd_components.networks.hybrid import FEATURE_SOURCES
 
 __all__ = ["SETTING_RULES", "BundleSettingError", "as_bool", "check_settings"]
 
@@ -153,6 +154,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_non_negative_int, "a non-negative integer"),
     "learning_rate": (_positive_number, "a positive number"),
     "weight_decay": (_non_negative_number, "a non-negative number"),
+    "fusion_lr_factor": (_positive_number, "a positive number (the fusion scale logits' learning rate over the base)"),
     "alpha": (_non_negative_number, "a non-negative number"),
     "beta": (_non_negative_number, "a non-negative number"),
     "temperature": (_positive_number, "a positive number"),
@@ -173,6 +175,10 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "unlabelled_ramp_up": (_non_negative_int, "a non-negative integer (iterations)"),
     "feature_distance": _one_of(tuple(FEATURE_DISTANCES)),
     "feature_scale_weights": _one_of(SCALE_WEIGHT_SOURCES),
+    "feature_sources": (
+        lambda v: isinstance(v, list | tuple) and 0 < len(v) == len(set(v)) and all(x in FEATURE_SOURCES for x in v),
+        f"a non-empty list of distinct feature sources among {list(FEATURE_SOURCES)}",
+    ),
     "feature_pairs": (_module_pairs, "a non-empty list of [teacher_module_path, student_module_path] pairs"),
     "data_list_file_path": (_text, "a path (a string)"),
     "output_dir": (_text, "a path (a string)"),

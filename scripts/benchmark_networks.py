@@ -124,7 +124,7 @@ def render_markdown(rows: list[dict[str, Any]], size: int, command: str) -> str:
     names = [r["config"] for r in rows if r["config"] in TEACHER_CONFIGS]
     if not names:
         return "\n".join([*lines, ""])
-    keys = sorted({k for n in names for k in TEACHER_CONFIGS[n]}, key=list(TEACHER_CONFIGS[names[0]]).index)
+    keys = list(dict.fromkeys(k for n in names for k in TEACHER_CONFIGS[n]))  # first seen first
     lines += [
         "",
         "## Configurations (`kd_components.networks.TEACHER_CONFIGS`)",

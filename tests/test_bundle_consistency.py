@@ -35,6 +35,11 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
         "imports": (OWN, "each bundle imports what its expressions use"),
         "network_def": (OWN, "the network each bundle trains"),
         "loss": (OWN, "the teacher trains on task_loss; the student on DistillationLoss over loss_terms"),
+        "train#handlers": (OWN, "the teacher's adds BranchDiagnostics (test_teacher_handlers_add_only_diagnostics)"),
+        **{
+            key: (OWN, "the teacher's fusion scale logits have a learning rate of their own (parameter_groups)")
+            for key in ("fusion_lr_factor", "settings#fusion_lr_factor", "optimizer#params")
+        },
         "settings": (EXTENDS, "the student adds the distillation settings"),
         "train#saved_objects": (EXTENDS, "the student also checkpoints the distillation loss (its adapters)"),
         "train#preprocessing#transforms": (OWN, "the student adds train#mask_transforms (the brain mask)"),
@@ -49,6 +54,7 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
                 "temperature",
                 "feature_distance",
                 "feature_scale_weights",
+                "feature_sources",
                 "feature_pairs",
                 "use_unlabelled",
                 "unlabelled_split",
@@ -216,3 +222,11 @@ def test_evaluate_json_scores_with_the_post_processing_of_inference_json(bundle:
     post = evaluate["validate#additional_metrics"]["lesion_wise_post"]["postprocess"]
     assert post["min_component_mm3"] == "@postprocess_min_mm3"
     assert post["et_to_netc_mm3"] == "@postprocess_et_to_netc_mm3"
+
+
+def test_teacher_handlers_add_only_diagnostics() -> None:
+    teacher = load_config(TEACHER, "train.json")["train"]["handlers"]
+    student = load_config(STUDENT, "train.json")["train"]["handlers"]
+    added = [h for h in teacher if h["_target_"] == "kd_components.handlers.BranchDiagnostics"]
+    assert len(added) == 1
+    assert [h for h in teacher if h not in added] == student

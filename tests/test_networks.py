@@ -438,7 +438,9 @@ def test_torchscript_export_matches_eager(tmp_path: Path) -> None:
 
 
 def test_named_configs_build() -> None:
-    assert set(TEACHER_CONFIGS) == {"demo", "default"}
+    names = {f"{size}{ablation}" for size in ("demo", "default") for ablation in ("", "_cnn", "_vit")}
+    assert set(TEACHER_CONFIGS) == names
+    assert all(TEACHER_CONFIGS[f"demo_{b}"] == {**TEACHER_CONFIGS["demo"], "branches": b} for b in ("cnn", "vit"))
     demo = build_teacher("demo", img_size=(64, 64, 64))
     assert demo(torch.randn(1, 4, 64, 64, 64)).shape == (1, 3, 64, 64, 64)
     with torch.device("meta"):  # the default size (VGG19 + ViT-B/16) without allocating it

@@ -12,6 +12,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
 from monai.data import load_net_with_metadata
 
 from kd_components.constants import MODALITIES, REGIONS
+from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from tests.conftest import (
     REPO_ROOT,
     TEACHER_BUNDLE_TINY,
@@ -61,6 +62,14 @@ def test_train_infer_evaluate_on_phantoms(phantom_data: dict[str, Path]) -> None
     assert len(list(models.glob("latest*.pt"))) == 1
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("fusion.fuse.0") for k in state)
+    # the branch diagnostics of the one epoch: scale weights, the gates of the validation, the branch ablation
+    diagnostics = json.loads((bundle_root / "eval" / BRANCH_DIAGNOSTICS_FILE).read_text())
+    assert [e["epoch"] for e in diagnostics["scale_weights"]] == [1]
+    assert sum(diagnostics["scale_weights"][0]["weights"]) == pytest.approx(1, abs=1e-4)
+    assert [e["epoch"] for e in diagnostics["gates"]] == [1] and len(diagnostics["gates"][0]["scales"]) == 4
+    dice = diagnostics["ablation"]["dice"]
+    assert set(dice) == {"full", "vit", "cnn"}
+    assert all(len(v) == 4 and all(0 <= d <= 1 for d in v) for v in dice.values())
 
     infer = bundle_workflow(CONFIGS, ["inference.json"], "infer", **common)
     infer.run()

@@ -1,5 +1,6 @@
 """Ignite handlers used by the bundle configs (checkpoint handlers live in :mod:`kd_components.checkpoints`)."""
 
+from kd_components.handlers.branches import BranchDiagnostics
 from kd_components.handlers.finite_loss import FiniteLossGuard, NonFiniteLossError
 from kd_components.handlers.inference_summary import InferenceSummary, SkippedCasesExit
 from kd_components.handlers.lesion_metrics import CaseScoresWriter, LesionWiseMetrics
@@ -12,6 +13,7 @@ from kd_components.handlers.validation import FinalValidationHandler
 
 __all__ = [
     "MAIN_PROCESS_HANDLER_TYPES",
+    "BranchDiagnostics",
     "CaseScoresWriter",
     "FinalValidationHandler",
     "FiniteLossGuard",

@@ -15,12 +15,14 @@ from monai.handlers import (
     TensorBoardHandler,
 )
 
+from kd_components.handlers.branches import BranchDiagnostics
 from kd_components.handlers.progress import ProgressBar
 
 __all__ = ["MAIN_PROCESS_HANDLER_TYPES", "main_process_handlers"]
 
 #: MONAI handlers that only report or save (logs, TensorBoard/MLflow/ClearML, metric files, the key-metric
-#: ``model.pt``): attached on rank 0 only, as is ``kd_components.handlers.ProgressBar``. Everything else (LR
+#: ``model.pt``) and the teacher's branch diagnostics: attached on rank 0 only, as is
+#: ``kd_components.handlers.ProgressBar``. Everything else (LR
 #: schedulers, validation, the resumable checkpoint, which every rank must load when resuming and Ignite
 #: saves on rank 0 only) runs on every rank.
 MAIN_PROCESS_HANDLER_TYPES: tuple[type, ...] = (
@@ -30,6 +32,7 @@ MAIN_PROCESS_HANDLER_TYPES: tuple[type, ...] = (
     ClearMLHandler,
     MetricsSaver,
     CheckpointSaver,
+    BranchDiagnostics,
 )
 
 

@@ -239,9 +239,10 @@ class FeatureTerm(DistillationTerm):
     are this term's parameters), on the maps tapped at the loss's ``pairs``.
 
     The per-scale weights are the teacher's learned fusion weights (``scale_weights="teacher"``:
-    ``teacher.scale_weights()`` detached, restricted to the tapped scales; needs a teacher with
-    ``scale_weights()`` and ``feature_modules()``, a :class:`~kd_components.networks.HybridTeacher`) or
-    the loss's own fixed weights (``"fixed"``).
+    ``teacher.scale_weights()`` detached, each pair taking the weight of its teacher map's scale, then
+    normalised over the pairs; needs a teacher with ``scale_weights()`` and ``feature_modules()``, a
+    :class:`~kd_components.networks.HybridTeacher`, whose ``branch_feature_modules()`` place the VGG stages and
+    ViT states of pairs from both branches on the same scales) or the loss's own fixed weights (``"fixed"``).
 
     Args:
         loss: the feature loss (e.g. from :func:`~kd_components.losses.build_feature_kd_loss`); ``None``
@@ -292,14 +293,18 @@ class FeatureTerm(DistillationTerm):
                 f'scale_weights="teacher" needs a teacher with scale_weights() and feature_modules() '
                 f'(a HybridTeacher); {type(teacher).__name__} has not: use "fixed"'
             )
-        modules = list(teacher.feature_modules())
-        unknown = [p for p in self.teacher_paths if p not in modules]
+        # the fused maps, and where the teacher names them the branches' own features at the same scales
+        sources = [list(teacher.feature_modules())]
+        if callable(getattr(teacher, "branch_feature_modules", None)):
+            sources += list(teacher.branch_feature_modules().values())
+        scale_of = {path: i for paths in sources for i, path in enumerate(paths)}
+        unknown = [p for p in self.teacher_paths if p not in scale_of]
         if unknown:
             raise ValueError(
-                f'scale_weights="teacher": teacher paths {unknown} are not its weighted scales {modules}; '
-                'tap those, or use "fixed"'
+                f'scale_weights="teacher": teacher paths {unknown} are not among its weighted scales '
+                f'{sources}; tap those, or use "fixed"'
             )
-        return [modules.index(p) for p in self.teacher_paths]
+        return [scale_of[p] for p in self.teacher_paths]
 
     def teacher_scale_weights(self, teacher: nn.Module | None) -> torch.Tensor | None:
         """The per-scale weights ``(num_pairs,)`` taken from ``teacher``, or ``None`` for the loss's fixed ones."""

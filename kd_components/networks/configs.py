@@ -18,7 +18,9 @@ __all__ = ["TEACHER_CONFIGS", "build_teacher", "teacher_config"]
 #: Keyword arguments of :class:`~kd_components.networks.HybridTeacher` by configuration name.
 #: ``demo``: small enough to train on a CPU in minutes on 64^3-96^3 patches.
 #: ``default``: VGG19 (width 64) + ViT-B/16 (hidden 768, 12 layers, 12 heads, MLP 3072), as in UNETR.
-TEACHER_CONFIGS: dict[str, dict[str, Any]] = {
+#: ``<size>_cnn`` and ``<size>_vit``: the branch ablations of each size (``branches="cnn"``: VGG only;
+#: ``"vit"``: ViT only, UNETR-like), the same arguments otherwise.
+_HYBRID_CONFIGS: dict[str, dict[str, Any]] = {
     "demo": {
         "img_size": (96, 96, 96),
         "vgg_width": 8,
@@ -44,6 +46,14 @@ TEACHER_CONFIGS: dict[str, dict[str, Any]] = {
         "decoder_channels": (16, 32, 64, 128),
     },
 }
+TEACHER_CONFIGS: dict[str, dict[str, Any]] = {
+    **_HYBRID_CONFIGS,
+    **{
+        f"{size}_{branch}": {**arguments, "branches": branch}
+        for size, arguments in _HYBRID_CONFIGS.items()
+        for branch in ("cnn", "vit")
+    },
+}
 
 
 def teacher_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -54,5 +64,6 @@ def teacher_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def build_teacher(config: str = "demo", **overrides: Any) -> HybridTeacher:
-    """A :class:`HybridTeacher` of the named configuration (``"demo"`` or ``"default"``), with ``overrides``."""
+    """A :class:`HybridTeacher` of the named configuration (``"demo"``, ``"default"``, ``"demo_cnn"`` ...), with
+    ``overrides``."""
     return HybridTeacher(**teacher_config(config, **overrides))

@@ -10,7 +10,18 @@ import torch.nn as nn
 from monai.networks.blocks import UnetrBasicBlock, UnetResBlock, UnetrPrUpBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 
-__all__ = ["GatedFusionBlock", "MultiScaleFusion", "vit_alignment"]
+__all__ = ["BRANCHES", "GatedFusionBlock", "MultiScaleFusion", "check_branches", "vit_alignment"]
+
+#: Which encoder branches a fusion (and a :class:`~kd_components.networks.HybridTeacher`) has: both
+#: (``"hybrid"``), the CNN alone (``"cnn"``, a VGG-only ablation) or the ViT alone (``"vit"``, UNETR-like).
+BRANCHES: tuple[str, ...] = ("hybrid", "cnn", "vit")
+
+
+def check_branches(branches: str) -> str:
+    """``branches`` if it is one of :data:`BRANCHES`, else a ValueError naming the choices."""
+    if branches not in BRANCHES:
+        raise ValueError(f"branches must be one of {list(BRANCHES)}, got {branches!r}")
+    return branches
 
 
 def _log2_exact(value: int) -> int | None:
@@ -62,7 +73,11 @@ class GatedFusionBlock(nn.Module):
     residual conv block and a parameter-free instance norm: the output has zero mean and unit
     variance per channel and sample, so its magnitude carries no information and the per-scale
     weights of :class:`MultiScaleFusion` alone set each scale's strength. This output is what a
-    forward hook on this module captures (the feature-distillation target).
+    forward hook on this module captures (the feature-distillation target); a forward hook on
+    ``gate`` captures the gate's logits (``sigmoid`` of them is the CNN's share per voxel and channel).
+
+    With one branch (``branches="cnn"`` or ``"vit"``) the other branch's modules and the gate are
+    ``None`` and ``fused`` is ``c`` or ``v``: the ablations of the hybrid.
     """
 
     def __init__(
@@ -73,6 +88,7 @@ class GatedFusionBlock(nn.Module):
         patch_size: int,
         scale: int,
         norm_name: tuple | str = "instance",
+        branches: str = "hybrid",
     ) -> None:
         """
         Args:
@@ -82,28 +98,57 @@ class GatedFusionBlock(nn.Module):
             patch_size: ViT patch size: the ViT maps are at 1/patch_size of the input resolution.
             scale: downsampling factor of this scale: the CNN map and the output are at 1/scale.
             norm_name: MONAI normalisation of the conv blocks. Defaults to ``"instance"``.
+            branches: ``"hybrid"`` (both inputs, gated), ``"cnn"`` or ``"vit"`` (that input alone; the
+                other one is not built). Defaults to ``"hybrid"``.
         """
         super().__init__()
         self.scale = scale
-        self.vit_align = vit_alignment(vit_channels, out_channels, patch_size, scale, norm_name)
-        self.cnn_proj = get_conv_layer(
-            3, cnn_channels, out_channels, kernel_size=1, act=None, norm=norm_name, conv_only=False
+        self.branches = check_branches(branches)
+        self.vit_align = (
+            vit_alignment(vit_channels, out_channels, patch_size, scale, norm_name) if branches != "cnn" else None
         )
-        self.gate = get_conv_layer(3, 2 * out_channels, out_channels, kernel_size=3, bias=True, conv_only=True)
+        self.cnn_proj = (
+            get_conv_layer(3, cnn_channels, out_channels, kernel_size=1, act=None, norm=norm_name, conv_only=False)
+            if branches != "vit"
+            else None
+        )
+        self.gate = (
+            get_conv_layer(3, 2 * out_channels, out_channels, kernel_size=3, bias=True, conv_only=True)
+            if branches == "hybrid"
+            else None
+        )
         self.refine = UnetResBlock(3, out_channels, out_channels, kernel_size=3, stride=1, norm_name=norm_name)
         self.out_norm = nn.InstanceNorm3d(out_channels, affine=False)
 
-    def forward(self, cnn: torch.Tensor, vit: torch.Tensor) -> torch.Tensor:
+    def forward(self, cnn: torch.Tensor | None, vit: torch.Tensor | None) -> torch.Tensor:
         """
         Args:
-            cnn: CNN features ``(B, cnn_channels, H/s, W/s, D/s)`` (``s`` = ``scale``).
-            vit: ViT features ``(B, vit_channels, H/p, W/p, D/p)`` (``p`` = ``patch_size``).
+            cnn: CNN features ``(B, cnn_channels, H/s, W/s, D/s)`` (``s`` = ``scale``); ignored (may be
+                ``None``) without a CNN branch.
+            vit: ViT features ``(B, vit_channels, H/p, W/p, D/p)`` (``p`` = ``patch_size``); ignored (may be
+                ``None``) without a ViT branch.
 
         Returns:
             the fused map ``(B, out_channels, H/s, W/s, D/s)``, instance-normalised.
+
+        Raises:
+            ValueError: if the input of a branch the block has is missing, or the two maps differ in size.
         """
-        c = self.cnn_proj(cnn)
-        v = self.vit_align(vit)
+        c: torch.Tensor | None = None
+        v: torch.Tensor | None = None
+        if self.cnn_proj is not None:
+            if cnn is None:
+                raise ValueError(f"GatedFusionBlock(scale=1/{self.scale}): the CNN features are missing")
+            c = self.cnn_proj(cnn)
+        if self.vit_align is not None:
+            if vit is None:
+                raise ValueError(f"GatedFusionBlock(scale=1/{self.scale}): the ViT features are missing")
+            v = self.vit_align(vit)
+        if c is None:
+            assert v is not None  # a block has at least one branch
+            return self.out_norm(self.refine(v))
+        if v is None or self.gate is None:
+            return self.out_norm(self.refine(c))
         if c.shape[2:] != v.shape[2:]:
             raise ValueError(
                 f"GatedFusionBlock(scale=1/{self.scale}): CNN map {list(c.shape[2:])} and aligned ViT map "
@@ -138,6 +183,7 @@ class MultiScaleFusion(nn.Module):
         scales: Sequence[int] = (2, 4, 8, 16),
         patch_size: int = 16,
         norm_name: tuple | str = "instance",
+        branches: str = "hybrid",
     ) -> None:
         """
         Args:
@@ -148,6 +194,8 @@ class MultiScaleFusion(nn.Module):
                 (VGG stages 1..4).
             patch_size: ViT patch size (the ViT maps are at 1/patch_size). Defaults to 16.
             norm_name: MONAI normalisation of the conv blocks. Defaults to ``"instance"``.
+            branches: ``"hybrid"``, ``"cnn"`` or ``"vit"``: which inputs the blocks take (see
+                :class:`GatedFusionBlock`). Defaults to ``"hybrid"``.
 
         Raises:
             ValueError: if the per-scale sequences differ in length or the scales are not increasing.
@@ -163,8 +211,9 @@ class MultiScaleFusion(nn.Module):
             raise ValueError(f"scales must be strictly increasing (finest first), got {scales}")
         self.scales = scales
         self.out_channels = outs
+        self.branches = check_branches(branches)
         self.fuse = nn.ModuleList(
-            GatedFusionBlock(c, vit_channels, o, patch_size, s, norm_name)
+            GatedFusionBlock(c, vit_channels, o, patch_size, s, norm_name, branches)
             for c, o, s in zip(cnn_channels, outs, scales, strict=True)
         )
         self.scale_logits = nn.Parameter(torch.zeros(len(scales)))
@@ -176,19 +225,26 @@ class MultiScaleFusion(nn.Module):
     def forward(self, cnn_features: list[torch.Tensor], vit_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """
         Args:
-            cnn_features: one CNN map per scale, finest first: ``(B, cnn_channels[i], H/scales[i], ...)``.
-            vit_features: one ViT map per scale (shallow to deep layers): ``(B, vit_channels, H/p, W/p, D/p)``.
+            cnn_features: one CNN map per scale, finest first: ``(B, cnn_channels[i], H/scales[i], ...)``;
+                an empty list without a CNN branch.
+            vit_features: one ViT map per scale (shallow to deep layers): ``(B, vit_channels, H/p, W/p, D/p)``;
+                an empty list without a ViT branch.
 
         Returns:
             the weighted fused maps, finest first: ``(B, out_channels[i], H/scales[i], W/scales[i], D/scales[i])``.
         """
-        if len(cnn_features) != len(self.scales) or len(vit_features) != len(self.scales):
+        n = len(self.scales)
+        n_cnn = 0 if self.branches == "vit" else n
+        n_vit = 0 if self.branches == "cnn" else n
+        if len(cnn_features) != n_cnn or len(vit_features) != n_vit:
             raise ValueError(
-                f"MultiScaleFusion expects {len(self.scales)} CNN and ViT maps, "
+                f"MultiScaleFusion(branches='{self.branches}') expects {n_cnn} CNN and {n_vit} ViT maps, "
                 f"got {len(cnn_features)} and {len(vit_features)}"
             )
-        weights = self.scale_weights() * len(self.scales)
+        weights = self.scale_weights() * n
         fused: list[torch.Tensor] = []
         for i, block in enumerate(self.fuse):
-            fused.append(block(cnn_features[i], vit_features[i]) * weights[i])
+            cnn: torch.Tensor | None = cnn_features[i] if n_cnn else None
+            vit: torch.Tensor | None = vit_features[i] if n_vit else None
+            fused.append(block(cnn, vit) * weights[i])
         return fused

@@ -8,23 +8,31 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks import UnetOutBlock, UnetResBlock
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetResBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from monai.utils import ensure_tuple_rep
 
 from kd_components.constants import MODALITIES, REGIONS
-from kd_components.networks.fusion import MultiScaleFusion
+from kd_components.networks.fusion import MultiScaleFusion, check_branches
 from kd_components.networks.init import init_output_prior
 from kd_components.networks.vgg import VGG19Encoder3d
 from kd_components.networks.vit import ViTEncoder3d
 
-__all__ = ["FUSED_FEATURE_MODULES", "FUSED_FEATURE_SCALES", "DecoderUpBlock", "HybridTeacher"]
+__all__ = ["FEATURE_SOURCES", "FUSED_FEATURE_MODULES", "FUSED_FEATURE_SCALES", "DecoderUpBlock", "HybridTeacher"]
 
 #: Downsampling factors of the fused scales, finest first (VGG19 stages 1..4).
 FUSED_FEATURE_SCALES: tuple[int, ...] = (2, 4, 8, 16)
 #: Module paths, in a :class:`HybridTeacher`, of the fused features at each scale (finest first),
 #: for forward hooks (feature distillation): ``model.get_submodule(path).register_forward_hook(...)``.
 FUSED_FEATURE_MODULES: tuple[str, ...] = tuple(f"fusion.fuse.{i}" for i in range(len(FUSED_FEATURE_SCALES)))
+#: Module paths of the teacher's features by source, one per fused scale, finest first: the fused maps, the VGG
+#: stages at the same scales (``vgg.stages.1`` .. ``.4``) and the ViT hidden states that feed them
+#: (``vit.hidden_states.0`` .. ``.3``, 3D token maps at 1/``vit_patch_size``), for feature distillation.
+FEATURE_SOURCES: dict[str, tuple[str, ...]] = {
+    "fused": FUSED_FEATURE_MODULES,
+    "cnn": tuple(f"vgg.stages.{k + 1}" for k in range(len(FUSED_FEATURE_SCALES))),
+    "vit": tuple(f"vit.hidden_states.{i}" for i in range(len(FUSED_FEATURE_SCALES))),
+}
 #: VGG19's total downsampling: inputs must be divisible by it.
 _VGG_DIVISOR = 16
 
@@ -83,7 +91,13 @@ class HybridTeacher(nn.Module):
       loss and post-processing apply it).
 
     The fused feature of each scale is the output of the module at :data:`FUSED_FEATURE_MODULES`
-    (``feature_modules()``), for forward hooks. The module is TorchScript-scriptable.
+    (``feature_modules()``), for forward hooks; so are the branches' own features (``vgg.stages.k``,
+    ``vit.hidden_states.i``: :meth:`branch_feature_modules`). The module is TorchScript-scriptable.
+
+    **Ablations** (``branches``): ``"cnn"`` builds no ViT (a VGG-only U-Net: each fused map is the
+    projected VGG stage); ``"vit"`` builds no VGG (UNETR-like: each fused map is the aligned ViT state,
+    and the full-resolution skip comes from a residual conv block on the input, ``stem``, as UNETR's
+    ``encoder1``). Module paths, the decoder and the head are the same in all three.
 
     Inputs must have spatial sizes divisible by ``lcm(16, vit_patch_size)``; with instance norm, at
     least 32 per dimension in training (instance norm needs more than one voxel at 1/16).
@@ -109,6 +123,7 @@ class HybridTeacher(nn.Module):
         dropout_rate: float = 0.0,
         norm_name: tuple | str = "instance",
         output_prior: float | None = 0.1,
+        branches: str = "hybrid",
     ) -> None:
         """
         Args:
@@ -136,6 +151,8 @@ class HybridTeacher(nn.Module):
             output_prior: initial foreground probability of every output channel (the head's bias is set
                 to its logit, see :func:`~kd_components.networks.init.init_output_prior`); ``None`` keeps
                 PyTorch's default bias. Defaults to 0.1.
+            branches: ``"hybrid"`` (VGG and ViT), or an ablation with one encoder: ``"cnn"`` (VGG only)
+                or ``"vit"`` (ViT only). Defaults to ``"hybrid"``.
 
         Raises:
             ValueError: if the channel sequences do not have 4 entries or ``img_size`` is not divisible
@@ -157,38 +174,57 @@ class HybridTeacher(nn.Module):
         self.vit_patch_size = vit_patch_size
         self.feature_channels = [int(c) for c in fusion_channels]
         self.feature_scales = list(FUSED_FEATURE_SCALES)
+        self.branches = check_branches(branches)
 
-        self.vgg = VGG19Encoder3d(
-            in_channels=in_channels,
-            width=vgg_width,
-            norm=vgg_norm,
-            freeze_stages=freeze_vgg_stages,
-            pretrained_path=vgg_pretrained_path,
+        self.vgg = (
+            VGG19Encoder3d(
+                in_channels=in_channels,
+                width=vgg_width,
+                norm=vgg_norm,
+                freeze_stages=freeze_vgg_stages,
+                pretrained_path=vgg_pretrained_path,
+            )
+            if branches != "vit"
+            else None
         )
-        self.vit = ViTEncoder3d(
-            in_channels=in_channels,
-            img_size=img,
-            patch_size=vit_patch_size,
-            hidden_size=vit_hidden_size,
-            mlp_dim=vit_mlp_dim,
-            num_layers=vit_num_layers,
-            num_heads=vit_num_heads,
-            out_layers=vit_out_layers,
-            dropout_rate=dropout_rate,
+        self.vit = (
+            ViTEncoder3d(
+                in_channels=in_channels,
+                img_size=img,
+                patch_size=vit_patch_size,
+                hidden_size=vit_hidden_size,
+                mlp_dim=vit_mlp_dim,
+                num_layers=vit_num_layers,
+                num_heads=vit_num_heads,
+                out_layers=vit_out_layers,
+                dropout_rate=dropout_rate,
+            )
+            if branches != "cnn"
+            else None
+        )
+        # VGG19's channels per stage (width * (1, 2, 4, 8, 8)); the ViT-only ablation has no VGG but the same skips
+        cnn_channels = [vgg_width * m for m in (1, 2, 4, 8, 8)] if self.vgg is None else self.vgg.out_channels
+        self.stem = (
+            UnetrBasicBlock(
+                3, in_channels, cnn_channels[0], kernel_size=3, stride=1, norm_name=norm_name, res_block=True
+            )
+            if self.vgg is None
+            else None
         )
         self.fusion = MultiScaleFusion(
-            cnn_channels=self.vgg.out_channels[1:],
+            cnn_channels=cnn_channels[1:],
             vit_channels=vit_hidden_size,
             out_channels=self.feature_channels,
             scales=FUSED_FEATURE_SCALES,
             patch_size=vit_patch_size,
             norm_name=norm_name,
+            branches=branches,
         )
         # coarse to fine: inputs fused 1/16 -> dec 1/8 -> 1/4 -> 1/2; skips fused 1/8, 1/4, 1/2, VGG stage 0
         dec = [int(c) for c in decoder_channels]
         fus = self.feature_channels
         in_chs = [fus[3], dec[3], dec[2], dec[1]]
-        skip_chs = [fus[2], fus[1], fus[0], self.vgg.out_channels[0]]
+        skip_chs = [fus[2], fus[1], fus[0], cnn_channels[0]]
         out_chs = [dec[3], dec[2], dec[1], dec[0]]
         self.decoder = nn.ModuleList(
             DecoderUpBlock(i, s, o, norm_name) for i, s, o in zip(in_chs, skip_chs, out_chs, strict=True)
@@ -201,6 +237,16 @@ class HybridTeacher(nn.Module):
     def feature_modules() -> list[str]:
         """Module paths of the fused features, finest first (1/2, 1/4, 1/8, 1/16): :data:`FUSED_FEATURE_MODULES`."""
         return list(FUSED_FEATURE_MODULES)
+
+    def branch_feature_modules(self) -> dict[str, list[str]]:
+        """Module paths of each branch's own features at the fused scales (1/2 .. 1/16), finest first, for hooks.
+
+        :data:`FEATURE_SOURCES` without the branch the network lacks (an ablation). A hook on
+        ``vit.hidden_states.i`` captures the ViT state of the ``i``-th output layer as a 3D token map
+        ``(B, hidden, H/p, W/p, D/p)``.
+        """
+        present = {"fused": True, "cnn": self.vgg is not None, "vit": self.vit is not None}
+        return {source: list(paths) for source, paths in FEATURE_SOURCES.items() if present[source]}
 
     def scale_weights(self) -> torch.Tensor:
         """The learned per-scale weights ``(4,)`` of the fused features, finest first, summing to 1."""
@@ -223,10 +269,18 @@ class HybridTeacher(nn.Module):
             logits ``(B, out_channels, H, W, D)`` (no sigmoid).
         """
         self.check_input_size(list(x.shape[2:]))
-        cnn = self.vgg(x)  # 5 maps at 1, 1/2, 1/4, 1/8, 1/16
-        vit = self.vit(x)  # 4 maps at 1/patch
+        cnn: list[torch.Tensor] = []
+        vit: list[torch.Tensor] = []
+        if self.vgg is not None:
+            cnn = self.vgg(x)  # 5 maps at 1, 1/2, 1/4, 1/8, 1/16
+        if self.vit is not None:
+            vit = self.vit(x)  # 4 maps at 1/patch
+        if self.stem is not None:
+            first = self.stem(x)  # the ViT-only ablation's full-resolution skip
+        else:
+            first = cnn[0]
         fused = self.fusion(cnn[1:], vit)  # 4 weighted maps at 1/2, 1/4, 1/8, 1/16
-        skips = [cnn[0]] + fused[:-1]  # noqa: RUF005 (TorchScript)  finest first: 1, 1/2, 1/4, 1/8
+        skips = [first] + fused[:-1]  # noqa: RUF005 (TorchScript)  finest first: 1, 1/2, 1/4, 1/8
         y = fused[-1]
         for i, up in enumerate(self.decoder):
             y = up(y, skips[len(skips) - 1 - i])

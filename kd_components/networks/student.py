@@ -26,7 +26,8 @@ from monai.networks.blocks.segresnet_block import get_conv_layer
 from monai.networks.nets import SegResNet
 
 from kd_components.constants import MODALITIES, REGIONS
-from kd_components.networks.hybrid import FUSED_FEATURE_MODULES, FUSED_FEATURE_SCALES
+from kd_components.networks.configs import teacher_config
+from kd_components.networks.hybrid import FEATURE_SOURCES, FUSED_FEATURE_SCALES
 from kd_components.networks.init import init_output_prior
 from kd_components.networks.utils import unwrap_module
 
@@ -196,13 +197,50 @@ def student_feature_modules(network: nn.Module) -> tuple[str, ...]:
             f"cannot tell where to tap the features of a {type(net).__name__}: set feature_pairs in the config "
             "to [[teacher_module, student_module], ...], one pair per teacher scale"
         )
+    return tuple(_student_level(net, scale) for scale in FUSED_FEATURE_SCALES)
+
+
+def _student_level(net: SegResNet, scale: int) -> str:
+    """The path of ``net``'s encoder level at 1/``scale``, or of its coarsest level where it has none as coarse."""
     stem = 1 if isinstance(net, StridedSegResNet) else 0
-    last = len(net.down_layers) - 1
-    levels = [min(max(scale.bit_length() - 1 - stem, 0), last) for scale in FUSED_FEATURE_SCALES]
-    return tuple(f"down_layers.{k}" for k in levels)
+    level = min(max(scale.bit_length() - 1 - stem, 0), len(net.down_layers) - 1)
+    return f"down_layers.{level}"
 
 
-def feature_pairs(network: nn.Module) -> list[tuple[str, str]]:
-    """``(teacher_path, student_path)`` per fused scale, finest first, for
-    :class:`~kd_components.losses.FeatureKDLoss` (see :func:`student_feature_modules`)."""
-    return list(zip(FUSED_FEATURE_MODULES, student_feature_modules(network), strict=True))
+def feature_pairs(
+    network: nn.Module, sources: Sequence[str] = ("fused",), teacher: str = "default"
+) -> list[tuple[str, str]]:
+    """
+    ``(teacher_path, student_path)`` pairs for :class:`~kd_components.losses.FeatureKDLoss`, source by source,
+    each finest first.
+
+    - ``"fused"``: the teacher's fused maps (``fusion.fuse.i``), each with the student level at its scale
+      (:func:`student_feature_modules`).
+    - ``"cnn"``: the teacher's VGG stages at the same scales (``vgg.stages.1`` .. ``.4``), the same student levels.
+    - ``"vit"``: the teacher's ViT hidden states (``vit.hidden_states.0`` .. ``.3``): all four live on the token
+      grid at 1/(the teacher's ViT patch size), so each is paired with the student level at that scale (the
+      same student map learns the four depths through four adapters; resampling a fine student map down to the
+      token grid would alias).
+
+    Args:
+        network: the student (a SegResNet; a parallel wrapper is looked through).
+        sources: the teacher's feature sources, keys of :data:`~kd_components.networks.hybrid.FEATURE_SOURCES`.
+            Defaults to the fused maps alone.
+        teacher: the name of the teacher's configuration (:data:`~kd_components.networks.TEACHER_CONFIGS`), for
+            its ViT patch size. Defaults to ``"default"``.
+
+    Raises:
+        ValueError: for an unknown or repeated source, or none.
+        TypeError: for a student that is not a SegResNet (see :func:`student_feature_modules`).
+    """
+    sources = list(sources)
+    unknown = [s for s in sources if s not in FEATURE_SOURCES]
+    if not sources or unknown or len(set(sources)) != len(sources):
+        raise ValueError(f"sources must be distinct names among {sorted(FEATURE_SOURCES)}, got {sources}")
+    per_scale = student_feature_modules(network)
+    token_level = _student_level(unwrap_module(network), int(teacher_config(teacher)["vit_patch_size"]))
+    pairs: list[tuple[str, str]] = []
+    for source in sources:
+        students = [token_level] * len(per_scale) if source == "vit" else per_scale
+        pairs += list(zip(FEATURE_SOURCES[source], students, strict=True))
+    return pairs

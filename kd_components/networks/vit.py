@@ -30,6 +30,9 @@ class ViTEncoder3d(nn.Module):
     differs from the one of ``img_size``, the learned position embeddings are resampled trilinearly
     to it (as ViTs are fine-tuned at new resolutions).
 
+    The ``i``-th returned map passes through the identity module ``hidden_states.i``, so a forward hook there
+    captures it (feature distillation from the ViT's own states).
+
     ``out_layers`` counts transformer blocks from 1: layer ``l`` is the output of block ``l`` (as in
     the UNETR paper; MONAI's UNETR code takes ``hidden_states_out[3]``, i.e. block 4). The last
     output layer must be the last block, and its state goes through the ViT's final LayerNorm (as
@@ -114,6 +117,8 @@ class ViTEncoder3d(nn.Module):
         # (DDP fails on parameters that require grad but get none) while keeping MONAI's state-dict keys.
         for block in self.vit.blocks:
             block.norm_cross_attn.requires_grad_(False)
+        # identity taps, one per output layer: a forward hook on ``hidden_states.i`` captures the i-th 3D token map
+        self.hidden_states = nn.ModuleList(nn.Identity() for _ in layers)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.out_layers = layers
@@ -165,4 +170,7 @@ class ViTEncoder3d(nn.Module):
             if i + 1 in self.out_layers:
                 hidden = self.vit.norm(tokens) if i + 1 == self.num_layers else tokens
                 outputs.append(hidden.transpose(1, 2).reshape([x.shape[0], self.hidden_size] + grid))  # noqa: RUF005
-        return outputs
+        maps: list[torch.Tensor] = []
+        for i, tap in enumerate(self.hidden_states):
+            maps.append(tap(outputs[i]))
+        return maps
