@@ -6,7 +6,7 @@ UNLABELLED ?= 8
 SEED ?= 0
 PROFILE ?= small
 
-.PHONY: install install-test demo data benchmark benchmark-students test lint slow-test deploy-test
+.PHONY: install install-test demo data benchmark benchmark-branches benchmark-students test lint slow-test deploy-test
 
 install:
 	$(PYTHON) -m pip install -e .
@@ -32,6 +32,15 @@ data:
 JOBS ?= 1
 benchmark: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS)
+
+## The teacher's branches in docs/branches.md: the hybrid demo teacher against its VGG-only and ViT-only ablations,
+## a student of each, and students distilled from the branches' own features (about 45 min on 2 CPU cores with 3
+## student seeds: `scripts/benchmark_kd.py --estimate` with the same options; restartable).
+BRANCH_ROWS = labels_only soft_feature teacher_cnn teacher_vit soft_feature_from_cnn soft_feature_from_vit \
+	features_fused_vit features_fused_cnn_vit features_cnn_vit
+benchmark-branches: install
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows $(BRANCH_ROWS) \
+		--output-dir outputs/branches --results-md docs/branches.md
 
 ## The CPU student search in docs/students.md: every candidate of kd_components/networks/candidates.py distilled in
 ## the regime of docs/results_long_budget.md (3 seeds; hours on 2 CPU cores, minutes on a GPU with JOBS=16), then

@@ -13,10 +13,12 @@ from kd_components.constants import REGIONS
 from kd_components.evaluation.lesions import RegionScores, case_row, write_case_table
 from kd_components.networks.student import build_student
 from kd_components.pipeline.benchmark import (
+    BRANCH_ROWS,
     BRATS_METRICS,
     GUIDANCE_SECONDS,
     METRICS,
     ROWS,
+    ROWS_BY_KEY,
     BenchmarkSettings,
     add_statistics,
     benchmark_stages,
@@ -144,7 +146,7 @@ def test_the_default_regime_fits_about_an_hour_and_a_quarter_on_two_cores() -> N
 
 
 def test_one_shared_teacher_when_one_teacher_seed(tmp_path: Path) -> None:
-    rows = tuple(r.key for r in ROWS)
+    rows = tuple(r.key for r in ROWS if r.key not in BRANCH_ROWS)
     settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1, 2), teacher_seeds=(0,), rows=rows)
     stages = {s.name: s for s in benchmark_stages(settings)}
     assert [n for n in stages if n.startswith("teacher_") and n.endswith("_train")] == ["teacher_seed0_train"]
@@ -269,10 +271,11 @@ def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path)
     base = {s: rng.uniform(0.3, 0.6, size=(len(_CASES), 3)) for s in (0, 1)}
     for s in (0, 1):
         base[s][2, 2] = np.nan  # case 2 has no ET in its ground truth
-        _write_evaluation(run_dir(settings, ROWS[1], s) / "test", base[s])
-        _write_evaluation(run_dir(settings, ROWS[2], s) / "test", base[s] + 0.1)
+        _write_evaluation(run_dir(settings, ROWS_BY_KEY["labels_only"], s) / "test", base[s])
+        _write_evaluation(run_dir(settings, ROWS_BY_KEY["soft"], s) / "test", base[s] + 0.1)
     _write_evaluation(run_dir(settings, ROWS[0], 0) / "test", np.full((len(_CASES), 3), 0.9))
-    for row, seed in [(ROWS[0], 0), *((r, s) for r in ROWS[1:3] for s in (0, 1))]:
+    students = (ROWS_BY_KEY["labels_only"], ROWS_BY_KEY["soft"])
+    for row, seed in [(ROWS[0], 0), *((r, s) for r in students for s in (0, 1))]:
         _write_brats_scores(run_dir(settings, row, seed) / "test", lesion_dice=0.5 + 0.1 * seed)
         probe = {"healthy_wt_ml_mean": 1.0 + seed, "healthy_wt_ml_max": 2.0, "unseen_dice_mean": {}}
         (run_dir(settings, row, seed) / "probe").mkdir()
@@ -380,3 +383,54 @@ def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path) -> N
     assert script.main(["--render-from", str(saved), "--cost-from", str(cost_file), "--results-md", str(page)]) == 0
     assert json.loads(saved.read_text())["cost"] == measured  # the file holds what the page shows
     assert "| student | 1,000,000 |" in page.read_text().split("## Inference cost")[1]
+
+
+def test_branch_rows_train_their_own_teacher_and_name_their_features(tmp_path: Path) -> None:
+    assert not set(BRANCH_ROWS) & set(BenchmarkSettings().rows)  # not in the default comparison
+    settings = BenchmarkSettings(
+        output_dir=tmp_path, seeds=(0, 1), rows=("soft_feature_from_vit", "features_fused_vit")
+    )
+    stages = {s.name: s for s in benchmark_stages(settings)}
+    # the ViT-only teacher is pulled in by its student; the hybrid is always there; the VGG-only one is not
+    assert {"teacher_seed0_train", "teacher_vit_seed1_train"} <= set(stages) and "teacher_cnn_seed0_train" not in stages
+    teacher = stages["teacher_vit_seed1_train"].command
+    assert teacher[teacher.index("--teacher_config") + 1] == "demo_vit"
+    student = stages["soft_feature_from_vit_seed1_train"]
+    assert "teacher_vit_seed1_train" in student.depends_on
+    command = student.command
+    assert command[command.index("--teacher_config") + 1] == "demo_vit"
+    assert command[command.index("--teacher_ckpt") + 1] == str(tmp_path / "runs/teacher_vit_seed1/models/model.pt")
+    sources = cli_overrides(ROWS_BY_KEY["features_fused_vit"].overrides)["feature_sources"]
+    assert sources == ["fused", "vit"]
+    assert "teacher_seed0_train" in stages["features_fused_vit_seed0_train"].depends_on  # the hybrid's features
+
+
+def _diagnostics(weights: list[float], ablation: bool) -> dict:
+    record = {"scale_weights": [{"epoch": 1, "weights": [0.25] * 4}, {"epoch": 9, "weights": weights}]}
+    record["gates"] = [{"epoch": 9, "scales": [{"mean": m} for m in (0.9, 0.7, 0.5, 0.3)]}] if ablation else []
+    record["ablation"] = {"dice": {"full": [0.8] * 4, "vit": [0.7] * 4, "cnn": [0.2] * 4}} if ablation else None
+    return record
+
+
+def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: Path) -> None:
+    results = _results()
+    rows = results["rows"]
+    rows["teacher"]["branch_diagnostics"] = [_diagnostics([0.4, 0.3, 0.2, 0.1], ablation=True)]
+    rows["teacher_cnn"] = _row("teacher", "demo_cnn", 0.7, seeds=(0,)) | {
+        "branch_diagnostics": [_diagnostics([0.1, 0.2, 0.3, 0.4], ablation=False)]
+    }
+    rows["soft_feature"] = _row("student", "student", 0.7)
+    rows["soft_feature_from_cnn"] = _row("student", "student", 0.65) | {"teacher": "teacher_cnn"}
+    rows["features_fused_vit"] = _row("student", "student", 0.72)
+    results["rows"] = add_statistics(rows, resamples=1000, seed=0)
+    page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
+    assert "## Teacher branches: the hybrid against each branch alone" in page
+    assert "| teacher demo_cnn | 0.700 [0.700, 0.700] | -0.100 [-0.100, -0.100] |" in page  # paired with the hybrid
+    assert "| student student | 0.650 [0.650, 0.650] | -0.050 [-0.050, -0.050] |" in page  # with the hybrid's student
+    assert "## Feature distillation from the branches" in page
+    assert "| student student | 0.720 [0.720, 0.720] | +0.020 [+0.020, +0.020] |" in page
+    assert "| teacher demo | 0.250 / 0.250 / 0.250 / 0.250 | 0.400 / 0.300 / 0.200 / 0.100 | " in page
+    assert "0.900 / 0.700 / 0.500 / 0.300 | 0.800 | 0.700 | 0.200 |" in page
+    assert (
+        "| teacher demo_cnn | 0.250 / 0.250 / 0.250 / 0.250 | 0.100 / 0.200 / 0.300 / 0.400 | no gates | n/a |" in page
+    )

@@ -91,6 +91,7 @@ import torch
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.data.brats import discover_cases, validate_cases
 from kd_components.data.datalist import build_datalist
+from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.io import save_json_atomic
 from kd_components.networks.candidates import DEFAULT_CANDIDATE, MODEL_ZOO_SEGRESNET, STUDENT_CANDIDATES
 from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
@@ -140,6 +141,8 @@ class Row:
         kind: ``teacher``, ``student`` (a distillation row) or ``baseline`` (labels only).
         step_cost: seconds of one optimizer step relative to a label-only student step (cost estimate only).
         case_cost: seconds of evaluating one case relative to the student (cost estimate only).
+        teacher: for a distillation row, the key of the teacher row it distils (its overrides name the same
+            ``teacher_config``). Defaults to the hybrid teacher, ``"teacher"``.
     """
 
     key: str
@@ -150,10 +153,35 @@ class Row:
     kind: str = "student"
     step_cost: float = 1.0
     case_cost: float = 1.0
+    teacher: str = "teacher"
+
+
+def _feature_sources(*sources: str) -> tuple[str, ...]:
+    """The overrides of a distillation row whose feature pairs come from ``sources`` (``--feature_sources``)."""
+    return ("--feature_sources", json.dumps(list(sources)))
 
 
 ROWS: tuple[Row, ...] = (
     Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.2, case_cost=4.0),
+    # the teacher's branch ablations (the same size without the ViT, or without the VGG) and a student of each
+    Row(
+        "teacher_cnn",
+        "VGG-only teacher (demo size, no ViT)",
+        "demo_cnn",
+        ("--teacher_config", "demo_cnn"),
+        kind="teacher",
+        step_cost=1.2,
+        case_cost=2.0,
+    ),
+    Row(
+        "teacher_vit",
+        "ViT-only teacher (demo size, no VGG; UNETR-like)",
+        "demo_vit",
+        ("--teacher_config", "demo_vit"),
+        kind="teacher",
+        step_cost=1.6,
+        case_cost=3.0,
+    ),
     Row("labels_only", "student, labels only", "student", ("--alpha", "0", "--beta", "0"), kind="baseline"),
     Row(
         "soft",
@@ -208,6 +236,33 @@ ROWS: tuple[Row, ...] = (
         step_cost=2.5,
     ),
     Row(
+        "soft_feature_from_cnn",
+        "student + soft-target + feature KD from the VGG-only teacher",
+        "student",
+        ("--alpha", "1", "--use_unlabelled", "false", "--teacher_config", "demo_cnn"),
+        step_cost=1.2,
+        teacher="teacher_cnn",
+    ),
+    Row(
+        "soft_feature_from_vit",
+        "student + soft-target + feature KD from the ViT-only teacher",
+        "student",
+        ("--alpha", "1", "--use_unlabelled", "false", "--teacher_config", "demo_vit"),
+        step_cost=1.25,
+        teacher="teacher_vit",
+    ),
+    # feature distillation from the hybrid's branches as well as (or instead of) its fused maps
+    *(
+        Row(
+            f"features_{'_'.join(sources)}",
+            f"student + soft-target + feature KD, features: {' + '.join(sources)}",
+            "student",
+            ("--alpha", "1", "--use_unlabelled", "false", *_feature_sources(*sources)),
+            step_cost=1.4,
+        )
+        for sources in (("fused", "vit"), ("fused", "cnn", "vit"), ("cnn", "vit"))
+    ),
+    Row(
         "segresnet16",
         "model-zoo SegResNet (16 filters), labels only",
         "segresnet16",
@@ -229,6 +284,29 @@ ROWS: tuple[Row, ...] = (
         if c is not DEFAULT_CANDIDATE
     ),
 )
+
+#: The rows of the teacher-branch comparison (``make benchmark-branches``, ``docs/branches.md``): the hybrid teacher,
+#: its two single-branch ablations and a student distilled from each, and students distilled from the branches'
+#: own features; ``soft_feature`` is the hybrid's student with the fused maps alone.
+BRANCH_ROWS: tuple[str, ...] = (
+    "teacher_cnn",
+    "teacher_vit",
+    "soft_feature_from_cnn",
+    "soft_feature_from_vit",
+    "features_fused_vit",
+    "features_fused_cnn_vit",
+    "features_cnn_vit",
+)
+ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
+
+
+def selected_rows(settings: BenchmarkSettings) -> list[Row]:
+    """The rows a run has, in :data:`ROWS` order: those of ``settings.rows``, the hybrid teacher (every run
+    has it) and the teacher of every selected distillation row."""
+    keys = {"teacher", *settings.rows}
+    keys |= {ROWS_BY_KEY[k].teacher for k in settings.rows if ROWS_BY_KEY[k].kind == "student"}
+    return [r for r in ROWS if r.key in keys]
+
 
 #: The test metrics of ``evaluate.json`` read per case (``<metric>_raw.csv``, column ``mean``: for
 #: ``val_mean_dice`` the mean over the three regions of that case, NaN-skipping).
@@ -278,8 +356,11 @@ class BenchmarkSettings:
     selection: str = "last"
     validations: int = 4
     batch_size: int = 2
-    #: the default rows: all but the interleaved unlabelled scans and the student search's ``kd_*`` rows
-    rows: tuple[str, ...] = tuple(r.key for r in ROWS if r.key != "soft_feature_unlabelled" and r.key[:3] != "kd_")
+    #: the default rows: all but the interleaved unlabelled scans, the student search's ``kd_*`` rows and the
+    #: teacher-branch rows of :data:`BRANCH_ROWS`
+    rows: tuple[str, ...] = tuple(
+        r.key for r in ROWS if r.key != "soft_feature_unlabelled" and r.key[:3] != "kd_" and r.key not in BRANCH_ROWS
+    )
     bootstrap_resamples: int = 10_000
     bootstrap_seed: int = 0
     #: healthy and unseen-seed phantoms, each, segmented by every run (0: no false-positive probe)
@@ -422,9 +503,12 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
         ),
     ]
     common = ["--dataset_dir", str(data), "--batch_size", str(settings.batch_size)]
-    students = [r for r in ROWS if r.key in settings.rows and r.kind != "teacher"]
+    rows = selected_rows(settings)
+    teachers = [r for r in rows if r.kind == "teacher"]
+    students = [r for r in rows if r.kind != "teacher"]
     # the teachers first (every student needs one), then seed by seed every student row
-    runs = [(ROWS[0], seed) for seed in settings.teacher_seeds] + [(r, s) for s in settings.seeds for r in students]
+    runs = [(t, seed) for t in teachers for seed in settings.teacher_seeds]
+    runs += [(r, s) for s in settings.seeds for r in students]
     for row, seed in runs:
         folder = run_dir(settings, row, seed)
         bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
@@ -438,8 +522,9 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
         deps: tuple[str, ...] = ("datalists",)
         if row.kind == "student":
             teacher_seed = teacher_seed_for(settings, seed)
-            train_args += ["--teacher_ckpt", str(run_dir(settings, ROWS[0], teacher_seed) / "models" / "model.pt")]
-            deps += (f"teacher_seed{teacher_seed}_train",)
+            teacher = ROWS_BY_KEY[row.teacher]
+            train_args += ["--teacher_ckpt", str(run_dir(settings, teacher, teacher_seed) / "models" / "model.pt")]
+            deps += (f"{teacher.key}_seed{teacher_seed}_train",)
         name = f"{row.key}_seed{seed}"
         stages.append(
             Stage(
@@ -521,9 +606,7 @@ def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
     included.
     """
     training = testing = 0.0
-    for row in ROWS:
-        if row.key not in settings.rows and row.kind != "teacher":
-            continue
+    for row in selected_rows(settings):
         epochs, _, per_epoch = row_schedule(settings, row)
         runs = len(row_seeds(settings, row))
         case = row.case_cost * CASE_SECONDS
@@ -536,8 +619,8 @@ def estimate_seconds(settings: BenchmarkSettings) -> dict[str, float]:
     guided = [
         r for r in ROWS if r.key in settings.rows and cli_overrides(r.overrides).get("unlabelled_sampling") == "teacher"
     ]
-    if guided:  # teacher-guided sampling
-        training += len(settings.teacher_seeds) * settings.unlabelled * GUIDANCE_SECONDS
+    # teacher-guided sampling: each teacher segments the unlabelled scans once
+    training += len({r.teacher for r in guided}) * len(settings.teacher_seeds) * settings.unlabelled * GUIDANCE_SECONDS
     phantoms = settings.num_cases * PHANTOM_SECONDS
     return {"phantoms": phantoms, "training": training, "testing": testing, "total": phantoms + training + testing}
 
@@ -672,9 +755,7 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
     (:func:`add_statistics`)."""
     cases = held_out_cases(settings)
     results: dict[str, Any] = {}
-    for row in ROWS:
-        if row.key not in settings.rows and row.kind != "teacher":
-            continue
+    for row in selected_rows(settings):
         seeds = row_seeds(settings, row)
         per_seed = {seed: read_metrics(run_dir(settings, row, seed) / "test") for seed in seeds}
         per_case_by_seed = {
@@ -683,6 +764,8 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             for seed in seeds
         }
         per_case = {"cases": cases} | {m: [per_case_by_seed[s][m] for s in seeds] for m in (*METRICS, *BRATS_METRICS)}
+        diagnostics = [run_dir(settings, row, seed) / "runs" / BRANCH_DIAGNOSTICS_FILE for seed in seeds]
+        diagnostics = [json.loads(p.read_text()) for p in diagnostics if p.is_file()]
         probes = [run_dir(settings, row, seed) / "probe" / "probe.json" for seed in seeds]
         probe = [json.loads(p.read_text()) for p in probes] if settings.probe_cases else None
         summary = {}
@@ -707,10 +790,12 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             "steps": epochs * per_epoch,
             "seeds": list(seeds),
             "teacher_seeds": [teacher_seed_for(settings, s) for s in seeds] if row.kind == "student" else None,
+            "teacher": row.teacher if row.kind == "student" else None,
             "per_seed": per_seed,
             "per_case": per_case,
             "summary": summary,
             "probe": probe,
+            "branch_diagnostics": diagnostics or None,
         }
     return add_statistics(results, settings.bootstrap_resamples, settings.bootstrap_seed)
 

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
+from kd_components.pipeline.results_branches import branch_sections
 from kd_components.pipeline.results_challenge import challenge_sections, postprocessing_section, probe_section
 from kd_components.pipeline.stages import format_minutes
 from kd_components.pipeline.statistics import finite_mean
@@ -228,6 +229,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         *_comparison(rows, "brats_lesion_dice_mean", "mean lesion-wise Dice"),
         *postprocessing_section(rows),
         *probe_section(rows, settings.get("probe_cases", 0)),
+        *branch_sections(rows, settings),
         f"## Inference cost on the CPU ({_cost_cpu(cost)})",
         f"Sliding-window inference (MONAI `SlidingWindowInferer`, ROI {settings['timing_roi']}³, overlap "
         f"{settings['timing_overlap']}, Gaussian blending, batch 1 per window, `torch.no_grad()`) of one "

@@ -1,0 +1,132 @@
+"""The sections of a benchmark page on the teacher's branches: the single-branch teachers and their students, the
+students distilled from the branches' own features, and the hybrid teacher's branch diagnostics (scale weights,
+fusion gates, the branch ablation), from the rows of ``results.json``
+(:func:`kd_components.pipeline.benchmark.collect_results`).
+
+Differences are paired: two teacher rows share the teacher seeds and the test cases, two student rows the student
+seeds and the test cases (:func:`kd_components.pipeline.statistics.paired_difference`). A run without these rows
+or without diagnostics leaves the sections out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kd_components.pipeline.statistics import format_interval, paired_difference, row_interval
+
+__all__ = ["branch_sections", "diagnostics_section"]
+
+#: The metrics of the comparison tables: (``per_case`` key, header, digits).
+_METRICS: tuple[tuple[str, str, int], ...] = (
+    ("val_mean_dice", "mean Dice", 3),
+    ("brats_lesion_dice_mean", "mean lesion Dice", 3),
+)
+_SCALES = ("1/2", "1/4", "1/8", "1/16")
+
+
+def _paired(row: Mapping[str, Any], base: Mapping[str, Any], metric: str, options: Mapping[str, int]) -> str:
+    """``row - base`` on ``metric``, paired over their common seeds and cases, formatted with its interval."""
+    if row.get("seeds") != base.get("seeds") or metric not in row["per_case"] or metric not in base["per_case"]:
+        return "n/a"
+    return format_interval(
+        paired_difference(row["per_case"][metric], base["per_case"][metric], **options), 3, sign=True
+    )
+
+
+def _table(
+    rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any], options: Mapping[str, int], against: str
+) -> list[str]:
+    header = " | ".join(f"{name} | vs {against}" for _, name, _ in _METRICS)
+    lines = [f"| row | {header} | FP lesions WT |", "|---|" + "---:|" * (2 * len(_METRICS) + 1)]
+    for row in [base, *rows]:
+        cells = [row["label"]]
+        for metric, _, digits in _METRICS:
+            cells.append(format_interval(row_interval(row, metric), digits))
+            cells.append("" if row is base else _paired(row, base, metric, options))
+        cells.append(format_interval(row_interval(row, "brats_fp_wt"), 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def branch_sections(rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
+    """The single-branch teachers against the hybrid, their students against the hybrid's, and the feature sources."""
+    options = {"resamples": settings.get("bootstrap_resamples", 10_000), "seed": settings.get("bootstrap_seed", 0)}
+    lines: list[str] = []
+    teachers = [rows[k] for k in ("teacher_cnn", "teacher_vit") if k in rows]
+    if teachers and "teacher" in rows:
+        lines += [
+            "## Teacher branches: the hybrid against each branch alone",
+            "The VGG-only teacher (`demo_cnn`: no ViT; each fused map is the projected VGG stage) and the ViT-only "
+            "teacher (`demo_vit`: no VGG; UNETR-like, its full-resolution skip a residual conv block on the input) "
+            "are the demo teacher with one encoder removed, trained in the same regime with the same teacher seeds. "
+            "*vs hybrid*: the row minus the hybrid teacher, paired over teacher seeds and test cases.",
+            *_table(teachers, rows["teacher"], options, "hybrid"),
+        ]
+        students = [r for r in rows.values() if r.get("teacher") in ("teacher_cnn", "teacher_vit")]
+        if students and "soft_feature" in rows:
+            lines += [
+                "",
+                "Their students (soft-target + feature KD, labelled cases only), against the hybrid's student "
+                "(paired over student seeds and test cases):",
+                *_table(students, rows["soft_feature"], options, "hybrid's student"),
+            ]
+        lines.append("")
+    sources = [r for key, r in rows.items() if key.startswith("features_")]
+    if sources and "soft_feature" in rows:
+        lines += [
+            "## Feature distillation from the branches",
+            "The hybrid teacher's student with feature pairs on the teacher's fused maps (the default, "
+            '`feature_sources: ["fused"]`) and on the branches\' own features as well or instead: the VGG stages at '
+            "the same scales (`cnn`) and the ViT hidden states (`vit`, 3D token maps at 1/16, each paired with the "
+            "student's 1/16 level); each pair has its adapter, weighted by the teacher's scale weight of its scale. "
+            "*vs fused*: paired over student seeds and test cases.",
+            *_table(sources, rows["soft_feature"], options, "fused"),
+            "",
+        ]
+    return lines + diagnostics_section(rows)
+
+
+def _mean_list(lists: Sequence[Sequence[float]]) -> list[float]:
+    return [statistics.fmean(values) for values in zip(*lists, strict=True)]
+
+
+def _weights(values: Sequence[float]) -> str:
+    return " / ".join(f"{v:.3f}" for v in values)
+
+
+def diagnostics_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The teachers' branch diagnostics (``branch_diagnostics.json`` of their trainings), mean over seeds."""
+    diagnosed = [r for r in rows.values() if r.get("branch_diagnostics")]
+    if not diagnosed:
+        return []
+    lines = [
+        "## Branch diagnostics of the teachers (validation cases, after training; mean over teacher seeds)",
+        "From each teacher training's `branch_diagnostics.json` (`kd_components.handlers.BranchDiagnostics`). "
+        "*Scale weights*: the fusion's learned weights of the scales 1/2, 1/4, 1/8, 1/16 (uniform 0.25 at the "
+        "start), after the first epoch and after the last. *Gate*: the CNN's share `g` of each fused voxel and "
+        "channel (`g * cnn + (1 - g) * vit`) at the last validation, mean per scale. *Without the ViT / CNN*: "
+        "validation mean Dice with that encoder's features replaced by zeros at inference (the network unchanged "
+        "otherwise), against the same network whole.",
+        "| teacher | scale weights, first epoch | scale weights, last epoch | gate: CNN share per scale | "
+        "mean Dice | without the ViT | without the CNN |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for row in diagnosed:
+        records = row["branch_diagnostics"]
+        first = _mean_list([r["scale_weights"][0]["weights"] for r in records])
+        last = _mean_list([r["scale_weights"][-1]["weights"] for r in records])
+        gated = [r["gates"][-1]["scales"] for r in records if r.get("gates")]
+        gates = _weights(_mean_list([[s["mean"] for s in scales] for scales in gated])) if gated else "no gates"
+        ablated = [r["ablation"]["dice"] for r in records if r.get("ablation")]
+        dice = {k: statistics.fmean(a[k][-1] for a in ablated) for k in ("full", "vit", "cnn")} if ablated else {}
+        cells = [
+            row["label"],
+            _weights(first),
+            _weights(last),
+            gates,
+            *(f"{dice[k]:.3f}" if k in dice else "n/a" for k in ("full", "vit", "cnn")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
