@@ -434,3 +434,14 @@ def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: P
     assert (
         "| teacher demo_cnn | 0.250 / 0.250 / 0.250 / 0.250 | 0.100 / 0.200 / 0.300 / 0.400 | no gates | n/a |" in page
     )
+
+
+def test_report_section_on_the_teachers_branches(tmp_path: Path) -> None:
+    from kd_components.pipeline.results_branches import branch_report_section
+
+    assert branch_report_section(tmp_path / "missing.json", tmp_path / "b.png") == ""  # no diagnostics, no section
+    (tmp_path / "branch_diagnostics.json").write_text(json.dumps(_diagnostics([0.4, 0.3, 0.2, 0.1], ablation=True)))
+    section = branch_report_section(tmp_path / "branch_diagnostics.json", tmp_path / "branches.png")
+    assert (tmp_path / "branches.png").stat().st_size > 0 and "![scale weights and gates](branches.png)" in section
+    assert "| hybrid teacher | 0.250 / 0.250 / 0.250 / 0.250 | 0.400 / 0.300 / 0.200 / 0.100 |" in section
+    assert "| 0.800 | 0.700 | 0.200 |" in section

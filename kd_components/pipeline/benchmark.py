@@ -163,6 +163,16 @@ def _feature_sources(*sources: str) -> tuple[str, ...]:
 
 ROWS: tuple[Row, ...] = (
     Row("teacher", "hybrid teacher (demo size)", "demo", kind="teacher", step_cost=2.2, case_cost=4.0),
+    # the hybrid with its fusion scale logits at the base learning rate (as before fusion_lr_factor)
+    Row(
+        "teacher_fusion_lr1",
+        "hybrid teacher (demo size), fusion scale weights at the base learning rate",
+        "demo",
+        ("--fusion_lr_factor", "1"),
+        kind="teacher",
+        step_cost=2.2,
+        case_cost=4.0,
+    ),
     # the teacher's branch ablations (the same size without the ViT, or without the VGG) and a student of each
     Row(
         "teacher_cnn",
@@ -285,10 +295,12 @@ ROWS: tuple[Row, ...] = (
     ),
 )
 
-#: The rows of the teacher-branch comparison (``make benchmark-branches``, ``docs/branches.md``): the hybrid teacher,
-#: its two single-branch ablations and a student distilled from each, and students distilled from the branches'
-#: own features; ``soft_feature`` is the hybrid's student with the fused maps alone.
+#: The rows of the teacher-branch comparison (``make benchmark-branches``, ``docs/branches.md``): the hybrid teacher
+#: with its scale logits at the base learning rate, its two single-branch ablations and a student distilled from
+#: each, and students distilled from the branches' own features; ``soft_feature`` is the hybrid's student with the
+#: fused maps alone.
 BRANCH_ROWS: tuple[str, ...] = (
+    "teacher_fusion_lr1",
     "teacher_cnn",
     "teacher_vit",
     "soft_feature_from_cnn",

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.inferers import cpu_bf16_supported
 from kd_components.pipeline.report import ModelRun, write_report
+from kd_components.pipeline.results_branches import branch_report_section
 from kd_components.pipeline.stages import Stage, StageRunner, python_command
 
 __all__ = ["DemoSettings", "bundle_command", "bundle_parameters", "config_files", "demo_stages", "run_demo"]
@@ -312,6 +314,8 @@ def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Pat
         "`docs/results.md` (`scripts/benchmark_kd.py`)."
     )
     extra = [_false_positive_section(out / "false_positives" / "false_positives.md")] if settings.probe_cases else []
+    branches = branch_report_section(teacher.runs_dir / BRANCH_DIAGNOSTICS_FILE, out / "branches.png")
+    extra += [branches] if branches else []
     cases = _validation_cases(settings, settings.overlay_cases)
     return write_report(out, runs, out / "data", cases, intro, timings, extra_sections=extra)
 

@@ -10,13 +10,19 @@ or without diagnostics leaves the sections out.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
+from kd_components.io import save_figure_atomic
 from kd_components.pipeline.statistics import format_interval, paired_difference, row_interval
 
-__all__ = ["branch_sections", "diagnostics_section"]
+__all__ = ["branch_report_section", "branch_sections", "diagnostics_section", "plot_scale_weights"]
 
 #: The metrics of the comparison tables: (``per_case`` key, header, digits).
 _METRICS: tuple[tuple[str, str, int], ...] = (
@@ -54,14 +60,16 @@ def branch_sections(rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str
     """The single-branch teachers against the hybrid, their students against the hybrid's, and the feature sources."""
     options = {"resamples": settings.get("bootstrap_resamples", 10_000), "seed": settings.get("bootstrap_seed", 0)}
     lines: list[str] = []
-    teachers = [rows[k] for k in ("teacher_cnn", "teacher_vit") if k in rows]
+    teachers = [rows[k] for k in ("teacher_fusion_lr1", "teacher_cnn", "teacher_vit") if k in rows]
     if teachers and "teacher" in rows:
         lines += [
             "## Teacher branches: the hybrid against each branch alone",
-            "The VGG-only teacher (`demo_cnn`: no ViT; each fused map is the projected VGG stage) and the ViT-only "
-            "teacher (`demo_vit`: no VGG; UNETR-like, its full-resolution skip a residual conv block on the input) "
-            "are the demo teacher with one encoder removed, trained in the same regime with the same teacher seeds. "
-            "*vs hybrid*: the row minus the hybrid teacher, paired over teacher seeds and test cases.",
+            "The hybrid teacher with its fusion scale logits at the base learning rate (`--fusion_lr_factor 1`, "
+            "as before they had a rate of their own), the VGG-only teacher (`demo_cnn`: no ViT; each fused map is "
+            "the projected VGG stage) and the ViT-only teacher (`demo_vit`: no VGG; UNETR-like, its "
+            "full-resolution skip a residual conv block on the input), each trained in the regime of the hybrid "
+            "with the same teacher seeds. *vs hybrid*: the row minus the hybrid teacher, paired over teacher "
+            "seeds and test cases.",
             *_table(teachers, rows["teacher"], options, "hybrid"),
         ]
         students = [r for r in rows.values() if r.get("teacher") in ("teacher_cnn", "teacher_vit")]
@@ -96,37 +104,92 @@ def _weights(values: Sequence[float]) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
 
+#: What the diagnostics table says about its columns.
+_DIAGNOSTICS_TEXT = (
+    "*Scale weights*: the fusion's learned weights of the scales 1/2, 1/4, 1/8, 1/16 (uniform 0.25 at the start), "
+    "after the first epoch and after the last. *Gate*: the CNN's share `g` of each fused voxel and channel "
+    "(`g * cnn + (1 - g) * vit`) at the last validation, mean per scale. *Without the ViT / CNN*: validation mean "
+    "Dice with that encoder's features replaced by zeros at inference (the network unchanged otherwise), against "
+    "the same network whole."
+)
+_DIAGNOSTICS_HEADER = (
+    "| teacher | scale weights, first epoch | scale weights, last epoch | gate: CNN share per scale | "
+    "mean Dice | without the ViT | without the CNN |",
+    "|---|---|---|---|---:|---:|---:|",
+)
+
+
+def _diagnostics_row(label: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """One table row from the ``branch_diagnostics.json`` records of a teacher's trainings (mean over them)."""
+    first = _mean_list([r["scale_weights"][0]["weights"] for r in records])
+    last = _mean_list([r["scale_weights"][-1]["weights"] for r in records])
+    gated = [r["gates"][-1]["scales"] for r in records if r.get("gates")]
+    gates = _weights(_mean_list([[s["mean"] for s in scales] for scales in gated])) if gated else "no gates"
+    ablated = [r["ablation"]["dice"] for r in records if r.get("ablation")]
+    dice = {k: statistics.fmean(a[k][-1] for a in ablated) for k in ("full", "vit", "cnn")} if ablated else {}
+    cells = [
+        label,
+        _weights(first),
+        _weights(last),
+        gates,
+        *(f"{dice[k]:.3f}" if k in dice else "n/a" for k in ("full", "vit", "cnn")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def diagnostics_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The teachers' branch diagnostics (``branch_diagnostics.json`` of their trainings), mean over seeds."""
     diagnosed = [r for r in rows.values() if r.get("branch_diagnostics")]
     if not diagnosed:
         return []
-    lines = [
+    return [
         "## Branch diagnostics of the teachers (validation cases, after training; mean over teacher seeds)",
         "From each teacher training's `branch_diagnostics.json` (`kd_components.handlers.BranchDiagnostics`). "
-        "*Scale weights*: the fusion's learned weights of the scales 1/2, 1/4, 1/8, 1/16 (uniform 0.25 at the "
-        "start), after the first epoch and after the last. *Gate*: the CNN's share `g` of each fused voxel and "
-        "channel (`g * cnn + (1 - g) * vit`) at the last validation, mean per scale. *Without the ViT / CNN*: "
-        "validation mean Dice with that encoder's features replaced by zeros at inference (the network unchanged "
-        "otherwise), against the same network whole.",
-        "| teacher | scale weights, first epoch | scale weights, last epoch | gate: CNN share per scale | "
-        "mean Dice | without the ViT | without the CNN |",
-        "|---|---|---|---|---:|---:|---:|",
+        + _DIAGNOSTICS_TEXT,
+        *_DIAGNOSTICS_HEADER,
+        *(_diagnostics_row(r["label"], r["branch_diagnostics"]) for r in diagnosed),
+        "",
     ]
-    for row in diagnosed:
-        records = row["branch_diagnostics"]
-        first = _mean_list([r["scale_weights"][0]["weights"] for r in records])
-        last = _mean_list([r["scale_weights"][-1]["weights"] for r in records])
-        gated = [r["gates"][-1]["scales"] for r in records if r.get("gates")]
-        gates = _weights(_mean_list([[s["mean"] for s in scales] for scales in gated])) if gated else "no gates"
-        ablated = [r["ablation"]["dice"] for r in records if r.get("ablation")]
-        dice = {k: statistics.fmean(a[k][-1] for a in ablated) for k in ("full", "vit", "cnn")} if ablated else {}
-        cells = [
-            row["label"],
-            _weights(first),
-            _weights(last),
-            gates,
-            *(f"{dice[k]:.3f}" if k in dice else "n/a" for k in ("full", "vit", "cnn")),
+
+
+def plot_scale_weights(record: Mapping[str, Any], output_png: str | os.PathLike[str]) -> Path:
+    """The fusion's scale weights after each epoch (one line per scale) and, per validation, the gates' mean CNN
+    share per scale: one PNG from a ``branch_diagnostics.json`` record."""
+    figure = Figure(figsize=(10.0, 3.6))
+    weights_axis, gates_axis = figure.subplots(1, 2)
+    epochs = [e["epoch"] for e in record["scale_weights"]]
+    for i, scale in enumerate(_SCALES):
+        weights_axis.plot(epochs, [e["weights"][i] for e in record["scale_weights"]], marker="o", ms=3, label=scale)
+        gates = record.get("gates") or []
+        if gates:
+            gate_epochs = [g["epoch"] for g in gates]
+            gates_axis.plot(gate_epochs, [g["scales"][i]["mean"] for g in gates], marker="o", ms=3, label=scale)
+    weights_axis.axhline(0.25, color="grey", linewidth=0.8, linestyle=":")
+    weights_axis.set_title("fusion scale weights (uniform start: 0.25)", fontsize=10)
+    gates_axis.set_title("gates: the CNN's mean share per scale (validation)", fontsize=10)
+    gates_axis.set_ylim(0, 1)
+    for axis in (weights_axis, gates_axis):
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, title="scale", title_fontsize=7)
+    figure.tight_layout()
+    return save_figure_atomic(figure, output_png)
+
+
+def branch_report_section(diagnostics: str | os.PathLike[str], output_png: str | os.PathLike[str]) -> str:
+    """The main job report's section on the teacher's branches, from its training's ``branch_diagnostics.json``
+    (with the trajectory plot written to ``output_png``); empty when the training wrote none."""
+    path = Path(diagnostics)
+    if not path.is_file():
+        return ""
+    record = json.loads(path.read_text())
+    plot_scale_weights(record, output_png)
+    return "\n\n".join(
+        [
+            "## The teacher's branches",
+            "What the VGG and the ViT branch of the hybrid teacher contribute, from its training's "
+            f"`{path.name}` (`kd_components.handlers.BranchDiagnostics`). " + _DIAGNOSTICS_TEXT,
+            "\n".join([*_DIAGNOSTICS_HEADER, _diagnostics_row("hybrid teacher", [record])]),
+            f"![scale weights and gates]({Path(output_png).name})",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, ""]
+    )
