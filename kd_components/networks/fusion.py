@@ -167,12 +167,12 @@ class MultiScaleFusion(nn.Module):
     ViT map (a deeper ViT layer for a coarser scale, as in UNETR). The scale weights
     ``w = softmax(scale_logits)`` (``scale_weights()``, sum 1, uniform at initialisation) then
     multiply the fused maps: the forward returns ``S * w_i * fuse.i(...)`` (``S`` scales, so uniform
-    weights leave the maps unchanged). Because each ``fuse.i`` output is instance-normalised, the
-    weights are the only thing that sets how strongly each scale speaks to the decoder, which is what
-    makes them meaningful as per-scale importances for the student's feature-distillation loss:
-    weight the loss at the features hooked on ``fuse.i`` (unweighted, normalised) by ``w_i``.
-    (The decoder's next convolution can still partly rescale a skip input; the weights are
-    relative importances, not a calibrated measure.)
+    weights leave the maps unchanged). Each ``fuse.i`` output is instance-normalised, so its own blocks
+    cannot change its strength; the weights can, and so can the decoder convolution that reads the map.
+    That redundancy is why the logits need a learning rate of their own to move at all
+    (:func:`~kd_components.networks.utils.parameter_groups`); trained so, they are relative importances of
+    the scales (not a calibrated measure), and the student's feature-distillation loss weights the features
+    hooked on ``fuse.i`` (unweighted, normalised) by ``w_i``.
     """
 
     def __init__(
