@@ -3,11 +3,16 @@ scale weights (their own learning rate), and feature distillation from each bran
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ignite.engine import Engine
 
+from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE, BranchDiagnostics
 from kd_components.hooks import FeatureHooks
 from kd_components.losses import build_feature_kd_loss
 from kd_components.networks import build_student, build_teacher, parameter_groups
@@ -164,3 +169,20 @@ def test_feature_pairs_on_vit_states_shapes_and_gradients() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss.adapters.parameters())
     with pytest.raises(ValueError, match="distinct names"):
         feature_pairs(student, ["fused", "fused"])
+
+
+def test_diagnostics_of_a_resumed_training_keep_the_earlier_epochs(tmp_path: Path) -> None:
+    earlier = {"scale_weights": [{"epoch": e, "iteration": 3 * e, "weights": [0.25] * 4} for e in (1, 2, 3, 4)]}
+    earlier["gates"] = [{"epoch": 2, "scales": []}, {"epoch": 4, "scales": []}]
+    (tmp_path / BRANCH_DIAGNOSTICS_FILE).write_text(json.dumps(earlier))
+    handler = BranchDiagnostics(tiny(), output_dir=tmp_path)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.state.epoch, trainer.state.iteration = 4, 12  # resumed after epoch 3: epoch 4 runs again
+    handler.epoch_completed(trainer)
+    written = json.loads((tmp_path / BRANCH_DIAGNOSTICS_FILE).read_text())
+    assert [e["epoch"] for e in written["scale_weights"]] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in written["gates"]] == [2]  # the interrupted run's epoch-4 validation is dropped
+    trainer.state.epoch = 5
+    handler.epoch_completed(trainer)
+    written = json.loads((tmp_path / BRANCH_DIAGNOSTICS_FILE).read_text())
+    assert [e["epoch"] for e in written["scale_weights"]] == [1, 2, 3, 4, 5]

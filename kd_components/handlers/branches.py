@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -68,7 +69,8 @@ class BranchDiagnostics:
     - After the last epoch (``ablation=True``): Dice on the validation data with the ViT hidden states zeroed, with
       the CNN features zeroed, and with neither (:func:`ablation_dice`; three passes over the validation cases).
 
-    Everything is logged and written (atomically, after each epoch) to ``output_dir/branch_diagnostics.json``:
+    Everything is logged and written (atomically, after each epoch) to ``output_dir/branch_diagnostics.json``; a
+    resumed training keeps what the interrupted one wrote for the epochs before it:
     ``{"regions", "scale_weights": [{"epoch", "iteration", "weights"}], "gates": [{"epoch", "scales": [...]}],
     "ablation": {"epoch", "dice": {"full" | "vit" | "cnn": [TC, WT, ET, mean]}}}``. A single-branch network
     (an ablation teacher) has no gates and no branch to remove: those entries stay empty.
@@ -99,6 +101,7 @@ class BranchDiagnostics:
         self.ablation = ablation
         self.record: dict[str, Any] = {"regions": list(REGIONS), "scale_weights": [], "gates": [], "ablation": None}
         self._gates: GateRecorder | None = None
+        self._continued = False
 
     def _fusion_weights(self) -> list[float]:
         return [round(float(w), 5) for w in unwrap_module(self.network).scale_weights().detach().cpu()]
@@ -126,8 +129,24 @@ class BranchDiagnostics:
             means = ", ".join(f"1/{2 ** (i + 1)}: {s['mean']:.2f}" for i, s in enumerate(scales))
             logger.info(f"fusion gates, the CNN's mean share per scale: {means}")
 
+    def _continue_record(self, epoch: int) -> None:
+        """After a resumed run's first epoch: take over what the interrupted run wrote for the epochs before."""
+        self._continued = True
+        if not self.path.is_file():
+            return
+        try:
+            earlier = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            logger.warning(f"{self.path} is unreadable; the branch diagnostics start again from epoch {epoch}")
+            return
+        for key in ("scale_weights", "gates"):
+            kept = [e for e in earlier.get(key, []) if e.get("epoch", epoch) < epoch]
+            self.record[key] = kept + [e for e in self.record[key] if e["epoch"] >= epoch]
+
     def epoch_completed(self, engine: Engine) -> None:
         """Record the scale weights and write the file."""
+        if not self._continued:
+            self._continue_record(int(engine.state.epoch))
         weights = self._fusion_weights()
         self.record["scale_weights"].append(
             {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration), "weights": weights}
