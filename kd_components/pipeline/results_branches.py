@@ -121,7 +121,8 @@ _DIAGNOSTICS_HEADER = (
 
 def _diagnostics_row(label: str, records: Sequence[Mapping[str, Any]]) -> str:
     """One table row from the ``branch_diagnostics.json`` records of a teacher's trainings (mean over them)."""
-    first = _mean_list([r["scale_weights"][0]["weights"] for r in records])
+    # epoch 1 of every training that recorded it (a training resumed with an older handler lacks its first epochs)
+    firsts = [r["scale_weights"][0]["weights"] for r in records if r["scale_weights"][0]["epoch"] == 1]
     last = _mean_list([r["scale_weights"][-1]["weights"] for r in records])
     gated = [r["gates"][-1]["scales"] for r in records if r.get("gates")]
     gates = _weights(_mean_list([[s["mean"] for s in scales] for scales in gated])) if gated else "no gates"
@@ -129,7 +130,7 @@ def _diagnostics_row(label: str, records: Sequence[Mapping[str, Any]]) -> str:
     dice = {k: statistics.fmean(a[k][-1] for a in ablated) for k in ("full", "vit", "cnn")} if ablated else {}
     cells = [
         label,
-        _weights(first),
+        _weights(_mean_list(firsts)) if firsts else "n/a",
         _weights(last),
         gates,
         *(f"{dice[k]:.3f}" if k in dice else "n/a" for k in ("full", "vit", "cnn")),
