@@ -37,7 +37,7 @@ benchmark: install
 ## a student of each, and students distilled from the branches' own features (about 45 min on 2 CPU cores with 3
 ## student seeds: `scripts/benchmark_kd.py --estimate` with the same options; restartable).
 BRANCH_ROWS = labels_only soft_feature teacher_fusion_lr1 teacher_cnn teacher_vit soft_feature_from_cnn soft_feature_from_vit \
-	features_fused_vit features_fused_cnn_vit features_cnn_vit
+	features_fused_vit features_fused_cnn_vit
 benchmark-branches: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows $(BRANCH_ROWS) \
 		--output-dir outputs/branches --results-md docs/branches.md
