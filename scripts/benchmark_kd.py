@@ -33,6 +33,7 @@ from kd_components.pipeline.benchmark import (
     run_benchmark,
 )
 from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
+from kd_components.pipeline.results_branches import plot_teacher_scale_weights
 from kd_components.pipeline.stages import StageError
 
 
@@ -175,6 +176,9 @@ def write_page(results: dict, page: Path, command: str, notes: str) -> None:
     """The results page and its plots (``img/<page stem>_*.png`` beside it), written atomically."""
     figures = {"regions": f"img/{page.stem}_regions.png"}
     plot_region_bars(results, page.parent / figures["regions"])
+    if any(row.get("branch_diagnostics") for row in results["rows"].values()):
+        figures["scale_weights"] = f"img/{page.stem}_scale_weights.png"
+        plot_teacher_scale_weights(results["rows"], page.parent / figures["scale_weights"])
     if results["cost"]:  # no inference times, no Dice-vs-time plot
         figures["dice_vs_time"] = f"img/{page.stem}_dice_vs_time.png"
         plot_dice_vs_time(results, page.parent / figures["dice_vs_time"])

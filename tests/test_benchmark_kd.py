@@ -423,7 +423,12 @@ def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: P
     rows["soft_feature_from_cnn"] = _row("student", "student", 0.65) | {"teacher": "teacher_cnn"}
     rows["features_fused_vit"] = _row("student", "student", 0.72)
     results["rows"] = add_statistics(rows, resamples=1000, seed=0)
-    page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
+    from kd_components.pipeline.results_branches import plot_teacher_scale_weights
+
+    assert plot_teacher_scale_weights(rows, tmp_path / "w.png").stat().st_size > 0
+    figures = {"dice_vs_time": "a.png", "regions": "b.png", "scale_weights": "w.png"}
+    page = render_results(results, "python scripts/benchmark_kd.py", figures)
+    assert "![the fusion's scale weights over training](w.png)" in page
     assert "## Teacher branches: the hybrid against each branch alone" in page
     assert "| teacher demo_cnn | 0.700 [0.700, 0.700] | -0.100 [-0.100, -0.100] |" in page  # paired with the hybrid
     assert "| student student | 0.650 [0.650, 0.650] | -0.050 [-0.050, -0.050] |" in page  # with the hybrid's student

@@ -229,7 +229,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         *_comparison(rows, "brats_lesion_dice_mean", "mean lesion-wise Dice"),
         *postprocessing_section(rows),
         *probe_section(rows, settings.get("probe_cases", 0)),
-        *branch_sections(rows, settings),
+        *branch_sections(rows, settings, figures.get("scale_weights")),
         f"## Inference cost on the CPU ({_cost_cpu(cost)})",
         f"Sliding-window inference (MONAI `SlidingWindowInferer`, ROI {settings['timing_roi']}³, overlap "
         f"{settings['timing_overlap']}, Gaussian blending, batch 1 per window, `torch.no_grad()`) of one "

@@ -22,7 +22,13 @@ from matplotlib.figure import Figure
 from kd_components.io import save_figure_atomic
 from kd_components.pipeline.statistics import format_interval, paired_difference, row_interval
 
-__all__ = ["branch_report_section", "branch_sections", "diagnostics_section", "plot_scale_weights"]
+__all__ = [
+    "branch_report_section",
+    "branch_sections",
+    "diagnostics_section",
+    "plot_scale_weights",
+    "plot_teacher_scale_weights",
+]
 
 #: The metrics of the comparison tables: (``per_case`` key, header, digits).
 _METRICS: tuple[tuple[str, str, int], ...] = (
@@ -56,7 +62,9 @@ def _table(
     return lines
 
 
-def branch_sections(rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any]) -> list[str]:
+def branch_sections(
+    rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], figure: str | None = None
+) -> list[str]:
     """The single-branch teachers against the hybrid, their students against the hybrid's, and the feature sources."""
     options = {"resamples": settings.get("bootstrap_resamples", 10_000), "seed": settings.get("bootstrap_seed", 0)}
     lines: list[str] = []
@@ -93,7 +101,7 @@ def branch_sections(rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str
             *_table(sources, rows["soft_feature"], options, "fused"),
             "",
         ]
-    return lines + diagnostics_section(rows)
+    return lines + diagnostics_section(rows, figure)
 
 
 def _mean_list(lists: Sequence[Sequence[float]]) -> list[float]:
@@ -138,8 +146,9 @@ def _diagnostics_row(label: str, records: Sequence[Mapping[str, Any]]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def diagnostics_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The teachers' branch diagnostics (``branch_diagnostics.json`` of their trainings), mean over seeds."""
+def diagnostics_section(rows: Mapping[str, Mapping[str, Any]], figure: str | None = None) -> list[str]:
+    """The teachers' branch diagnostics (``branch_diagnostics.json`` of their trainings), mean over seeds, and the
+    scale weights' trajectories (``figure``, from :func:`plot_teacher_scale_weights`)."""
     diagnosed = [r for r in rows.values() if r.get("branch_diagnostics")]
     if not diagnosed:
         return []
@@ -150,7 +159,32 @@ def diagnostics_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         *_DIAGNOSTICS_HEADER,
         *(_diagnostics_row(r["label"], r["branch_diagnostics"]) for r in diagnosed),
         "",
+        *([f"![the fusion's scale weights over training]({figure})", ""] if figure else []),
     ]
+
+
+def plot_teacher_scale_weights(rows: Mapping[str, Mapping[str, Any]], output_png: str | os.PathLike[str]) -> Path:
+    """The fusion's scale weights after every epoch, one panel per teacher row with diagnostics, one colour per
+    scale and one line style per seed."""
+    diagnosed = [r for r in rows.values() if r.get("branch_diagnostics")]
+    figure = Figure(figsize=(4.2 * len(diagnosed), 3.4))
+    axes = figure.subplots(1, len(diagnosed), squeeze=False)[0]
+    for axis, row in zip(axes, diagnosed, strict=True):
+        for seed_index, record in enumerate(row["branch_diagnostics"]):
+            epochs = [e["epoch"] for e in record["scale_weights"]]
+            for i, scale in enumerate(_SCALES):
+                values = [e["weights"][i] for e in record["scale_weights"]]
+                label = scale if seed_index == 0 else None
+                axis.plot(epochs, values, ("-", "--", ":", "-.")[seed_index % 4], color=f"C{i}", label=label)
+        axis.axhline(0.25, color="grey", linewidth=0.8, linestyle=":")
+        axis.set_title(row["label"], fontsize=8)
+        axis.set_xlabel("epoch")
+        axis.set_ylim(0, 0.6)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("scale weight (line style: teacher seed)")
+    axes[0].legend(fontsize=7, title="scale", title_fontsize=7)
+    figure.tight_layout()
+    return save_figure_atomic(figure, output_png)
 
 
 def plot_scale_weights(record: Mapping[str, Any], output_png: str | os.PathLike[str]) -> Path:
