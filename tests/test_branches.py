@@ -73,6 +73,11 @@ def test_zero_branch_removes_the_branch(branch: str, prefix: str) -> None:
     assert not torch.allclose(perturbed_forward(net, prefix, x, None), full, atol=1e-4)
 
 
+def test_vit_only_teacher_rejects_vgg_settings() -> None:
+    with pytest.raises(ValueError, match="no VGG to freeze"):
+        build_teacher("demo", img_size=(SIZE,) * 3, branches="vit", freeze_vgg_stages=2, **TINY_TEACHER)
+
+
 def test_zero_branch_rejects_a_branch_the_network_lacks() -> None:
     with pytest.raises(ValueError, match="has no vit branch"):
         with zero_branch(tiny("cnn"), "vit"):

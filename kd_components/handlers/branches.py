@@ -16,6 +16,7 @@ from monai.metrics import DiceMetric
 from kd_components.constants import REGIONS
 from kd_components.io import save_json_atomic
 from kd_components.networks.diagnostics import ABLATIONS, GateRecorder, zero_branch
+from kd_components.networks.hybrid import FUSED_FEATURE_SCALES
 from kd_components.networks.utils import unwrap_module
 
 __all__ = ["BRANCH_DIAGNOSTICS_FILE", "BranchDiagnostics", "ablation_dice"]
@@ -126,7 +127,7 @@ class BranchDiagnostics:
         self._gates = None
         if scales:
             self.record["gates"].append({"epoch": int(evaluator.state.epoch), "scales": scales})
-            means = ", ".join(f"1/{2 ** (i + 1)}: {s['mean']:.2f}" for i, s in enumerate(scales))
+            means = ", ".join(f"1/{k}: {s['mean']:.2f}" for k, s in zip(FUSED_FEATURE_SCALES, scales, strict=True))
             logger.info(f"fusion gates, the CNN's mean share per scale: {means}")
 
     def _continue_record(self, epoch: int) -> None:

@@ -71,8 +71,8 @@ class GatedFusionBlock(nn.Module):
     ``c = norm(conv1x1(cnn))``, ``v = align(vit)`` (see :func:`vit_alignment`),
     ``g = sigmoid(conv3x3x3([c, v]))`` (per voxel and channel), ``fused = g * c + (1 - g) * v``, then a
     residual conv block and a parameter-free instance norm: the output has zero mean and unit
-    variance per channel and sample, so its magnitude carries no information and the per-scale
-    weights of :class:`MultiScaleFusion` alone set each scale's strength. This output is what a
+    variance per channel and sample, so its magnitude carries no information (the per-scale weights of
+    :class:`MultiScaleFusion` and the decoder set each scale's strength). This output is what a
     forward hook on this module captures (the feature-distillation target); a forward hook on
     ``gate`` captures the gate's logits (``sigmoid`` of them is the CNN's share per voxel and channel).
 
@@ -103,7 +103,7 @@ class GatedFusionBlock(nn.Module):
         """
         super().__init__()
         self.scale = scale
-        self.branches = check_branches(branches)
+        check_branches(branches)
         self.vit_align = (
             vit_alignment(vit_channels, out_channels, patch_size, scale, norm_name) if branches != "cnn" else None
         )

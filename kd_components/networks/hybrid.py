@@ -15,7 +15,7 @@ from monai.utils import ensure_tuple_rep
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.networks.fusion import MultiScaleFusion, check_branches
 from kd_components.networks.init import init_output_prior
-from kd_components.networks.vgg import VGG19Encoder3d
+from kd_components.networks.vgg import VGG19_STAGE_MULTIPLIERS, VGG19Encoder3d
 from kd_components.networks.vit import ViTEncoder3d
 
 __all__ = ["FEATURE_SOURCES", "FUSED_FEATURE_MODULES", "FUSED_FEATURE_SCALES", "DecoderUpBlock", "HybridTeacher"]
@@ -155,8 +155,8 @@ class HybridTeacher(nn.Module):
                 or ``"vit"`` (ViT only). Defaults to ``"hybrid"``.
 
         Raises:
-            ValueError: if the channel sequences do not have 4 entries or ``img_size`` is not divisible
-                by ``lcm(16, vit_patch_size)``.
+            ValueError: if the channel sequences do not have 4 entries, ``img_size`` is not divisible
+                by ``lcm(16, vit_patch_size)``, or VGG settings are given to the ViT-only teacher.
         """
         super().__init__()
         n_scales = len(FUSED_FEATURE_SCALES)
@@ -175,6 +175,8 @@ class HybridTeacher(nn.Module):
         self.feature_channels = [int(c) for c in fusion_channels]
         self.feature_scales = list(FUSED_FEATURE_SCALES)
         self.branches = check_branches(branches)
+        if branches == "vit" and (freeze_vgg_stages or vgg_pretrained_path is not None):
+            raise ValueError("the ViT-only teacher (branches='vit') has no VGG to freeze or to load weights into")
 
         self.vgg = (
             VGG19Encoder3d(
@@ -202,8 +204,8 @@ class HybridTeacher(nn.Module):
             if branches != "cnn"
             else None
         )
-        # VGG19's channels per stage (width * (1, 2, 4, 8, 8)); the ViT-only ablation has no VGG but the same skips
-        cnn_channels = [vgg_width * m for m in (1, 2, 4, 8, 8)] if self.vgg is None else self.vgg.out_channels
+        # VGG19's channels per stage; the ViT-only ablation has no VGG but the same skip widths
+        cnn_channels = [vgg_width * m for m in VGG19_STAGE_MULTIPLIERS]
         self.stem = (
             UnetrBasicBlock(
                 3, in_channels, cnn_channels[0], kernel_size=3, stride=1, norm_name=norm_name, res_block=True

@@ -20,6 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from kd_components.io import save_figure_atomic
+from kd_components.networks.hybrid import FUSED_FEATURE_SCALES
 from kd_components.pipeline.statistics import format_interval, paired_difference, row_interval
 
 __all__ = [
@@ -35,7 +36,7 @@ _METRICS: tuple[tuple[str, str, int], ...] = (
     ("val_mean_dice", "mean Dice", 3),
     ("brats_lesion_dice_mean", "mean lesion Dice", 3),
 )
-_SCALES = ("1/2", "1/4", "1/8", "1/16")
+_SCALES = tuple(f"1/{scale}" for scale in FUSED_FEATURE_SCALES)
 
 
 def _paired(row: Mapping[str, Any], base: Mapping[str, Any], metric: str, options: Mapping[str, int]) -> str:
