@@ -208,6 +208,25 @@ def test_export_is_cached_and_rebuilt_when_the_checkpoint_changes(student_ckpt: 
     assert second != first and len(lines) == 2
 
 
+def test_export_of_another_patch_size_is_another_file_with_that_input_shape(student_ckpt: Path, tmp_path: Path) -> None:
+    """The graph's spatial size is fixed to the patch: a cached export made for one sliding-window ROI must not be
+    handed to a run with another (ONNX Runtime and OpenVINO refuse the patch)."""
+    import onnx
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(student_ckpt, ckpt)
+    network = build_student()
+    network.load_state_dict(torch.load(ckpt, weights_only=True))
+    small = cached_export(network, ckpt, (32, 32, 32), log=lambda line: None)
+    large = cached_export(network, ckpt, (48, 32, 64), log=lambda line: None)
+    assert small != large and small.name.endswith("-32x32x32.onnx") and large.name.endswith("-48x32x64.onnx")
+    for path, spatial in ((small, [32, 32, 32]), (large, [48, 32, 64])):
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_value for d in dims[1:]] == [4, *spatial]
+    engine = build_engine("onnxruntime", network, ckpt, (48, 32, 64), log=lambda line: None)
+    assert engine(torch.zeros(1, 4, 48, 32, 64)).shape == (1, 3, 48, 32, 64)
+
+
 def test_unsupported_precisions_are_named(student_ckpt: Path) -> None:
     network = build_student()
     with pytest.raises(EngineError, match="ONNX Runtime runs these networks in fp32 only"):

@@ -3,8 +3,9 @@
 Every engine is a callable ``(B, 4, h, w, d)`` float32 tensor -> ``(B, 3, h, w, d)`` float32 logits
 ``[TC, WT, ET]``, so that MONAI's ``SlidingWindowInferer`` runs it like the eager network. The ONNX and OpenVINO
 engines run one graph exported from the eager network (:func:`kd_components.export.export_onnx`), cached beside
-the checkpoint under a name that holds the checkpoint's hash (:func:`cached_export`): it is made once per
-checkpoint and made again when the checkpoint changes.
+the checkpoint under a name that holds the checkpoint's hash and the sliding window's patch size
+(:func:`cached_export`): it is made once per checkpoint and patch size, and made again when the checkpoint
+changes.
 
 Precisions:
 
@@ -83,15 +84,18 @@ def cached_export(
 ) -> Path:
     """The ONNX graph of ``network`` (with the weights of ``ckpt``), exported once and reused.
 
-    The file is ``<ckpt stem>-<first 12 hex digits of the checkpoint's SHA-256>.onnx`` in ``cache_dir``, by
-    default the checkpoint's folder, or :data:`USER_CACHE` when that folder cannot be written; a changed
-    checkpoint has another hash, hence another file. Without a checkpoint (random weights, tests) the graph
-    goes to a new temporary folder every time. The export is written atomically.
+    The graph's input shape is fixed to ``(B, 4, *roi_size)`` (only the batch size is free: every
+    sliding-window patch has that size, and the teacher's ViT needs one), so the patch size is part of the cache
+    entry's name: ``<ckpt stem>-<first 12 hex digits of the checkpoint's SHA-256>-<h>x<w>x<d>.onnx`` in
+    ``cache_dir``, by default the checkpoint's folder, or :data:`USER_CACHE` when that folder cannot be written;
+    a changed checkpoint has another hash, hence another file, and another patch size another file beside it.
+    Without a checkpoint (random weights, tests) the graph goes to a new temporary folder every time. The export
+    is written atomically.
 
     Args:
         network: the eager network, weights loaded, ``(B, 4, h, w, d) -> (B, 3, h, w, d)``.
         ckpt: the checkpoint the weights come from (its content names the cache entry).
-        roi_size: the sliding-window patch, traced as the example input (spatial sizes stay dynamic).
+        roi_size: the sliding-window patch: the graph's spatial input size.
         cache_dir: where the export is kept (see above).
         log: receives one line when an export is made.
     """
@@ -102,7 +106,7 @@ def cached_export(
         folder = Path(cache_dir) if cache_dir is not None else ckpt.parent
         if not _writable(folder):
             folder = USER_CACHE
-        name = f"{ckpt.stem}-{file_digest(ckpt)}.onnx"
+        name = f"{ckpt.stem}-{file_digest(ckpt)}-{'x'.join(str(int(s)) for s in roi_size)}.onnx"
     path = folder / name
     if path.exists():
         return path
