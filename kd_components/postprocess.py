@@ -75,14 +75,21 @@ class PostprocessSettings:
 
 
 def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    """The voxels of ``mask`` ``(H, W, D)`` that belong to connected components of fewer than ``min_voxels`` voxels."""
+    """The voxels of ``mask`` ``(H, W, D)`` that belong to connected components of fewer than ``min_voxels`` voxels.
+
+    The components are labelled within the mask's bounding box only (no component reaches outside it), which on a
+    1 mm BraTS grid is a small part of the volume.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
     if min_voxels <= 1 or not mask.any():
-        return np.zeros_like(mask, dtype=bool)
-    components, count = ndimage.label(mask, structure=CONNECTIVITY)
+        return out
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))  # the bounding box of the voxels labelled 1
+    components, count = ndimage.label(mask[box], structure=CONNECTIVITY)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     small = sizes < min_voxels
     small[0] = False
-    return small[components]
+    out[box] = small[components]
+    return out
 
 
 def postprocess_regions(

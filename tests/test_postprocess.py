@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from scipy import ndimage
 
 from kd_components.cli import _segment_overrides, build_parser
 from kd_components.config_checks import BundleSettingError, check_settings
 from kd_components.evaluation.tuning import TuningCase, choose_postprocessing
-from kd_components.postprocess import BratsPostprocessd, PostprocessSettings, postprocess_label_map, postprocess_regions
+from kd_components.postprocess import (
+    CONNECTIVITY,
+    BratsPostprocessd,
+    PostprocessSettings,
+    postprocess_label_map,
+    postprocess_regions,
+    small_components,
+)
 from kd_components.transforms import regions_to_labels
 
 SHAPE = (20, 20, 20)
@@ -30,6 +38,23 @@ def test_small_whole_tumour_component_is_removed_and_the_big_one_kept() -> None:
     out = postprocess_label_map(labels, (1.0, 1.0, 1.0), PostprocessSettings({"WT": 10}))
     assert (out[BIG] == 2).all()
     assert (out[SMALL] == 0).all()
+
+
+def test_small_components_within_the_bounding_box_equal_those_of_the_whole_grid() -> None:
+    """Components are labelled in the mask's bounding box only: the result must be the whole grid's, for masks
+    that touch the grid's faces, single voxels, empty masks and every threshold."""
+    rng = np.random.default_rng(0)
+    for trial in range(24):
+        mask = ndimage.binary_dilation(rng.random((30, 40, 25)) < 0.003, iterations=int(rng.integers(0, 3)))
+        if trial % 6 == 0:
+            mask[:] = False
+        if trial % 4 == 1:
+            mask[0, 0, 0] = mask[-1, -1, -1] = True
+        components, count = ndimage.label(mask, structure=CONNECTIVITY)
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        for min_voxels in (0.5, 2, 10, 100):
+            expected = (sizes < min_voxels)[components] & mask if min_voxels > 1 else np.zeros_like(mask)
+            assert np.array_equal(small_components(mask, min_voxels), expected)
 
 
 def test_thresholds_are_volumes_in_mm3() -> None:
