@@ -164,6 +164,15 @@ def diagnostics_section(rows: Mapping[str, Mapping[str, Any]], figure: str | Non
     ]
 
 
+def _scale_weight_lines(axis: Any, record: Mapping[str, Any], labelled: bool, **style: Any) -> None:
+    """One line per scale (colour ``C<i>``) on ``axis``: the fusion's scale weights after each epoch of a
+    ``branch_diagnostics.json`` record; ``labelled``: name the lines in the legend."""
+    epochs = [e["epoch"] for e in record["scale_weights"]]
+    for i, scale in enumerate(_SCALES):
+        values = [e["weights"][i] for e in record["scale_weights"]]
+        axis.plot(epochs, values, color=f"C{i}", label=scale if labelled else None, **style)
+
+
 def plot_teacher_scale_weights(rows: Mapping[str, Mapping[str, Any]], output_png: str | os.PathLike[str]) -> Path:
     """The fusion's scale weights after every epoch, one panel per teacher row with diagnostics, one colour per
     scale and one line style per seed."""
@@ -172,11 +181,7 @@ def plot_teacher_scale_weights(rows: Mapping[str, Mapping[str, Any]], output_png
     axes = figure.subplots(1, len(diagnosed), squeeze=False)[0]
     for axis, row in zip(axes, diagnosed, strict=True):
         for seed_index, record in enumerate(row["branch_diagnostics"]):
-            epochs = [e["epoch"] for e in record["scale_weights"]]
-            for i, scale in enumerate(_SCALES):
-                values = [e["weights"][i] for e in record["scale_weights"]]
-                label = scale if seed_index == 0 else None
-                axis.plot(epochs, values, ("-", "--", ":", "-.")[seed_index % 4], color=f"C{i}", label=label)
+            _scale_weight_lines(axis, record, seed_index == 0, linestyle=("-", "--", ":", "-.")[seed_index % 4])
         axis.axhline(0.25, color="grey", linewidth=0.8, linestyle=":")
         axis.set_title(row["label"], fontsize=8)
         axis.set_xlabel("epoch")
@@ -193,13 +198,11 @@ def plot_scale_weights(record: Mapping[str, Any], output_png: str | os.PathLike[
     share per scale: one PNG from a ``branch_diagnostics.json`` record."""
     figure = Figure(figsize=(10.0, 3.6))
     weights_axis, gates_axis = figure.subplots(1, 2)
-    epochs = [e["epoch"] for e in record["scale_weights"]]
-    for i, scale in enumerate(_SCALES):
-        weights_axis.plot(epochs, [e["weights"][i] for e in record["scale_weights"]], marker="o", ms=3, label=scale)
-        gates = record.get("gates") or []
-        if gates:
-            gate_epochs = [g["epoch"] for g in gates]
-            gates_axis.plot(gate_epochs, [g["scales"][i]["mean"] for g in gates], marker="o", ms=3, label=scale)
+    _scale_weight_lines(weights_axis, record, True, marker="o", ms=3)
+    gates = record.get("gates") or []
+    for i, scale in enumerate(_SCALES if gates else ()):
+        gate_epochs = [g["epoch"] for g in gates]
+        gates_axis.plot(gate_epochs, [g["scales"][i]["mean"] for g in gates], marker="o", ms=3, label=scale)
     weights_axis.axhline(0.25, color="grey", linewidth=0.8, linestyle=":")
     weights_axis.set_title("fusion scale weights (uniform start: 0.25)", fontsize=10)
     gates_axis.set_title("gates: the CNN's mean share per scale (validation)", fontsize=10)
