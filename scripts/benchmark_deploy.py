@@ -4,7 +4,7 @@ writes the timing part of docs/deploy.md. Run it in the application's environmen
 
     .venv-deploy/bin/python scripts/benchmark_deploy.py --ckpt STUDENT.pt      # about 5 min on 2 cores
 
-What each number is: kd_components/pipeline/deploy_benchmark.py.
+What each number is: kd_lab/deploy_benchmark.py.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from kd_components.benchmarking import cpu_description
 from kd_components.io import atomic_path, save_json_atomic
-from kd_components.pipeline.deploy_benchmark import (
+from kd_components.segment import default_bundle
+from kd_lab.deploy_benchmark import (
     APP_CONFIGS,
     export_model,
     render_section,
@@ -30,8 +30,8 @@ from kd_components.pipeline.deploy_benchmark import (
     run_app,
     summarise,
 )
-from kd_components.pipeline.inference_benchmark import end_to_end, prepare_volume
-from kd_components.segment import default_bundle
+from kd_lab.inference_benchmark import end_to_end, prepare_volume
+from kd_lab.measure import cpu_description
 
 #: `brats-kd segment` settings timed beside the application: label -> (engine, precision, crop).
 SEGMENT_CONFIGS = {

@@ -5,7 +5,7 @@ each engine's agreement with PyTorch float32; writes docs/inference.md.
     python scripts/benchmark_inference.py                       # random weights: cost only (about 25 min on 2 cores)
     python scripts/benchmark_inference.py --ckpt STUDENT.pt --test-data DIR   # + agreement on labelled phantoms
 
-What each number is: kd_components/pipeline/inference_benchmark.py. Every configuration runs in a fresh
+What each number is: kd_lab/inference_benchmark.py. Every configuration runs in a fresh
 process; times are medians of --repeats runs after a warm-up; the load average is recorded before and after.
 """
 
@@ -23,17 +23,17 @@ from typing import Any
 
 import torch
 
-from kd_components.benchmarking import count_flops, cpu_description
 from kd_components.io import atomic_path, save_json_atomic
-from kd_components.pipeline.inference_benchmark import (
+from kd_lab.inference_benchmark import (
     default_configs,
     end_to_end,
     engine_agreement,
     flop_rate,
-    measure_in_fresh_process,
+    measure_config,
     prepare_volume,
 )
-from kd_components.pipeline.results import markdown_blocks
+from kd_lab.measure import count_flops, cpu_description, run_in_fresh_process
+from kd_lab.results import markdown_blocks
 
 #: End-to-end runs: (engine, precision, crop, overlap; None: the bundle's).
 E2E = (("openvino", "fp32", True, None), ("openvino", "bf16", True, None), ("openvino", "int8", True, None))
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in default_configs(args.networks):
         print(f"[{cfg.network}] {cfg.label} ...", flush=True)
         try:
-            row = measure_in_fresh_process(
-                cfg, str(volume_file), roi, overlap, args.repeats, str(cache), args.volume_budget
+            row = run_in_fresh_process(
+                measure_config, cfg, str(volume_file), roi, overlap, args.repeats, str(cache), args.volume_budget
             )
         except Exception as err:  # one engine that cannot run here does not stop the others
             results["errors"].append(f"{cfg.network} {cfg.label}: {type(err).__name__}: {str(err)[:300]}")

@@ -1,6 +1,6 @@
 """Benchmark teacher, distilled students and label-only students under a shortage of labels; write docs/results.md.
 
-The regime, rows and columns are described in kd_components.pipeline.benchmark. Every training and
+The regime, rows and columns are described in kd_lab.benchmark. Every training and
 test evaluation is a restartable stage: run the same command again after an interruption and it
 continues; finished runs are reused. The page and its plots are generated, never edited by hand;
 interpretation lives in ``--notes`` (a Markdown file appended as the page's Notes section).
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from kd_components.io import atomic_path, save_json_atomic
-from kd_components.pipeline.benchmark import (
+from kd_lab.benchmark import (
     RESULTS_INDENT,
     ROWS,
     SELECTION_RULES,
@@ -32,9 +32,9 @@ from kd_components.pipeline.benchmark import (
     measure_costs,
     run_benchmark,
 )
-from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
-from kd_components.pipeline.results_branches import plot_teacher_scale_weights
-from kd_components.pipeline.stages import StageError
+from kd_lab.results import plot_dice_vs_time, plot_region_bars, render_results
+from kd_lab.results_branches import plot_teacher_scale_weights
+from kd_lab.stages import StageError
 
 
 def build_parser() -> argparse.ArgumentParser:

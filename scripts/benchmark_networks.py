@@ -18,29 +18,32 @@ and written atomically to ``--output``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import datetime
-import multiprocessing
 import os
 import platform
-import resource
 import shlex
 import sys
 from typing import Any
 
 import torch
 
-from kd_components.benchmarking import OTHER_NETWORKS, build_network, count_flops, cpu_description, time_runs
 from kd_components.constants import MODALITIES
 from kd_components.io import atomic_path
 from kd_components.networks import TEACHER_CONFIGS, trainable_parameters
-
-_GIB = 1024**3
+from kd_lab.measure import (
+    OTHER_NETWORKS,
+    build_network,
+    count_flops,
+    cpu_description,
+    peak_rss_gib,
+    run_in_fresh_process,
+    time_runs,
+)
 
 
 def measure(config: str, size: int, repeats: int) -> dict[str, Any]:
     """Parameters, FLOPs, timings and peak memory of one configuration (run in a fresh process)."""
-    baseline_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB  # Python + torch + MONAI
+    baseline_gib = peak_rss_gib()  # Python + torch + MONAI
     torch.manual_seed(0)
     flops_forward, flops_training = count_flops(config, size)
     model = build_network(config, size)
@@ -70,18 +73,11 @@ def measure(config: str, size: int, repeats: int) -> dict[str, Any]:
         "training_s": training_s,
         "training_min_s": training_min_s,
         "load": (load_start, os.getloadavg()[0]),
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB,
+        "peak_rss_gib": peak_rss_gib(),
         "baseline_rss_gib": baseline_gib,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
-
-
-def measure_in_fresh_process(config: str, size: int, repeats: int) -> dict[str, Any]:
-    """:func:`measure` in a new (spawned) process, so peak memory is per configuration."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(measure, config, size, repeats).result()
 
 
 def render_markdown(rows: list[dict[str, Any]], size: int, command: str) -> str:
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in args.configs:
         repeats = args.default_repeats if config == "default" else args.repeats
         print(f"measuring {config} ({repeats} runs) ...", file=sys.stderr, flush=True)
-        rows.append(measure_in_fresh_process(config, args.size, repeats))
+        rows.append(run_in_fresh_process(measure, config, args.size, repeats))
     command = shlex.join(["python", "scripts/benchmark_networks.py", *(sys.argv[1:] if argv is None else argv)])
     report = render_markdown(rows, args.size, command)
     print(report)

@@ -12,7 +12,7 @@ this CPU, with the Pareto front; writes docs/students.md.
 (``make benchmark-students [JOBS=N]`` runs both.) The default student's row is ``soft_feature``, every other
 candidate's ``kd_<name>``; ``--rows CANDIDATE=ROW`` maps a run made when another candidate was the default.
 
-What each number is: kd_components/pipeline/student_search.py. The candidates are
+What each number is: kd_lab/student_search.py. The candidates are
 kd_components/networks/candidates.py.
 """
 
@@ -27,12 +27,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kd_components.benchmarking import cpu_description
 from kd_components.io import atomic_path, save_json_atomic
 from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
-from kd_components.pipeline.inference_benchmark import prepare_volume
-from kd_components.pipeline.results import markdown_blocks
-from kd_components.pipeline.student_search import PRECISIONS, measure_candidates, search_table
+from kd_lab.inference_benchmark import prepare_volume
+from kd_lab.measure import cpu_description
+from kd_lab.results import markdown_blocks
+from kd_lab.student_search import PRECISIONS, measure_candidates, search_table
 
 
 def build_parser() -> argparse.ArgumentParser:

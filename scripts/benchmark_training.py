@@ -32,7 +32,6 @@ from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 
 from kd_components.allocator import tune_malloc
-from kd_components.benchmarking import cpu_description, time_runs
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.inferers import AutocastInferer, cpu_bf16_supported
 from kd_components.io import update_generated_part
@@ -47,6 +46,7 @@ from kd_components.losses import (
 )
 from kd_components.networks import build_student, build_teacher, trainable_parameters
 from kd_components.networks.student import feature_pairs
+from kd_lab.measure import cpu_description, time_runs
 
 SECTION_START = "<!-- training-step:start (scripts/benchmark_training.py writes this part) -->"
 SECTION_END = "<!-- training-step:end -->"

@@ -3,7 +3,7 @@
 
     python scripts/compare_precision.py --demo-dir outputs/demo --seeds 1 2 [--jobs 2] [--output docs/training_speed.md]
 
-See kd_components/pipeline/precision.py. The table goes to the page's generated part (between its markers)
+See kd_lab/precision.py. The table goes to the page's generated part (between its markers)
 and to stdout. Training times are wall times with ``--jobs`` chains sharing the cores: compare Dice here,
 and speed in the training-step table and the main job's report.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from kd_components.benchmarking import cpu_description
 from kd_components.io import update_generated_part
-from kd_components.pipeline.demo import DemoSettings
-from kd_components.pipeline.precision import SECTION_END, SECTION_START, render_section, run_all
+from kd_lab.demo import DemoSettings
+from kd_lab.measure import cpu_description
+from kd_lab.precision import SECTION_END, SECTION_START, render_section, run_all
 
 
 def main(argv: list[str] | None = None) -> int:

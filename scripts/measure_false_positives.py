@@ -7,7 +7,7 @@ writes docs/false_positives.md.
 
 Each network runs with its bundle's inference.json at the grid its weights were trained on
 (training_geometry.json beside them; --pixdim for weights trained before that file existed). What each number
-is: kd_components/pipeline/false_positives.py.
+is: kd_components/evaluation/false_positives.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from kd_components.evaluation.false_positives import make_probe_data, measure, render
 from kd_components.io import atomic_path, parse_named_paths, save_json_atomic
-from kd_components.pipeline.false_positives import make_probe_data, measure, render
 from kd_components.segment import Segmenter, default_bundle
 
 

@@ -2,7 +2,7 @@
 
 Finished stages are reused when the command is run again with the same settings; an
 interrupted training resumes from its latest checkpoint; changed settings (or ``--fresh``)
-replace what the earlier run made. See kd_components.pipeline.demo.
+replace what the earlier run made. See kd_lab.demo.
 
 Example::
 
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from kd_components.pipeline.demo import DemoSettings, run_demo
-from kd_components.pipeline.stages import StageError
+from kd_lab.demo import DemoSettings, run_demo
+from kd_lab.stages import StageError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,7 @@ def test_measure_config_times_one_network_and_reuses_its_export(tmp_path: Path) 
     timed; measuring again writes the same seeded weights, so the export cached by their hash is reused."""
     import torch
 
-    from kd_components.pipeline.inference_benchmark import EngineConfig, measure_config
+    from kd_lab.inference_benchmark import EngineConfig, measure_config
 
     torch.manual_seed(0)
     image = torch.zeros(4, 96, 80, 64)
@@ -87,7 +87,7 @@ def test_measure_config_times_one_network_and_reuses_its_export(tmp_path: Path) 
 
 
 def test_deploy_timing_goes_between_the_markers_of_its_page_and_nowhere_else() -> None:
-    from kd_components.pipeline.deploy_benchmark import SECTION_END, SECTION_START, render_section, replace_section
+    from kd_lab.deploy_benchmark import SECTION_END, SECTION_START, render_section, replace_section
 
     app = {"command_s": 12.0, "setup_s": 0.4, "segment_s": 4.0, "runs": 3}
     results = {

@@ -12,7 +12,7 @@ import pytest
 from kd_components.constants import REGIONS
 from kd_components.evaluation.lesions import RegionScores, case_row, write_case_table
 from kd_components.networks.student import build_student
-from kd_components.pipeline.benchmark import (
+from kd_lab.benchmark import (
     BRANCH_ROWS,
     BRATS_METRICS,
     GUIDANCE_SECONDS,
@@ -32,8 +32,8 @@ from kd_components.pipeline.benchmark import (
     split_cases,
     teacher_seed_for,
 )
-from kd_components.pipeline.results import plot_dice_vs_time, plot_region_bars, render_results
-from kd_components.pipeline.statistics import Interval
+from kd_lab.results import plot_dice_vs_time, plot_region_bars, render_results
+from kd_lab.statistics import Interval
 
 
 def test_split_cases_is_disjoint_and_ordered() -> None:
@@ -423,7 +423,7 @@ def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: P
     rows["soft_feature_from_cnn"] = _row("student", "student", 0.65) | {"teacher": "teacher_cnn"}
     rows["features_fused_vit"] = _row("student", "student", 0.72)
     results["rows"] = add_statistics(rows, resamples=1000, seed=0)
-    from kd_components.pipeline.results_branches import plot_teacher_scale_weights
+    from kd_lab.results_branches import plot_teacher_scale_weights
 
     assert plot_teacher_scale_weights(rows, tmp_path / "w.png").stat().st_size > 0
     figures = {"dice_vs_time": "a.png", "regions": "b.png", "scale_weights": "w.png"}
@@ -442,7 +442,7 @@ def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: P
 
 
 def test_report_section_on_the_teachers_branches(tmp_path: Path) -> None:
-    from kd_components.pipeline.results_branches import branch_report_section
+    from kd_lab.results_branches import branch_report_section
 
     assert branch_report_section(tmp_path / "missing.json", tmp_path / "b.png") == ""  # no diagnostics, no section
     (tmp_path / "branch_diagnostics.json").write_text(json.dumps(_diagnostics([0.4, 0.3, 0.2, 0.1], ablation=True)))

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from kd_components.pipeline.statistics import (
+from kd_lab.statistics import (
     Interval,
     bootstrap_counts,
     gap_closed_interval,

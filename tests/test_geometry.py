@@ -177,7 +177,7 @@ def test_the_training_grid_travels_with_the_weights(phantom: Path, tmp_path: Pat
 
 
 def test_false_positive_probe_measures_healthy_volumes_and_unseen_dice(tmp_path: Path) -> None:
-    from kd_components.pipeline.false_positives import make_probe_data, measure, render
+    from kd_components.evaluation.false_positives import make_probe_data, measure, render
 
     folders = make_probe_data(tmp_path, 1)
     assert not np.asarray(nib.load(next(folders["healthy"].glob("*/*-seg.nii.gz"))).dataobj).any()

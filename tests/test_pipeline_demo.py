@@ -53,7 +53,7 @@ def test_main_job_runs_end_to_end_and_a_rerun_reuses_it(tmp_path: Path) -> None:
 
 
 def test_the_false_positive_probe_is_a_stage_of_the_main_job_unless_switched_off(tmp_path: Path) -> None:
-    from kd_components.pipeline.demo import TEACHER_BUNDLE, DemoSettings, demo_stages
+    from kd_lab.demo import TEACHER_BUNDLE, DemoSettings, demo_stages
 
     stages = {stage.name: stage for stage in demo_stages(DemoSettings(output_dir=tmp_path))}
     probe = stages["false_positives"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_components.pipeline.stages import Stage, StageError, StageRunner
+from kd_lab.stages import Stage, StageError, StageRunner
 
 
 def _writer(path: Path, text: str) -> list[str]:

@@ -1,12 +1,12 @@
-"""kd_components.pipeline.precision: the float32 / bf16 comparison's table."""
+"""kd_lab.precision: the float32 / bf16 comparison's table."""
 
 from __future__ import annotations
 
 import pytest
 
 from kd_components.io import replace_between
-from kd_components.pipeline.demo import DemoSettings
-from kd_components.pipeline.precision import SECTION_END, SECTION_START, ChainResult, render_section
+from kd_lab.demo import DemoSettings
+from kd_lab.precision import SECTION_END, SECTION_START, ChainResult, render_section
 
 
 def test_section_lists_every_chain_and_the_mean_per_precision() -> None:

@@ -25,7 +25,7 @@ from kd_components.networks.student import (
     student_feature_modules,
 )
 from kd_components.networks.utils import size_divisor
-from kd_components.pipeline.student_search import candidate_row_key, pareto_front, search_table
+from kd_lab.student_search import candidate_row_key, pareto_front, search_table
 from tests.conftest import REPO_ROOT, build_tiny_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -151,7 +151,7 @@ def test_pareto_front_keeps_the_points_no_other_beats_in_both() -> None:
 
 
 def _kd_row(scores: np.ndarray, seeds: list[int]) -> dict:
-    from kd_components.pipeline.statistics import mean_interval
+    from kd_lab.statistics import mean_interval
 
     return {
         "seeds": seeds,

@@ -1,8 +1,8 @@
 """The students measured in the search for a student built for CPUs (``scripts/benchmark_students.py``).
 
 One home for each candidate: its network arguments build it for the cost measurements
-(:func:`~kd_components.benchmarking.build_network`) and become the ``network_def`` overrides of its row in the
-distillation benchmark (:data:`~kd_components.pipeline.benchmark.ROWS`, key ``kd_<name>``), so the network
+(:func:`~kd_lab.measure.build_network`) and become the ``network_def`` overrides of its row in the
+distillation benchmark (:data:`~kd_lab.benchmark.ROWS`, key ``kd_<name>``), so the network
 that is timed is the one that is trained.
 """
 
@@ -53,7 +53,7 @@ DEFAULT_CANDIDATE = StudentCandidate(
     "student", "strided stem, SegResNet body at 1/2 (8 filters, blocks 1-2-2-4 / 1-1-1), batch norm (the default)"
 )
 
-#: Every candidate, the default first. Names are also :func:`~kd_components.benchmarking.build_network` names.
+#: Every candidate, the default first. Names are also :func:`~kd_lab.measure.build_network` names.
 STUDENT_CANDIDATES: dict[str, StudentCandidate] = {
     c.name: c
     for c in (

@@ -5,9 +5,9 @@ volume on this CPU, and the Pareto front of the two (``scripts/benchmark_student
   default student, ``kd_<name>`` for the others, :data:`~kd_components.networks.candidates.STUDENT_CANDIDATES`):
   its ``results.json`` holds every (seed, test case) score, so the paired difference of two candidates (same
   seeds, same cases, the same teacher per seed) gets a bootstrap interval
-  (:func:`~kd_components.pipeline.statistics.paired_difference`).
+  (:func:`~kd_lab.statistics.paired_difference`).
 - **Time** is measured here, each (candidate, precision) in a fresh process
-  (:func:`~kd_components.pipeline.inference_benchmark.measure_in_fresh_process`): OpenVINO per 96^3 patch and per
+  (:func:`~kd_lab.measure.run_in_fresh_process`): OpenVINO per 96^3 patch and per
   BraTS-size volume through MONAI's sliding window over the brain's box, at the bundle's ROI and overlap.
 - **Pareto front**: a candidate is on it when no other candidate is both faster and higher in mean Dice.
   *Dice per second* is the mean Dice over the volume time, the issue's "best Dice per CPU second".
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from kd_components.benchmarking import count_flops
 from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
-from kd_components.pipeline.inference_benchmark import EngineConfig, measure_in_fresh_process
-from kd_components.pipeline.statistics import paired_difference
+from kd_lab.inference_benchmark import EngineConfig, measure_config
+from kd_lab.measure import count_flops, run_in_fresh_process
+from kd_lab.statistics import paired_difference
 
 __all__ = ["PRECISIONS", "candidate_row_key", "measure_candidates", "pareto_front", "search_table"]
 
@@ -41,7 +41,7 @@ def measure_candidates(
     names: Sequence[str], volume_file: str, roi: int, overlap: float, repeats: int, cache_dir: str
 ) -> list[dict[str, Any]]:
     """OpenVINO time per patch and per volume (crop) of every candidate at every precision of :data:`PRECISIONS`;
-    one dict per (candidate, precision) as :func:`~kd_components.pipeline.inference_benchmark.measure_config`
+    one dict per (candidate, precision) as :func:`~kd_lab.inference_benchmark.measure_config`
     returns it, plus ``gflops_patch``; a configuration that fails is recorded with its ``error``."""
     rows = []
     for name in names:
@@ -49,8 +49,15 @@ def measure_candidates(
         for precision in PRECISIONS:
             print(f"[{name}] openvino {precision} ...", flush=True)
             try:
-                row = measure_in_fresh_process(
-                    EngineConfig(name, "openvino", precision), volume_file, roi, overlap, repeats, cache_dir, 60.0
+                row = run_in_fresh_process(
+                    measure_config,
+                    EngineConfig(name, "openvino", precision),
+                    volume_file,
+                    roi,
+                    overlap,
+                    repeats,
+                    cache_dir,
+                    60.0,
                 )
             except Exception as err:  # one configuration that cannot run does not stop the others
                 row = {"network": name, "precision": precision, "error": f"{type(err).__name__}: {str(err)[:300]}"}

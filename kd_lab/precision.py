@@ -1,7 +1,7 @@
 """Does bf16 autocast on the CPU cost accuracy? The demo's teacher and student trained in float32 and in bf16.
 
 For each seed and precision, on the data of a finished main job (``outputs/demo``: its phantoms and
-datalist), the four steps of the demo run with its settings (:class:`~kd_components.pipeline.demo.DemoSettings`)
+datalist), the four steps of the demo run with its settings (:class:`~kd_lab.demo.DemoSettings`)
 and only ``cpu_bf16`` and ``seed`` changed: teacher training, its evaluation on the validation fold,
 the student distilled from *that* teacher, its evaluation. A float32 student learns from a float32
 teacher, a bf16 one from a bf16 teacher, so each column is what a user of that setting gets.
@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from kd_components.pipeline.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, DemoSettings, bundle_command
-from kd_components.pipeline.report import read_metrics
+from kd_lab.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, DemoSettings, bundle_command
+from kd_lab.report import read_metrics
 
 __all__ = ["PRECISIONS", "SECTION_END", "SECTION_START", "ChainResult", "render_section", "run_chain"]
 

@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 
 from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
-from kd_components.pipeline.results_branches import branch_sections
-from kd_components.pipeline.results_challenge import challenge_sections, postprocessing_section, probe_section
-from kd_components.pipeline.stages import format_minutes
-from kd_components.pipeline.statistics import finite_mean
-from kd_components.pipeline.statistics import format_interval as _ci
-from kd_components.pipeline.statistics import row_interval as _interval
+from kd_lab.results_branches import branch_sections
+from kd_lab.results_challenge import challenge_sections, postprocessing_section, probe_section
+from kd_lab.stages import format_minutes
+from kd_lab.statistics import finite_mean
+from kd_lab.statistics import format_interval as _ci
+from kd_lab.statistics import row_interval as _interval
 
 __all__ = ["markdown_blocks", "plot_dice_vs_time", "plot_region_bars", "render_results"]
 
@@ -183,7 +183,7 @@ def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -
         lines.append(
             f"**Cost and commands.** A fresh run of this regime is estimated at {_hours(estimate['total'])} on 2 CPU "
             f"cores ({_hours(estimate['training'])} training, {_hours(estimate['testing'])} testing, plus about 4 min "
-            "of inference timing), by the cost model in `kd_components/pipeline/benchmark.py`; the time it took is "
+            "of inference timing), by the cost model in `kd_lab/benchmark.py`; the time it took is "
             "under Environment. Every training and test is a restartable stage: after an interruption run the same "
             "command again (finished stages are reused, an interrupted training resumes from its latest epoch); "
             "`--no-timing` regenerates the page from the finished stages without measuring the inference cost "
@@ -337,7 +337,7 @@ def markdown_blocks(lines: list[str]) -> list[str]:
 
 
 def _cpu() -> str:
-    from kd_components.benchmarking import cpu_description
+    from kd_lab.measure import cpu_description
 
     return cpu_description()
 

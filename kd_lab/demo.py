@@ -1,6 +1,6 @@
 """The main job on the embedded phantom data: data, teacher, distilled student, inference, evaluation, report.
 
-Each step is a :class:`~kd_components.pipeline.stages.Stage` that runs one of the project's own
+Each step is a :class:`~kd_lab.stages.Stage` that runs one of the project's own
 entry points (``scripts/make_phantoms.py``, ``scripts/prepare_datalist.py``, the bundles through
 ``python -m monai.bundle``), so the pipeline does exactly what a user would type, in order:
 
@@ -25,13 +25,13 @@ from monai.bundle import ConfigParser
 
 from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.inferers import cpu_bf16_supported
-from kd_components.pipeline.report import ModelRun, write_report
-from kd_components.pipeline.results_branches import branch_report_section
-from kd_components.pipeline.stages import Stage, StageRunner, python_command
+from kd_lab.report import ModelRun, write_report
+from kd_lab.results_branches import branch_report_section
+from kd_lab.stages import Stage, StageRunner, python_command
 
 __all__ = ["DemoSettings", "bundle_command", "bundle_parameters", "config_files", "demo_stages", "run_demo"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TEACHER_BUNDLE = REPO_ROOT / "bundles" / "hybrid_teacher"
 STUDENT_BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 

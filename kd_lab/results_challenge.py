@@ -1,5 +1,5 @@
 """The sections of ``docs/results.md`` on the BraTS challenge metrics, the post-processing and the false-positive
-probe, from the rows of the benchmark's ``results.json`` (:func:`kd_components.pipeline.benchmark.collect_results`).
+probe, from the rows of the benchmark's ``results.json`` (:func:`kd_lab.benchmark.collect_results`).
 
 A ``results.json`` written before these were measured has no ``brats_*`` scores or ``probe``: the sections are then
 left out, not filled with blanks.
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kd_components.constants import MISSED_REGION_HD_MM, REGIONS
-from kd_components.pipeline.statistics import format_interval, row_interval
+from kd_lab.statistics import format_interval, row_interval
 
 __all__ = ["challenge_sections", "postprocessing_section", "probe_section"]
 
@@ -95,7 +95,7 @@ def _spread(values: Sequence[float], digits: int) -> str:
 
 def probe_section(rows: Mapping[str, Mapping[str, Any]], cases: int) -> list[str]:
     """Predicted tumour on healthy phantoms and Dice on an unseen generator seed, per row (over its seeds)."""
-    from kd_components.pipeline.false_positives import HEALTHY_SEED, UNSEEN_SEED
+    from kd_components.evaluation.false_positives import HEALTHY_SEED, UNSEEN_SEED
 
     probed = [r for r in rows.values() if r.get("probe")]
     if not probed:
@@ -105,7 +105,7 @@ def probe_section(rows: Mapping[str, Mapping[str, Any]], cases: int) -> list[str
         f"Every trained run segments {cases} tumour-free phantoms (seed {HEALTHY_SEED}: every voxel it calls tumour "
         f"is a false positive) and {cases} tumour phantoms of a generator seed no network is trained on "
         f"(seed {UNSEEN_SEED}), with `brats-kd segment`'s engine and its post-processing "
-        "(`kd_components/pipeline/false_positives.py`). Mean over the seeds of a row (lowest-highest seed in "
+        "(`kd_components/evaluation/false_positives.py`). Mean over the seeds of a row (lowest-highest seed in "
         "brackets); per seed, the mean over the cases.",
         "| row | healthy: mean WT predicted (mL) | healthy: largest (mL) | unseen seed: Dice TC | Dice WT | Dice ET |",
         "|---|---:|---:|---:|---:|---:|",

@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from kd_components.constants import MODALITIES, REGIONS, SEG_SUFFIX
 from kd_components.data.preview import axial_index, draw_overlay, find_volume, legend_handles, load_lps
 from kd_components.io import atomic_path, save_figure_atomic
-from kd_components.pipeline.stages import format_minutes
+from kd_lab.stages import format_minutes
 
 __all__ = [
     "ModelRun",

@@ -1,10 +1,10 @@
 """The sections of a benchmark page on the teacher's branches: the single-branch teachers and their students, the
 students distilled from the branches' own features, and the hybrid teacher's branch diagnostics (scale weights,
 fusion gates, the branch ablation), from the rows of ``results.json``
-(:func:`kd_components.pipeline.benchmark.collect_results`).
+(:func:`kd_lab.benchmark.collect_results`).
 
 Differences are paired: two teacher rows share the teacher seeds and the test cases, two student rows the student
-seeds and the test cases (:func:`kd_components.pipeline.statistics.paired_difference`). A run without these rows
+seeds and the test cases (:func:`kd_lab.statistics.paired_difference`). A run without these rows
 or without diagnostics leaves the sections out.
 """
 
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from kd_components.io import save_figure_atomic
 from kd_components.networks.hybrid import FUSED_FEATURE_SCALES
-from kd_components.pipeline.statistics import format_interval, paired_difference, row_interval
+from kd_lab.statistics import format_interval, paired_difference, row_interval
 
 __all__ = [
     "branch_report_section",

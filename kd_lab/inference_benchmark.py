@@ -23,11 +23,8 @@ What is measured, all in one run on this machine:
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
-import multiprocessing
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -43,6 +40,7 @@ import numpy as np
 import torch
 
 from kd_components.constants import MODALITIES
+from kd_lab.measure import GIB, peak_rss_gib
 
 __all__ = [
     "EngineConfig",
@@ -52,16 +50,13 @@ __all__ = [
     "engine_agreement",
     "flop_rate",
     "measure_config",
-    "measure_in_fresh_process",
     "prepare_volume",
 ]
-
-_GIB = 1024**3
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """One row: a network (:func:`~kd_components.benchmarking.build_network` name), an engine, a precision."""
+    """One row: a network (:func:`~kd_lab.measure.build_network` name), an engine, a precision."""
 
     network: str
     engine: str
@@ -167,13 +162,13 @@ def measure_config(
     volume_budget_s: float,
 ) -> dict[str, Any]:
     """Per-patch and whole-volume seconds, windows and peak memory of one :class:`EngineConfig` (run it in a fresh
-    process: :func:`measure_in_fresh_process`). ``volume_file`` holds the preprocessed BraTS-size image
+    process: :func:`~kd_lab.measure.run_in_fresh_process`). ``volume_file`` holds the preprocessed BraTS-size image
     ``(4, H, W, D)`` (``torch.save``)."""
     from monai.inferers import SlidingWindowInferer
 
-    from kd_components.benchmarking import build_network
     from kd_components.segment.crop import brain_box, window_count
     from kd_components.segment.engines import build_engine
+    from kd_lab.measure import build_network
 
     torch.manual_seed(0)
     network = build_network(config.network, roi).eval()
@@ -212,15 +207,8 @@ def measure_config(
                 result[f"volume_{name}_s"] = _median_seconds(lambda r=region: inferer(r[None], engine), repeats)
         else:
             result[f"volume_{name}_s"] = None
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB
+    result["peak_rss_gib"] = peak_rss_gib()
     return result
-
-
-def measure_in_fresh_process(*args: Any) -> dict[str, Any]:
-    """:func:`measure_config` in a new (spawned) process, so that peak memory is that configuration's alone."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(measure_config, *args).result()
 
 
 def end_to_end(
@@ -267,7 +255,7 @@ def end_to_end(
         "first_case_s": seconds[0],
         "command_s": wall,
         "cases": len(seconds),
-        "peak_rss_gib": usage.ru_maxrss * 1024 / _GIB,
+        "peak_rss_gib": usage.ru_maxrss * 1024 / GIB,
     }
 
 

@@ -41,7 +41,7 @@ __all__ = [
     "summarise",
 ]
 
-APP = Path(__file__).resolve().parents[2] / "deploy" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "deploy" / "app.py"
 #: The application's engine settings timed: (label, environment).
 APP_CONFIGS: tuple[tuple[str, dict[str, str]], ...] = (
     ("torchscript (default)", {"BRATS_KD_ENGINE": "torchscript"}),

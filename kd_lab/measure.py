@@ -1,16 +1,20 @@
-"""Measuring networks on this machine: building them by name, counting FLOPs, timing, describing the CPU.
+"""Measuring networks on this machine: building them by name, counting FLOPs, timing, peak memory in a fresh
+process, describing the CPU.
 
-Shared by ``scripts/benchmark_networks.py`` (per-patch cost) and ``scripts/benchmark_kd.py``
-(sliding-window inference on a BraTS-size volume).
+Shared by every benchmark of the lab (``scripts/benchmark_*.py``): the one home of these helpers.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -18,9 +22,20 @@ from kd_components.constants import MODALITIES
 from kd_components.networks import build_teacher
 from kd_components.networks.candidates import MODEL_ZOO_SEGRESNET, STUDENT_CANDIDATES
 
-__all__ = ["OTHER_NETWORKS", "build_network", "count_flops", "cpu_description", "time_runs"]
+__all__ = [
+    "GIB",
+    "OTHER_NETWORKS",
+    "build_network",
+    "count_flops",
+    "cpu_description",
+    "peak_rss_gib",
+    "run_in_fresh_process",
+    "time_runs",
+]
 
-_GIB = 1024**3
+#: Bytes in a GiB, the unit of every memory column.
+GIB = 1024**3
+_T = TypeVar("_T")
 #: Networks besides the teacher configurations: the student candidates (the default student first) and MONAI's
 #: model-zoo BraTS SegResNet.
 OTHER_NETWORKS: tuple[str, ...] = (*STUDENT_CANDIDATES, MODEL_ZOO_SEGRESNET.name)
@@ -74,3 +89,16 @@ def time_runs(step: Callable[[], object], repeats: int) -> tuple[float, float]:
         step()
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times)
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far, in GiB (``getrusage``; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+def run_in_fresh_process(function: Callable[..., _T], *args: object) -> _T:
+    """``function(*args)`` in a new (spawned) process, so that its peak memory (:func:`peak_rss_gib` inside it) and
+    its allocator and thread state are its own; its result (picklable) or its exception comes back."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()

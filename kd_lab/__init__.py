@@ -1,6 +1,6 @@
 """The main job as restartable stages (``demo``), its report (``report``) and the stage runner (``stages``)."""
 
-from kd_components.pipeline.report import ModelRun, write_report
-from kd_components.pipeline.stages import Stage, StageError, StageRunner
+from kd_lab.report import ModelRun, write_report
+from kd_lab.stages import Stage, StageError, StageRunner
 
 __all__ = ["ModelRun", "Stage", "StageError", "StageRunner", "write_report"]

@@ -1,0 +1,127 @@
+"""The project's comparison: teacher vs distilled students vs label-only students, under a shortage of labels.
+
+Regime (see ``docs/results.md`` for the measured table; every number below is a default of
+:class:`BenchmarkSettings` and an option of ``scripts/benchmark_kd.py``):
+
+- **Data.** One phantom data set (``data_seed``; case *i* depends only on the seed and *i*), split by
+  case index into 6 labelled training cases, 2 labelled validation cases, 12 unlabelled scans (their
+  segmentations are never read: the datalist lists them without a label) and 24 held-out labelled test
+  cases on which every row is scored. Test cases cost only inference, so there are many of them: with
+  8 (the earlier regime) the interval of a mean was wider than most differences between rows.
+- **Model selection.** ``selection="last"`` (default): one validation, after the last epoch, so
+  ``model.pt`` holds the final weights (the cosine schedule ends near a learning rate of 0). Choosing
+  the best of 4 validations on 2 cases (``selection="best"``, the earlier rule) selects by the Dice of
+  two cases, as much noise as quality, and more validation cases would cost every run their inference.
+- **Teacher.** The demo ``HybridTeacher`` trained on the labelled cases only, ``teacher_steps``
+  optimizer steps, once per seed in ``teacher_seeds`` (default 0 and 1).
+- **Students.** Every student row gets the same ``student_steps`` optimizer steps (not epochs: an
+  epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
+  and seeds. Rows: labels only; + soft-target KD; + soft-target and feature KD; the same with the
+  unlabelled scans paired with the labelled batches (each step one labelled and one unlabelled batch, so
+  as many labelled batches are seen as in the label-only row); the same with the unlabelled patches centred
+  in the tumour the teacher predicts (``--unlabelled_sampling teacher``, :mod:`kd_components.data.guidance`), and
+  with the teacher's confident predictions as pseudo-labels on top (``--pseudo_weight 1``); MONAI's model-zoo BraTS
+  SegResNet (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
+  their own, each an optimizer step: a third of the labelled batches of the other rows at equal steps)
+  is a row too, but not a default one (``--rows ... soft_feature_unlabelled``); so is each other candidate of
+  the CPU student search with soft-target and feature KD (``kd_<name>``, one per entry of
+  :data:`~kd_components.networks.candidates.STUDENT_CANDIDATES`; ``scripts/benchmark_students.py``).
+- **Seeds (paired).** Each student row is trained with every seed in ``seeds`` (default 0-4; the data
+  split is fixed, the seed sets initialisation, patch sampling, augmentation and batch order), so rows
+  are compared seed by seed. The *i*-th student seed distils the teacher of
+  ``teacher_seeds[i % len(teacher_seeds)]`` (:func:`teacher_seed_for`): students 0, 2, 4 learn from
+  teacher 0, students 1, 3 from teacher 1.
+- **Statistics.** Per row and metric ``results.json`` holds the score of every (seed, test case)
+  (``per_case``, from the ``*_raw.csv`` files of MONAI's ``MetricsSaver`` in ``evaluate.json``), the
+  per-seed aggregates (``per_seed``, ``summary``) and (:func:`add_statistics`) the mean with a 95 %
+  bootstrap interval over seeds and cases, the paired difference to the label-only student and the gap
+  closed, each with its interval (:mod:`kd_lab.statistics` says what is resampled).
+- **BraTS challenge metrics.** ``evaluate.json`` also scores every test case as the BraTS evaluation does
+  (panoptica; lesion-wise Dice and HD95, the empty-region rule; :mod:`kd_components.evaluation.lesions`), once as
+  the network outputs it (``brats_metrics.csv``) and once after the bundle's post-processing
+  (``brats_metrics_post.csv``, thresholds of its ``inference.json``); :data:`BRATS_METRICS` are read from both.
+- **False positives.** After its training, every run segments ``probe_cases`` healthy phantoms and as many
+  tumour phantoms of a generator seed no network is trained on (:mod:`kd_components.evaluation.false_positives`,
+  with ``brats-kd segment``'s engine and post-processing): the predicted whole-tumour volume on brains without a
+  tumour, and Dice on an unseen seed.
+- **Determinism.** On one machine, a rerun repeats every number: phantoms depend only on (seed, index),
+  each bundle run seeds everything with ``monai.utils.set_determinism(seed)`` and loads data in the main
+  process (``num_workers`` 0 in ``demo.json``). Across machines the CPU's floating-point summation order
+  (vector width, oneDNN/MKL kernel choice, thread count) differs, so the weights drift apart from the
+  first step; the page says so and the intervals, not single means, carry the conclusions.
+- **Cost.** Parameters, FLOPs per 96^3 patch, and sliding-window inference time and peak memory of
+  one BraTS-size volume (4 x 240 x 240 x 155) on this CPU, each network in a fresh process, all in
+  the same run; the default (full-size) teacher is measured too, though it is not trained here.
+
+Time budget (:func:`estimate_seconds`, printed by ``scripts/benchmark_kd.py --estimate``). The model:
+a label-only student step costs :data:`STEP_SECONDS` (0.4 s; the other rows a multiple,
+:attr:`Row.step_cost`: KD 1.3, paired 2.5, SegResNet-16 4.4, demo teacher 2.2), evaluating one phantom case
+:data:`CASE_SECONDS` (0.85 s for the student, sliding window and every metric; teacher 4x, SegResNet-16 6x),
+starting a bundle process :data:`START_SECONDS` (10 s), a phantom 1 s; the false-positive probe segments its
+cases at the cost of a test case each, and the teacher-guided rows segment each unlabelled scan once per teacher
+(:data:`GUIDANCE_SECONDS`, 4 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
+(bf16 training, the strided student; the 2026-11-29 run of ``docs/results.md``): a student trains in 30-50 s and
+is tested in 30 s; a teacher trains in 2-2.5 min and is tested in 1.5 min (6 min for the seed-1 teacher, whose
+many small false-positive components slow the lesion-wise matching). Treat it as +-30 %.
+
+Every training and evaluation is a stage of :class:`~kd_lab.stages.StageRunner`, so
+an interrupted benchmark continues where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+from kd_lab.benchmark.collect import (
+    BRATS_METRICS,
+    METRICS,
+    RESULTS_INDENT,
+    add_statistics,
+    collect_results,
+    environment,
+    held_out_cases,
+    read_brats_scores,
+)
+from kd_lab.benchmark.costs import measure_costs, measure_inference, network_sizes
+from kd_lab.benchmark.graph import benchmark_stages, run_benchmark, run_dir
+from kd_lab.benchmark.plan import (
+    GUIDANCE_SECONDS,
+    SELECTION_RULES,
+    BenchmarkSettings,
+    cli_overrides,
+    estimate_seconds,
+    row_schedule,
+    schedule,
+    split_cases,
+    teacher_seed_for,
+)
+from kd_lab.benchmark.rows import BRANCH_ROWS, ROWS, ROWS_BY_KEY, Row, selected_rows
+
+__all__ = [
+    "BRANCH_ROWS",
+    "BRATS_METRICS",
+    "GUIDANCE_SECONDS",
+    "METRICS",
+    "RESULTS_INDENT",
+    "ROWS",
+    "ROWS_BY_KEY",
+    "SELECTION_RULES",
+    "BenchmarkSettings",
+    "Row",
+    "add_statistics",
+    "benchmark_stages",
+    "cli_overrides",
+    "collect_results",
+    "environment",
+    "estimate_seconds",
+    "held_out_cases",
+    "measure_costs",
+    "measure_inference",
+    "network_sizes",
+    "read_brats_scores",
+    "row_schedule",
+    "run_benchmark",
+    "run_dir",
+    "schedule",
+    "selected_rows",
+    "split_cases",
+    "teacher_seed_for",
+]

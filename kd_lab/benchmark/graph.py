@@ -1,0 +1,203 @@
+"""The benchmark's stage graph: phantoms, datalists, and per row and seed the training, test and probe stages;
+``run_benchmark`` runs it and collects the results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+from kd_components.data.brats import discover_cases, validate_cases
+from kd_components.data.datalist import build_datalist
+from kd_components.io import save_json_atomic
+from kd_lab.benchmark.collect import BRATS_FILES, METRICS, RESULTS_INDENT, collect_results, environment, jsonable
+from kd_lab.benchmark.costs import measure_costs, network_sizes
+from kd_lab.benchmark.plan import (
+    BenchmarkSettings,
+    cli_overrides,
+    estimate_seconds,
+    held_out_datalist,
+    row_schedule,
+    run_dir,
+    split_cases,
+    teacher_seed_for,
+)
+from kd_lab.benchmark.rows import ROWS_BY_KEY, Row, selected_rows
+from kd_lab.demo import REPO_ROOT, STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
+from kd_lab.stages import Stage, StageRunner, python_command
+
+__all__ = ["benchmark_stages", "probe_run", "run_benchmark", "write_datalists"]
+
+
+def write_datalists(settings: BenchmarkSettings) -> None:
+    """Validate the phantoms, then write ``datalist.json`` (training: labelled = fold 1, validation = fold 0;
+    testing: the unlabelled scans, without labels) and ``test_datalist.json`` (the test cases as fold 0)."""
+    data = settings.output_dir / "data"
+    full = build_datalist(validate_cases(discover_cases(data)), data, num_folds=2)
+    entries = {e["case_id"]: e for e in full["training"]}
+    roles = split_cases(list(entries), settings)
+    train = [entries[c] | {"fold": 1} for c in roles["labelled"]] + [
+        entries[c] | {"fold": 0} for c in roles["validation"]
+    ]
+    unlabelled = [{k: v for k, v in entries[c].items() if k in ("case_id", "image")} for c in roles["unlabelled"]]
+    test = [entries[c] | {"fold": 0} for c in roles["test"]]
+    common = {k: full[k] for k in ("modalities", "labels", "regions", "et_label")}
+    save_json_atomic(
+        common | {"name": "benchmark", "roles": roles, "training": train, "testing": unlabelled},
+        settings.output_dir / "datalist.json",
+    )
+    save_json_atomic(
+        common | {"name": "benchmark test set", "training": test, "testing": []}, held_out_datalist(settings)
+    )
+
+
+def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
+    """Data, datalists, then per seed: teacher training, each student row, and each row's test evaluation."""
+    out = settings.output_dir
+    data = out / "data"
+    stages = [
+        Stage(
+            "phantoms",
+            command=python_command(
+                str(REPO_ROOT / "scripts" / "make_phantoms.py"),
+                *("--output-dir", str(data), "--num-cases", str(settings.num_cases)),
+                *("--seed", str(settings.data_seed), "--profile", "small", "--preview"),
+            ),
+            outputs=(data / "preview.png",),
+            owned_dirs=(data,),
+            description=f"{settings.num_cases} phantom cases (seed {settings.data_seed}) -> {data}",
+        ),
+        Stage(
+            "datalists",
+            action=lambda: write_datalists(settings),
+            outputs=(out / "datalist.json", held_out_datalist(settings)),
+            depends_on=("phantoms",),
+            params={k: getattr(settings, k) for k in ("data_seed", "labelled", "validation", "unlabelled", "test")},
+            description="validating every case; benchmark datalist and held-out test datalist",
+        ),
+    ]
+    common = ["--dataset_dir", str(data), "--batch_size", str(settings.batch_size)]
+    rows = selected_rows(settings)
+    teachers = [r for r in rows if r.kind == "teacher"]
+    students = [r for r in rows if r.kind != "teacher"]
+    # the teachers first (every student needs one), then seed by seed every student row
+    runs = [(t, seed) for t in teachers for seed in settings.teacher_seeds]
+    runs += [(r, s) for s in settings.seeds for r in students]
+    for row, seed in runs:
+        folder = run_dir(settings, row, seed)
+        bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
+        epochs, val_interval, per_epoch = row_schedule(settings, row)
+        args = [*common, "--seed", str(seed), *row.overrides, "--ckpt_dir", str(folder / "models")]
+        train_args = [
+            *args,
+            *("--data_list_file_path", str(out / "datalist.json")),
+            *("--epochs", str(epochs), "--val_interval", str(val_interval)),
+        ]
+        deps: tuple[str, ...] = ("datalists",)
+        if row.kind == "student":
+            teacher_seed = teacher_seed_for(settings, seed)
+            teacher = ROWS_BY_KEY[row.teacher]
+            train_args += ["--teacher_ckpt", str(run_dir(settings, teacher, teacher_seed) / "models" / "model.pt")]
+            deps += (f"{teacher.key}_seed{teacher_seed}_train",)
+        name = f"{row.key}_seed{seed}"
+        stages.append(
+            Stage(
+                f"{name}_train",
+                command=bundle_command(
+                    bundle,
+                    "training",
+                    ("train.json", "demo.json"),
+                    *train_args,
+                    "--output_dir",
+                    str(folder / "runs"),
+                ),
+                inputs=config_files(bundle, ("train.json", "demo.json")),
+                outputs=(folder / "models" / "model.pt",),
+                owned_dirs=(folder / "models", folder / "runs"),
+                depends_on=deps,
+                resume_dir=folder / "models",
+                description=f"{row.label}, seed {seed}: {epochs} epochs x {per_epoch} batches",
+            ),
+        )
+        stages.append(
+            Stage(
+                f"{name}_test",
+                command=bundle_command(
+                    bundle,
+                    None,
+                    ("train.json", "demo.json", "evaluate.json"),
+                    *args,
+                    *("--data_list_file_path", str(held_out_datalist(settings)), "--fold", "0"),
+                    "--output_dir",
+                    str(folder / "test"),
+                ),
+                inputs=config_files(bundle, ("train.json", "demo.json", "evaluate.json")),
+                outputs=(
+                    folder / "test" / "metrics.csv",
+                    *(folder / "test" / f"{m}_raw.csv" for m in METRICS),
+                    *(folder / "test" / f for f in BRATS_FILES.values()),
+                ),
+                owned_dirs=(folder / "test",),
+                depends_on=(f"{name}_train",),
+                description=f"{row.label}, seed {seed}: Dice and HD95 on the {settings.test} test cases",
+            ),
+        )
+        if settings.probe_cases:
+            stages.append(
+                Stage(
+                    f"{name}_probe",
+                    action=lambda row=row, seed=seed: probe_run(settings, row, seed),
+                    params={"probe_cases": settings.probe_cases, "overrides": list(row.overrides)},
+                    inputs=config_files(bundle, ("inference.json", "demo.json")),
+                    outputs=(folder / "probe" / "probe.json",),
+                    owned_dirs=(folder / "probe",),
+                    depends_on=(f"{name}_train",),
+                    description=f"{row.label}, seed {seed}: {settings.probe_cases} healthy and unseen-seed phantoms",
+                ),
+            )
+    return stages
+
+
+def probe_run(settings: BenchmarkSettings, row: Row, seed: int) -> None:
+    """The false-positive probe of one trained run (:func:`kd_components.evaluation.false_positives.measure`, with
+    the bundle's ``inference.json``, its demo overlay and the row's overrides) -> ``<run>/probe/probe.json``."""
+    from kd_components.evaluation.false_positives import make_probe_data, measure
+    from kd_components.segment import Segmenter
+
+    bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
+    folder = run_dir(settings, row, seed)
+    overlay = json.loads((bundle / "configs" / "demo.json").read_text())
+    segmenter = Segmenter(
+        bundle, folder / "models" / "model.pt", overrides=overlay | cli_overrides(row.overrides), log=lambda line: None
+    )
+    folders = make_probe_data(settings.output_dir / "probe_data", settings.probe_cases)
+    save_json_atomic(measure(segmenter, folders), folder / "probe" / "probe.json")
+
+
+def run_benchmark(
+    settings: BenchmarkSettings, fresh: bool = False, timing: bool = True, command: str = ""
+) -> dict[str, Any]:
+    """Train and test every row for every seed (restartable; ``settings.jobs`` stages at a time), measure inference
+    cost, return everything (also saved as ``OUTPUT_DIR/results.json``, with ``command``, the command line that
+    ran it)."""
+    runner = StageRunner(settings.output_dir / ".stages", fresh=fresh)
+    estimate = estimate_seconds(settings)["total"]
+    print(f"[benchmark] a fresh run takes about {estimate / 3600:.1f} h on 2 CPU cores (finished stages are reused)")
+    if settings.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between the parallel stages
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
+    runner.run_all(benchmark_stages(settings), jobs=settings.jobs)
+    results = {"command": command, "settings": jsonable(asdict(settings)), "rows": collect_results(settings)}
+    results["estimate_seconds"] = estimate_seconds(settings)
+    results["environment"] = environment(settings.jobs)
+    results["sizes"] = network_sizes([row["network"] for row in results["rows"].values()], settings.timing_roi)
+    cost_path = settings.output_dir / "inference_cost.json"
+    if timing:
+        measure_costs(settings)
+    results["cost"] = json.loads(cost_path.read_text()) if cost_path.exists() else []
+    results["finished"] = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
+    results["stage_seconds"] = runner.timings
+    results["stage_seconds_recorded"] = runner.recorded
+    save_json_atomic(jsonable(results), settings.output_dir / "results.json", indent=RESULTS_INDENT)
+    return results
