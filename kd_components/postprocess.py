@@ -12,7 +12,7 @@ Two rules, applied to the binary region channels ``[TC, WT, ET]`` before they be
 
 Volumes are in mm³ (the voxel count times the voxel volume from the affine), so a threshold means the same on
 any grid. The thresholds are bundle settings of ``inference.json`` (``postprocess``, ``postprocess_min_mm3``,
-``postprocess_et_to_netc_mm3``), chosen on the validation fold by ``scripts/choose_postprocessing.py``;
+``postprocess_et_to_netc_mm3``), chosen on the validation fold by ``brats-kd choose-postprocessing``;
 ``evaluate.json`` repeats the two thresholds to score a network with and without them (a test keeps the two files
 equal).
 """

@@ -1,7 +1,7 @@
 """The main job on the embedded phantom data: data, teacher, distilled student, inference, evaluation, report.
 
 Each step is a :class:`~kd_lab.stages.Stage` that runs one of the project's own
-entry points (``scripts/make_phantoms.py``, ``scripts/prepare_datalist.py``, the bundles through
+entry points (``brats-kd phantoms``, ``brats-kd datalist``, the bundles through
 ``python -m monai.bundle``), so the pipeline does exactly what a user would type, in order:
 
 1. phantoms (labelled + unlabelled) and their preview, 2. the validated datalist with folds,
@@ -9,7 +9,7 @@ entry points (``scripts/make_phantoms.py``, ``scripts/prepare_datalist.py``, the
 maps for the validation cases, 6. student distillation from that teacher on the labelled and
 unlabelled cases, 7.-9. the student's evaluation, validation label maps and label maps with
 tumour volumes for the unlabelled scans, 10. both networks on healthy (tumour-free) phantoms and on phantoms
-of a generator seed never trained on (``scripts/measure_false_positives.py``), 11. ``report.md`` with
+of a generator seed never trained on (``brats-kd false-positives``), 11. ``report.md`` with
 curves, overlays and those false positives.
 """
 
@@ -27,7 +27,7 @@ from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.inferers import cpu_bf16_supported
 from kd_lab.report import ModelRun, write_report
 from kd_lab.results_branches import branch_report_section
-from kd_lab.stages import Stage, StageRunner, python_command
+from kd_lab.stages import Stage, StageRunner, brats_kd_command, python_command
 
 __all__ = ["DemoSettings", "bundle_command", "bundle_parameters", "config_files", "demo_stages", "run_demo"]
 
@@ -127,8 +127,8 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
     stages = [
         Stage(
             "phantoms",
-            command=python_command(
-                str(REPO_ROOT / "scripts" / "make_phantoms.py"),
+            command=brats_kd_command(
+                "phantoms",
                 *("--output-dir", str(data), "--num-cases", str(settings.num_cases)),
                 *("--unlabelled", str(settings.unlabelled), "--seed", str(settings.seed), "--profile", "small"),
                 "--preview",
@@ -139,8 +139,8 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
         ),
         Stage(
             "datalist",
-            command=python_command(
-                str(REPO_ROOT / "scripts" / "prepare_datalist.py"),
+            command=brats_kd_command(
+                "datalist",
                 *("--dataset-dir", str(data), "--output", str(datalist), "--seed", str(settings.seed)),
             ),
             outputs=(datalist,),
@@ -232,8 +232,8 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
         stages.append(
             Stage(
                 "false_positives",
-                command=python_command(
-                    str(REPO_ROOT / "scripts" / "measure_false_positives.py"),
+                command=brats_kd_command(
+                    "false-positives",
                     *("--ckpt", f"teacher={teacher_model}", "--bundle", f"teacher={TEACHER_BUNDLE}"),
                     *("--overlay", f"teacher={TEACHER_BUNDLE / 'configs' / 'demo.json'}"),
                     *("--ckpt", f"student={student / 'models' / 'model.pt'}", "--bundle", f"student={STUDENT_BUNDLE}"),

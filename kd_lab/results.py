@@ -140,7 +140,7 @@ def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -
     pairing = ", ".join(f"{s} -> {teacher_seeds[i % len(teacher_seeds)]}" for i, s in enumerate(seeds))
     lines = [
         "## Regime",
-        f"A shortage of labels on the phantom data set (`make_phantoms.py --seed {settings['data_seed']}`, "
+        f"A shortage of labels on the phantom data set (`brats-kd phantoms --seed {settings['data_seed']}`, "
         f"`small` profile, 2 mm; case *i* depends only on the data seed and *i*): {settings['labelled']} labelled "
         f"training cases, {settings['validation']} labelled validation cases, {settings['unlabelled']} unlabelled "
         f"scans (their segmentations are never read) and {settings['test']} held-out labelled test cases on which "

@@ -62,7 +62,7 @@ def postprocessing_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "## Post-processing (the bundles' thresholds; change paired over seeds and test cases)",
         "Each network's test predictions scored again after its bundle's post-processing (`inference.json`: "
         "components below a volume per region removed, ET below a volume relabelled NETC; thresholds chosen on "
-        "the main job's validation fold by `scripts/choose_postprocessing.py`, never on these test cases; "
+        "the main job's validation fold by `brats-kd choose-postprocessing`, never on these test cases; "
         "`brats-kd segment` applies it by default). *Change*: post-processed minus as output, the same seed and "
         "case, with its 95 % bootstrap interval.",
         "| row | mean Dice | change | mean lesion Dice | change | lesion HD95 WT (mm) | change | FP lesions WT | "

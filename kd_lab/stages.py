@@ -37,7 +37,7 @@ from typing import Any
 from kd_components.checkpoints.resume import LATEST_PREFIX
 from kd_components.io import save_json_atomic
 
-__all__ = ["Stage", "StageError", "StageRunner"]
+__all__ = ["Stage", "StageError", "StageRunner", "brats_kd_command", "python_command"]
 
 
 class StageError(RuntimeError):
@@ -244,3 +244,8 @@ def _duration(seconds: float) -> str:
 def python_command(*args: str) -> list[str]:
     """argv that runs ``python <args>`` with the interpreter running this process."""
     return [sys.executable, *args]
+
+
+def brats_kd_command(verb: str, *args: str) -> list[str]:
+    """argv that runs ``brats-kd VERB <args>`` (the installed command) with the interpreter running this process."""
+    return python_command("-m", "kd_components.cli", verb, *args)

@@ -26,7 +26,7 @@ from kd_components.io import save_nifti_atomic
 from kd_components.networks import HybridTeacher, build_teacher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))  # scripts are thin CLIs with a main(argv)
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # the lab's page writers: thin CLIs with a main(argv)
 #: MONAI's bundle metadata schema, where the shared folder holds a copy.
 METADATA_SCHEMA = REPO_ROOT.parent / "shared" / "monai" / "meta_schema_20240725.json"
 
@@ -48,6 +48,16 @@ TINY_TEACHER: dict[str, Any] = {
 }
 #: Small patches and sliding windows, no loader workers: overrides both bundles' configs accept.
 SMALL_PATCHES: dict[str, Any] = {"patch_size": [32, 32, 32], "num_workers": 0, "sw_batch_size": 8, "sw_overlap": 0.0}
+
+
+def brats_kd(verb: str, *args: str) -> int:
+    """``brats-kd VERB ARGS...`` in this process; its exit status (argparse's usage errors included)."""
+    from kd_components.cli import main
+
+    try:
+        return main([verb, *args])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
 
 
 def build_tiny_teacher(**overrides: Any) -> HybridTeacher:
@@ -182,15 +192,13 @@ def make_case(tmp_path: Path) -> Callable[..., Path]:
 
 def write_phantom_datalist(root: Path, num_cases: int, unlabelled: int, num_folds: int, seed: int) -> tuple[Path, Path]:
     """Small phantoms in ``root/data`` (the last ``unlabelled`` without labels) and ``root/datalist.json``
-    written by ``scripts/prepare_datalist.py``; returns ``(data, datalist)``."""
-    import prepare_datalist
-
+    written by ``brats-kd datalist``; returns ``(data, datalist)``."""
     from kd_components.data.phantoms import make_phantom_dataset
 
     data, datalist = root / "data", root / "datalist.json"
     make_phantom_dataset(data, num_cases, seed=seed, profile="small", unlabelled=unlabelled, workers=1, progress=False)
     args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", str(num_folds), "--quiet"]
-    assert prepare_datalist.main([*args, "--workers", "1"]) == 0
+    assert brats_kd("datalist", *args, "--workers", "1") == 0
     return data, datalist
 
 

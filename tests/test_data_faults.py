@@ -13,7 +13,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import prepare_datalist
 import pytest
 
 from kd_components.constants import MAX_ABS_INTENSITY, MODALITIES, case_file_name
@@ -22,7 +21,7 @@ from kd_components.data.brats import discover_cases, find_cases, validate_case
 from kd_components.data.datalist import load_datalist_split
 from kd_components.data.screening import screen_inference_cases
 from kd_components.io import save_nifti_atomic
-from tests.conftest import TINY_SHAPE
+from tests.conftest import TINY_SHAPE, brats_kd
 
 MakeCase = Callable[..., Path]
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -30,7 +29,7 @@ AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 def _prepare(root: Path, out: Path, *extra: str) -> int:
     args = ["--dataset-dir", str(root), "--output", str(out), "--num-folds", "2", "--quiet", "--workers", "1"]
-    return prepare_datalist.main([*args, *extra])
+    return brats_kd("datalist", *args, *extra)
 
 
 def _problems_of(folder: Path) -> list[str]:
@@ -497,7 +496,7 @@ def test_an_empty_segmentation_is_written_with_a_warning(
     make_case("BraTS-GLI-00003-000", seg=np.zeros(TINY_SHAPE, np.uint8), seed=2)
     out = tmp_path / "datalist.json"
     args = ["--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--num-folds", "2", "--workers", "1"]
-    assert prepare_datalist.main([*args, "--quiet"]) == 0
+    assert brats_kd("datalist", *args, "--quiet") == 0
     err = capsys.readouterr().err
     assert "warning: BraTS-GLI-00003-000: the segmentation holds no tumour (every voxel 0)" in err
     assert "BraTS-GLI-00001-000" not in err

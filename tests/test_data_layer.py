@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import prepare_datalist
 import pytest
 from monai.data import load_decathlon_datalist
 
@@ -17,7 +16,7 @@ from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
 from kd_components.data.brats import InvalidCaseError, discover_cases, validate_case, validate_cases
 from kd_components.data.datalist import assign_folds, build_datalist, load_datalist_split, split_fold
 from kd_components.io import save_nifti_atomic
-from tests.conftest import TINY_SHAPE, tiny_label
+from tests.conftest import TINY_SHAPE, brats_kd, tiny_label
 
 MakeCase = Callable[..., Path]
 
@@ -193,12 +192,8 @@ def _labelled_tree(make_case: MakeCase, n_labelled: int, n_unlabelled: int) -> P
 def test_datalist_loads_with_monai_and_paths_are_relative(make_case: MakeCase, tmp_path: Path) -> None:
     root = _labelled_tree(make_case, 10, 3)
     out = tmp_path / "lists" / "datalist.json"
-    assert (
-        prepare_datalist.main(
-            ["--dataset-dir", str(root), "--output", str(out), "--num-folds", "5", "--quiet", "--workers", "1"]
-        )
-        == 0
-    )
+    args = ["--dataset-dir", str(root), "--output", str(out), "--num-folds", "5", "--quiet", "--workers", "1"]
+    assert brats_kd("datalist", *args) == 0
     raw = json.loads(out.read_text())
     assert raw["numTraining"] == 10 and raw["numTest"] == 3 and raw["invalid"] == []
     first = raw["training"][0]
@@ -242,14 +237,14 @@ def test_invalid_cases_stop_the_run_or_are_skipped_and_listed(
     )
     out = tmp_path / "datalist.json"
     args = ["--dataset-dir", str(root), "--output", str(out), "--num-folds", "2", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 1
+    assert brats_kd("datalist", *args) == 1
     err = capsys.readouterr().err
     assert "2 of 7 cases are invalid" in err
     assert "BraTS-SYN-00001-000: BraTS-SYN-00001-000-t1n.nii.gz: missing modality 't1n'" in err
     assert "BraTS-SYN-00004-000: BraTS-SYN-00004-000-seg.nii.gz: unknown label values [4]" in err
     assert not out.exists()
 
-    assert prepare_datalist.main([*args, "--skip-invalid"]) == 0
+    assert brats_kd("datalist", *args, "--skip-invalid") == 0
     captured = capsys.readouterr()
     assert "skipped 2 invalid case(s)" in captured.err and "BraTS-SYN-00004-000" in captured.err
     raw = json.loads(out.read_text())
@@ -260,7 +255,7 @@ def test_invalid_cases_stop_the_run_or_are_skipped_and_listed(
 
 def test_empty_dataset_and_all_invalid(make_case: MakeCase, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
-    assert prepare_datalist.main(["--dataset-dir", str(tmp_path / "empty"), "--output", str(tmp_path / "x.json")]) == 1
+    assert brats_kd("datalist", "--dataset-dir", str(tmp_path / "empty"), "--output", str(tmp_path / "x.json")) == 1
     assert "no BraTS case folders" in capsys.readouterr().err
     folder = make_case(overrides={"t1c": np.zeros(TINY_SHAPE, np.float32)})
     reports = validate_cases(discover_cases(folder.parent), workers=1)
@@ -283,7 +278,7 @@ def test_parallel_validation_matches_serial(make_case: MakeCase) -> None:
 def test_load_datalist_split(make_case: MakeCase, tmp_path: Path) -> None:
     root = _labelled_tree(make_case, 6, 2)
     out = tmp_path / "datalist.json"
-    assert prepare_datalist.main(["--dataset-dir", str(root), "--output", str(out), "--num-folds", "3", "--quiet"]) == 0
+    assert brats_kd("datalist", "--dataset-dir", str(root), "--output", str(out), "--num-folds", "3", "--quiet") == 0
     train = load_datalist_split(out, root, "train", fold=1)
     val = load_datalist_split(out, root, "validation", fold=1)
     test = load_datalist_split(out, root, "testing")

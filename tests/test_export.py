@@ -27,7 +27,7 @@ from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx
 from kd_components.networks.init import init_output_prior
 from kd_components.networks.student import build_student
 from kd_components.segment import Segmenter
-from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT, cli_overrides, run_checked, tiny_teacher_overrides
+from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT, brats_kd, cli_overrides, run_checked, tiny_teacher_overrides
 
 #: Tolerance of the TorchScript export against the eager network (float32, CPU).
 TS_ATOL, TS_RTOL = 1e-5, 1e-4
@@ -102,15 +102,13 @@ def test_model_ts_alone_segments_a_phantom_as_monai_deploy_would(exported: dict[
 
 
 def test_onnx_export_of_the_student_has_dynamic_sizes_and_matches_pytorch(tmp_path: Path) -> None:
-    import export_onnx as cli
-
     torch.manual_seed(0)
     student = build_student().eval()
     ckpt = tmp_path / "model.pt"
     torch.save(student.state_dict(), ckpt)
     path = tmp_path / "model.onnx"
     args = ["--bundle", str(REPO_ROOT / "bundles" / "distilled_student"), "--ckpt", str(ckpt), "--output", str(path)]
-    assert cli.main([*args, "--check-size", "64", "64", "64"]) == 0
+    assert brats_kd("export", *args, "--check-size", "64", "64", "64") == 0
 
     graph = onnx.load(str(path)).graph
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.input, *graph.output)]

@@ -20,6 +20,7 @@ from tests.conftest import (
     REPO_ROOT,
     TEACHER_BUNDLE_TINY,
     assert_label_map_of,
+    brats_kd,
     build_tiny_teacher,
     bundle_command,
     run_checked,
@@ -40,13 +41,11 @@ def _sha256(path: Path) -> str:
 
 @pytest.mark.parametrize("name", ["hybrid_teacher", "distilled_student"])
 def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: Path) -> None:
-    import package_bundle as cli
-
     bundle = BUNDLES / name
     meta_before = (bundle / "configs" / "metadata.json").read_bytes()
     own_version = json.loads(meta_before)["version"]
     args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--version", "9.0.0"]
-    assert cli.main([*args, "--changelog", "packaged for a test"]) == 0
+    assert brats_kd("package", *args, "--changelog", "packaged for a test") == 0
     path = tmp_path / "dist" / f"{name}_v9.0.0.zip"
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -63,14 +62,14 @@ def test_zip_has_monai_layout_and_valid_versioned_metadata(name: str, tmp_path: 
         meta_file = tmp_path / "unzipped" / name / "configs" / "metadata.json"
         verify_metadata(meta_file=str(meta_file), filepath=str(METADATA_SCHEMA))
     # the same bundle gives the same bytes; the default version is the metadata's
-    assert cli.main([*args, "--changelog", "packaged for a test", "--output-dir", str(tmp_path / "again")]) == 0
+    assert (
+        brats_kd("package", *args, "--changelog", "packaged for a test", "--output-dir", str(tmp_path / "again")) == 0
+    )
     assert _sha256(path) == _sha256(tmp_path / "again" / path.name)
     assert package_bundle(bundle, tmp_path / "dist").name == f"{name}_v{own_version}.zip"
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import package_bundle as cli
-
     with pytest.raises(BundlePackagingError, match="no bundle folder"):
         package_bundle(tmp_path / "absent", tmp_path / "dist")
     (tmp_path / "not_a_bundle" / "configs").mkdir(parents=True)
@@ -89,14 +88,12 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     (bundle / "LICENSE").unlink()
     with pytest.raises(BundlePackagingError, match="lacks LICENSE"):
         bundle_files(bundle)
-    assert cli.main(["--bundle", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "dist")]) == 1
+    assert brats_kd("package", "--bundle", str(tmp_path / "absent"), "--output-dir", str(tmp_path / "dist")) == 1
     assert "error: no bundle folder" in capsys.readouterr().err
     assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())  # nothing half-written
 
 
 def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_inference(tmp_path: Path) -> None:
-    import package_bundle as cli
-
     # a trained bundle's stand-in: the repository bundle plus a freshly initialised tiny teacher's weights
     bundle = _copy_bundle("hybrid_teacher", tmp_path / "src")
     (bundle / "models").mkdir()
@@ -105,7 +102,7 @@ def test_packed_teacher_with_weights_installs_with_monai_download_and_runs_infer
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
     (bundle / "models" / "latest_epoch=1.pt").write_bytes(b"training state, not for packages")
     args = ["--bundle", str(bundle), "--output-dir", str(tmp_path / "dist"), "--with-weights"]
-    assert cli.main(args) == 0
+    assert brats_kd("package", *args) == 0
     version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
     zip_path = tmp_path / "dist" / f"hybrid_teacher_v{version}.zip"
     with zipfile.ZipFile(zip_path) as zf:

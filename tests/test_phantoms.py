@@ -1,10 +1,8 @@
-"""Tests of the MNI152-based BraTS phantom generator, its preview and its command-line script."""
+"""Tests of the MNI152-based BraTS phantom generator, its preview and ``brats-kd phantoms``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -31,6 +29,7 @@ from kd_components.data.phantoms import (
     resolve_profile,
 )
 from kd_components.data.preview import save_preview
+from tests.conftest import brats_kd
 
 SEED = 0
 #: Cases 0..5 of seed 0: case 1 has no enhancing tumour, the others do (checked below).
@@ -50,15 +49,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("phantoms")
     make_phantom_dataset(root, 3, seed=SEED, profile="small", unlabelled=1, workers=2, progress=False)
     return root
-
-
-def _load_script() -> ModuleType:
-    """Import scripts/make_phantoms.py as a module."""
-    spec = importlib.util.spec_from_file_location("make_phantoms", REPO_ROOT / "scripts" / "make_phantoms.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _normal(case: PhantomCase, tissue: str) -> np.ndarray:
@@ -283,9 +273,8 @@ def test_dataset_layout_with_unlabelled_cases(dataset: Path) -> None:
 
 
 def test_cli_writes_cases_and_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _load_script()
     args = ["--output-dir", str(tmp_path), "--num-cases", "2", "--seed", "5", "--unlabelled", "1"]
-    assert script.main([*args, "--workers", "1", "--preview", "--no-progress"]) == 0
+    assert brats_kd("phantoms", *args, "--workers", "1", "--preview", "--no-progress") == 0
     out = capsys.readouterr().out
     assert "1 labelled, 1 unlabelled" in out and str(tmp_path) in out
     png = tmp_path / "preview.png"
@@ -300,9 +289,7 @@ def test_cli_writes_cases_and_preview(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_cli_rejects_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        _load_script().main(["--output-dir", str(tmp_path), "--num-cases", "1", "--no-progress", *extra])
-    assert exit_info.value.code == 2
+    assert brats_kd("phantoms", "--output-dir", str(tmp_path), "--num-cases", "1", "--no-progress", *extra) == 2
     assert message in capsys.readouterr().err
 
 

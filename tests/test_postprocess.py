@@ -8,7 +8,8 @@ import torch
 from monai.data import MetaTensor
 from scipy import ndimage
 
-from kd_components.cli import _segment_overrides, build_parser
+from kd_components.cli import build_parser
+from kd_components.commands.segment import overrides as _segment_overrides
 from kd_components.config_checks import BundleSettingError, check_settings
 from kd_components.evaluation.tuning import TuningCase, choose_postprocessing
 from kd_components.postprocess import (

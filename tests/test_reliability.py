@@ -33,7 +33,15 @@ from kd_components.constants import MODALITIES, SEG_SUFFIX, case_file_name
 from kd_components.geometry import GEOMETRY_FILE
 from kd_components.handlers import FinalValidationHandler, FiniteLossGuard, NonFiniteLossError
 from kd_components.io import save_nifti_atomic
-from tests.conftest import REPO_ROOT, TEACHER_BUNDLE_TINY, build_tiny_teacher, bundle_command, run_checked, tiny_label
+from tests.conftest import (
+    REPO_ROOT,
+    TEACHER_BUNDLE_TINY,
+    brats_kd,
+    build_tiny_teacher,
+    bundle_command,
+    run_checked,
+    tiny_label,
+)
 
 CONFIGS = REPO_ROOT / "bundles" / "hybrid_teacher" / "configs"
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")]
@@ -54,14 +62,12 @@ def _write_case(root: Path, cid: str, labelled: bool = True, seed: int = 0) -> P
 
 
 def _dataset(root: Path, labelled: int = 4) -> tuple[Path, Path]:
-    import prepare_datalist
-
     data = root / "data"
     for i in range(labelled):
         _write_case(data, f"BraTS-SYN-{i:05d}-000", seed=i)
     datalist = root / "datalist.json"
     args = ["--dataset-dir", str(data), "--output", str(datalist), "--num-folds", "2", "--quiet", "--workers", "1"]
-    assert prepare_datalist.main(args) == 0
+    assert brats_kd("datalist", *args) == 0
     return data, datalist
 
 

@@ -105,7 +105,7 @@ def screen_inference_cases(
 
     Cases come from one split of a datalist (:func:`~kd_components.data.datalist.load_datalist_split`)
     or, with an empty ``data_list_file_path``, from every BraTS case folder under ``dataset_dir``
-    (:func:`~kd_components.data.brats.find_cases`, as ``scripts/prepare_datalist.py`` finds them). Each
+    (:func:`~kd_components.data.brats.find_cases`, as ``brats-kd datalist`` finds them). Each
     case is read in full and checked as in :func:`~kd_components.data.brats.validate_case`: four
     modalities present and readable as NIfTI, 3D, one shape and affine, values the network can use. A
     datalist entry must also list four different files, in the order ``[t1c, t1n, t2w, t2f]`` where the file

@@ -55,6 +55,6 @@ class FiniteLossGuard:
             f"non-finite loss at epoch {engine.state.epoch}, iteration {engine.state.iteration} "
             f"(batch {in_epoch} of the epoch): {', '.join(bad)} ({terms}). Training stopped before the optimizer "
             "step; the checkpoints on disk are from the last completed epoch. Likely causes: a learning rate "
-            "that is too high, NaN/Inf voxels in an input (run scripts/prepare_datalist.py to check the data), "
+            "that is too high, NaN/Inf voxels in an input (run brats-kd datalist to check the data), "
             "or a teacher checkpoint that produces NaN."
         )

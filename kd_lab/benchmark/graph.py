@@ -25,8 +25,8 @@ from kd_lab.benchmark.plan import (
     teacher_seed_for,
 )
 from kd_lab.benchmark.rows import ROWS_BY_KEY, Row, selected_rows
-from kd_lab.demo import REPO_ROOT, STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
-from kd_lab.stages import Stage, StageRunner, python_command
+from kd_lab.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
+from kd_lab.stages import Stage, StageRunner, brats_kd_command
 
 __all__ = ["benchmark_stages", "probe_run", "run_benchmark", "write_datalists"]
 
@@ -60,8 +60,8 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
     stages = [
         Stage(
             "phantoms",
-            command=python_command(
-                str(REPO_ROOT / "scripts" / "make_phantoms.py"),
+            command=brats_kd_command(
+                "phantoms",
                 *("--output-dir", str(data), "--num-cases", str(settings.num_cases)),
                 *("--seed", str(settings.data_seed), "--profile", "small", "--preview"),
             ),

@@ -1,9 +1,10 @@
-"""Generate a BraTS-2023-format phantom data set from the MNI152 brain (see kd_components.data.phantoms).
+"""Generate a BraTS-2023-layout phantom data set from the MNI152 brain shipped in nilearn.
 
-Example::
+Each case is a folder <id>/ with <id>-t1c.nii.gz, -t1n, -t2w, -t2f and (unless it is one of the --unlabelled last
+cases) <id>-seg.nii.gz: simulated gliomas with BraTS-like contrasts, bias field and noise
+(kd_components.data.phantoms). Case i depends only on (--seed, i).
 
-    python scripts/make_phantoms.py --output-dir data/phantoms --num-cases 20 --seed 0 --profile small \\
-        --unlabelled 4 --preview
+    brats-kd phantoms --output-dir data/phantoms --num-cases 20 --unlabelled 4 --preview
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from kd_components.data.phantoms import PROFILES, make_phantom_dataset
-from kd_components.data.preview import save_preview
+__all__ = ["add_arguments", "run"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brats-kd phantoms``."""
+    from kd_components.data.phantoms import PROFILES
+
     parser.add_argument("--output-dir", required=True, type=Path, help="folder that receives one folder per case")
     parser.add_argument("--num-cases", required=True, type=int, help="number of cases to generate")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed; case i depends only on (seed, i)")
@@ -29,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--healthy", action="store_true", help="tumour-free brains (all-zero label maps)")
     parser.add_argument("--preview", action="store_true", help="also write OUTPUT_DIR/preview.png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Generate the data set; returns the process exit status (0 on success)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Generate the data set; the exit status (2: a bad option value)."""
+    from kd_components.data.phantoms import make_phantom_dataset
+    from kd_components.data.preview import save_preview
+
     start = time.perf_counter()
     try:
         ids = make_phantom_dataset(
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             healthy=args.healthy,
         )
-    except ValueError as error:  # bad argument values: report them like argparse does (exit status 2)
-        parser.error(str(error))
+    except ValueError as error:  # bad option values: reported like argparse does (exit status 2)
+        print(f"brats-kd phantoms: error: {error}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
     labelled = len(ids) - args.unlabelled
     print(
@@ -60,7 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         png = save_preview(args.output_dir, Path(args.output_dir) / "preview.png")
         print(f"preview: {png}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

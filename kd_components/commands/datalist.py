@@ -1,17 +1,14 @@
-#!/usr/bin/env python
 """Validate a BraTS-2023-layout data set and write a MONAI decathlon-style datalist with folds.
 
-    python scripts/prepare_datalist.py --dataset-dir D --output F [--num-folds 5] [--seed 0]
-                                       [--et-label 3] [--skip-invalid] [--workers N]
+    brats-kd datalist --dataset-dir D --output F [--num-folds 5] [--seed 0] [--et-label 3] [--skip-invalid]
 
-Cases with a segmentation go to ``training`` (with a ``fold``), cases without one to ``testing``.
-Case folders are found at any depth (names in any letter case, symlinked folders followed); every
-folder that holds NIfTI files but is not taken as a case is named with the reason (a name that is not
-a BraTS case id, with the id it probably should have). Every case is checked first (modalities,
-readability, 3D, shapes, affines, voxel values as the network reads them, label values). Any invalid
-case or folder not taken stops the run with one line per problem, unless ``--skip-invalid``: then the
-valid cases are written and the others are listed (on stderr, and under ``invalid`` and ``not_cases``
-in the JSON). Exit status: 0 on success, 1 when invalid cases stop the run, 2 on bad arguments.
+Cases with a segmentation go to "training" (with a "fold"), cases without one to "testing". Case folders are found
+at any depth (names in any letter case, symlinked folders followed); every folder that holds NIfTI files but is not
+taken as a case is named with the reason (a name that is not a BraTS case id, with the id it probably should have).
+Every case is checked first (modalities, readability, 3D, shapes, affines, voxel values as the network reads them,
+label values). Any invalid case or folder not taken stops the run with one line per problem, unless --skip-invalid:
+then the valid cases are written and the others are listed (on stderr, and under "invalid" and "not_cases" in the
+JSON). Exit status: 0 on success, 1 when invalid cases stop the run, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -19,15 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
-from kd_components.data.brats import AFFINE_ATOL, CaseProblem, InvalidCaseError, find_cases, validate_cases
-from kd_components.data.datalist import build_datalist, empty_segmentations
-from kd_components.io import save_json_atomic
+from kd_components.data.brats import AFFINE_ATOL
+
+if TYPE_CHECKING:
+    from kd_components.data.brats import CaseProblem
+
+__all__ = ["add_arguments", "run"]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brats-kd datalist``."""
     parser.add_argument("--dataset-dir", required=True, help="root of the BraTS-2023-layout case folders")
     parser.add_argument("--output", required=True, help="datalist JSON to write")
     parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds (default 5)")
@@ -43,7 +44,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-invalid", action="store_true", help="write the valid cases and list the others")
     parser.add_argument("--workers", type=int, default=None, help="validation processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
 
 
 def _print_not_cases(not_cases: list[CaseProblem], dataset_dir: str, prefix: str) -> None:
@@ -56,8 +56,12 @@ def _print_not_cases(not_cases: list[CaseProblem], dataset_dir: str, prefix: str
         print(f"  {problem.case_id!r}: {problem.problem}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Validate the cases and write the datalist; the exit status."""
+    from kd_components.data.brats import InvalidCaseError, find_cases, validate_cases
+    from kd_components.data.datalist import build_datalist, empty_segmentations
+    from kd_components.io import save_json_atomic
+
     try:
         discovery = find_cases(args.dataset_dir)
     except (FileNotFoundError, ValueError) as err:
@@ -122,7 +126,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(datalist['not_cases'])} folder(s) not taken as cases"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,16 +1,14 @@
-#!/usr/bin/env python
-"""Choose the post-processing thresholds of a network on the validation fold, and measure what they change.
+"""Choose a network's post-processing thresholds on the validation fold, and measure what they change.
 
-    python scripts/choose_postprocessing.py --dataset-dir outputs/demo/data --datalist outputs/demo/datalist.json \
-        --predictions student=outputs/demo/distilled_student/predictions/validation \
-        --predictions teacher=outputs/demo/hybrid_teacher/predictions/validation --output postprocess.json
+    brats-kd choose-postprocessing --dataset-dir outputs/demo/data --datalist outputs/demo/datalist.json \
+        --predictions student=outputs/demo/distilled_student/predictions/validation --output postprocess.json
 
-Each --predictions folder holds the network's label maps of the validation cases made with its post-processing
-off (``--postprocess false`` of the bundle's inference.json, or ``brats-kd segment --no-postprocess``). Only the
-cases of the datalist's validation fold (--fold) are used, never its test cases. Prints, per network, the chosen
-values of the inference.json settings ``postprocess_min_mm3`` and ``postprocess_et_to_netc_mm3`` and a table of the
-BraTS metrics without -> with them (kd_components/evaluation/tuning.py says how they are chosen); --output also
-writes them as JSON.
+Each --predictions folder holds the network's label maps of the validation cases made with its post-processing off
+(--postprocess false of the bundle's inference.json, or brats-kd segment --no-postprocess). Only the cases of the
+datalist's validation fold (--fold) are used, never its test cases. Prints, per network, the chosen values of the
+inference.json settings postprocess_min_mm3 and postprocess_et_to_netc_mm3 and a table of the BraTS metrics
+without -> with them (kd_components/evaluation/tuning.py says how they are chosen); --output also writes them as
+JSON. Exit status 1 when a network has no validation case that can be scored.
 """
 
 from __future__ import annotations
@@ -21,21 +19,14 @@ import sys
 from pathlib import Path
 
 from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
-from kd_components.data.brats import find_cases
-from kd_components.data.datalist import load_datalist_split
-from kd_components.evaluation.folder import EvaluationError, find_prediction, load_case_pair
-from kd_components.evaluation.tuning import (
-    DEFAULT_ET_TO_NETC_MM3,
-    DEFAULT_MIN_COMPONENT_MM3,
-    TuningCase,
-    choose_postprocessing,
-    comparison_table,
-)
-from kd_components.io import parse_named_paths, save_json_atomic
+
+__all__ = ["add_arguments", "run"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brats-kd choose-postprocessing``."""
+    from kd_components.evaluation.tuning import DEFAULT_ET_TO_NETC_MM3, DEFAULT_MIN_COMPONENT_MM3
+
     parser.add_argument("--dataset-dir", type=Path, required=True, help="the data set (case folders with -seg files)")
     parser.add_argument("--datalist", type=Path, required=True, help="the datalist whose validation fold is used")
     parser.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
@@ -46,13 +37,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--et-to-netc-mm3", type=float, nargs="+", default=DEFAULT_ET_TO_NETC_MM3, help="candidates")
     parser.add_argument("--et-label", type=int, choices=(ET_LABEL, LEGACY_ET_LABEL), default=ET_LABEL)
     parser.add_argument("--output", type=Path, help="write the choices and the metrics as JSON")
-    args = parser.parse_args(argv)
 
-    items = load_datalist_split(args.datalist, args.dataset_dir, "validation", args.fold, check_images=False)
+
+def run(args: argparse.Namespace) -> int:
+    """Choose the thresholds of every named network; the exit status."""
+    from kd_components.data.brats import find_cases
+    from kd_components.data.datalist import load_datalist_split
+    from kd_components.evaluation.folder import EvaluationError, find_prediction, load_case_pair
+    from kd_components.evaluation.tuning import TuningCase, choose_postprocessing, comparison_table
+    from kd_components.io import parse_named_paths, save_json_atomic
+
+    try:
+        folders = parse_named_paths(args.predictions, "--predictions")
+        items = load_datalist_split(args.datalist, args.dataset_dir, "validation", args.fold, check_images=False)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     validation = [str(item["case_id"]) for item in items]
     cases = {c.case_id: c for c in find_cases(args.dataset_dir).cases}
-    results, report = {}, {}
-    for name, folder in parse_named_paths(args.predictions, "--predictions").items():
+    results, report, empty = {}, {}, []
+    for name, folder in folders.items():
         loaded, problems = [], []
         for case_id in validation:
             prediction = find_prediction(folder, case_id) if folder.is_dir() else None
@@ -70,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in problems:
                 print(f"  {line}", file=sys.stderr)
         print(f"{name}: {len(loaded)} validation case(s) of fold {args.fold}", file=sys.stderr)
+        if not loaded:
+            empty.append(name)
+            continue
 
         def log(line: str) -> None:
             print(f"  {line}", file=sys.stderr)
@@ -84,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             "trials": result.trials,
         }
         print(f"{name}: {json.dumps(result.config_values())}")
-    print(comparison_table(results))
-    if args.output:
+    if results:
+        print(comparison_table(results))
+    if args.output and report:
         save_json_atomic(report, args.output)
         print(f"wrote {args.output}", file=sys.stderr)
+    if empty:
+        print(f"error: no validation case could be scored for {', '.join(empty)}", file=sys.stderr)
+        return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,24 +1,23 @@
 """Export a bundle's network to ONNX (dynamic batch and spatial sizes) and check it against PyTorch.
 
-    python scripts/export_onnx.py --bundle bundles/distilled_student --ckpt bundles/distilled_student/models/model.pt \
-        --output bundles/distilled_student/models/model.onnx
+    brats-kd export --bundle bundles/distilled_student --ckpt bundles/distilled_student/models/model.pt \
+        --output model.onnx --check-size 96 96 96
+
+The graph is traced at --example-size and compared with PyTorch (ONNX Runtime) at every --check-size; exit status 1
+when they differ by more than the tolerance, 2 when the bundle or the weights cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from monai.bundle import ConfigParser
-
-from kd_components.constants import MODALITIES
-from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx, load_network
+__all__ = ["add_arguments", "run"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brats-kd export``."""
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (reads configs/inference.json)")
     parser.add_argument(
         "--ckpt", type=Path, help="model.pt (or a latest*.pt training checkpoint); none: random weights"
@@ -32,10 +31,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check-size", type=int, nargs=3, action="append", help="spatial size to compare with PyTorch (repeatable)"
     )
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Export and compare; the exit status."""
+    from monai.bundle import ConfigParser
+
+    from kd_components.constants import MODALITIES
+    from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx, load_network
+
+    config_file = args.bundle / "configs" / "inference.json"
+    if not config_file.is_file():
+        print(f"error: {args.bundle} is not a bundle folder: {config_file} does not exist", file=sys.stderr)
+        return 2
+    if args.ckpt is not None and not args.ckpt.is_file():
+        print(f"error: checkpoint {args.ckpt} does not exist", file=sys.stderr)
+        return 2
     config = ConfigParser()
-    config.read_config(str(args.bundle / "configs" / "inference.json"))
+    config.read_config(str(config_file))
     network = load_network(config.get_parsed_content(args.net_id), args.ckpt)
     channels = len(MODALITIES)
     path = export_onnx(network, args.output, (1, channels, *args.example_size), args.spatial_multiple)
@@ -48,7 +61,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the ONNX graph differs from PyTorch by more than {ONNX_ATOL}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

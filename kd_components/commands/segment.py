@@ -1,0 +1,141 @@
+"""Segment BraTS cases with the distilled student (or any bundle) on a CPU or GPU, with no datalist.
+
+Each INPUT is a case folder (named by its case id), or a folder searched for case folders; --t1c --t1n --t2w
+--t2f give one case as four files. Writes OUT/<case_id>.nii.gz (BraTS labels on the input's grid) and
+OUT/volumes.csv / volumes.json (mL per case), each atomically and after every case. A case that cannot be
+segmented is skipped and named; the others are written; the exit status is then 1 (2 for a usage error: no
+inputs, a bundle or checkpoint that does not exist).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL, MODALITIES
+
+__all__ = ["add_arguments", "overrides", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``brats-kd segment``."""
+    from kd_components.segment.engines import ENGINES, PRECISIONS
+
+    parser.add_argument("inputs", nargs="*", type=Path, help="case folders or folders of case folders")
+    for modality in MODALITIES:
+        parser.add_argument(f"--{modality}", type=Path, help=f"the {modality} file of one case given as four files")
+    parser.add_argument("--case-id", help="id of the case given as four files (default: from the t1c file name)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the distilled student of this package)")
+    parser.add_argument("--ckpt", type=Path, help="weights (default: <bundle>/models/model.pt)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: OpenVINO on a CPU, PyTorch on CUDA")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: OpenVINO, NNCF-quantized")
+    parser.add_argument("--device", help="device of the torch engine (default: cuda:0 if available, else cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: every core)")
+    parser.add_argument("--no-crop", action="store_true", help="run the sliding window over the whole grid")
+    parser.add_argument(
+        "--sw-overlap", type=float, help="sliding-window overlap (default: the bundle's inference.json sw_overlap)"
+    )
+    parser.add_argument(
+        "--et-label",
+        type=int,
+        choices=(ET_LABEL, LEGACY_ET_LABEL),
+        default=ET_LABEL,
+        help="ET value in the label maps: 3 (BraTS 2023, default) or 4 (BraTS 2018-2022)",
+    )
+    parser.add_argument("--cache-dir", type=Path, help="where the ONNX export is kept (default: beside the checkpoint)")
+    parser.add_argument(
+        "--calibration-cases", type=int, default=4, help="int8: the first N cases calibrate the quantization"
+    )
+    parser.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="keep the network's label map as it is (default: the bundle's post-processing, inference.json)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``brats-kd segment``; the exit status."""
+    from tqdm import tqdm
+
+    from kd_components.data.brats import validate_case
+    from kd_components.handlers.region_volumes import write_volume_table
+    from kd_components.io import OutputDirError, check_output_dir
+    from kd_components.segment import CaseFailed, EngineError, Segmenter, resolve_inputs
+
+    files = {m: getattr(args, m) for m in MODALITIES}
+    found = resolve_inputs(args.inputs, files, args.case_id)
+    if not found.cases and not found.problems:
+        print("error: nothing to segment: give case folders, folders of cases or --t1c ... --t2f", file=sys.stderr)
+        return 2
+    failed = [str(p) for p in found.problems]
+    ready = [c for c in found.cases if not c.problems]
+    failed += [str(p) for c in found.cases for p in c.problems]
+    if not ready:
+        return _report(failed, 0, args.output)
+    try:
+        check_output_dir(args.output)
+        segmenter = Segmenter(
+            args.bundle,
+            args.ckpt,
+            engine=args.engine,
+            precision=args.precision,
+            device=args.device,
+            crop=not args.no_crop,
+            et_label=args.et_label,
+            cache_dir=args.cache_dir,
+            threads=args.threads,
+            calibration_cases=ready[: args.calibration_cases] if args.precision == "int8" else (),
+            overrides=overrides(args),
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except (FileNotFoundError, EngineError, OutputDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(ready)} case(s); network {segmenter.bundle.name} ({segmenter.ckpt}), engine {segmenter.engine_name} "
+        f"{segmenter.precision}, crop {'on' if segmenter.crop else 'off'}, overlap {segmenter.overlap}",
+        file=sys.stderr,
+    )
+    rows = []
+    progress = tqdm(ready, desc="segment", unit="case", disable=args.no_progress, file=sys.stderr)
+    for case in progress:
+        start = time.perf_counter()
+        report = validate_case(case, et_label=args.et_label, headers_only=True)  # voxels: checked once loaded
+        image_problems = [p for p in report.problems if p.file is None or p.file != getattr(case.label, "name", None)]
+        if image_problems:  # a faulty reference segmentation in the folder does not stop inference
+            failed += [str(p) for p in image_problems]
+            continue
+        try:
+            segmentation = segmenter.segment(case)
+            path = segmenter.write(segmentation, args.output)
+        except CaseFailed as err:
+            failed.append(str(err))
+            continue
+        rows.append({"case_id": case.case_id, **segmentation.volumes, "seconds": round(time.perf_counter() - start, 3)})
+        write_volume_table(rows, args.output)
+        progress.write(f"{case.case_id}: {path} ({segmentation.volumes['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
+    return _report(failed, len(rows), args.output)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The ``inference.json`` settings the ``segment`` options change."""
+    changed: dict[str, object] = {}
+    if args.sw_overlap is not None:
+        changed["sw_overlap"] = args.sw_overlap
+    if args.no_postprocess:
+        changed["postprocess"] = False
+    return changed
+
+
+def _report(failed: list[str], written: int, output: Path) -> int:
+    """Print what was not segmented and why, and how many cases were written; the exit status (1: a problem)."""
+    if failed:
+        print(f"{len(failed)} problem(s); these were not segmented:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+    print(f"{written} case(s) written to {output}", file=sys.stderr)
+    return 1 if failed else 0
