@@ -95,6 +95,9 @@ class AutocastInferer(Inferer):
         inferer: the MONAI inferer to wrap (``SimpleInferer``, ``SlidingWindowInferer``, ...).
         enabled: autocast on (e.g. ``use_cpu_bf16(@cpu_bf16, @device)`` in a config).
         dtype: the autocast dtype. Defaults to ``torch.bfloat16``.
+
+    Attributes it does not have itself are those of ``inferer`` (``roi_size``, ``overlap``, ``sw_batch_size``, ...),
+    so tools that read ``@inferer#roi_size`` or ``inferer.roi_size`` from a bundle see the wrapped inferer's.
     """
 
     def __init__(self, inferer: Inferer, enabled: bool = True, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -102,6 +105,12 @@ class AutocastInferer(Inferer):
         self.inferer = inferer
         self.enabled = bool(enabled)
         self.dtype = dtype
+
+    def __getattr__(self, name: str) -> Any:
+        """The wrapped inferer's attribute ``name`` (only called when this object has no attribute of that name)."""
+        if name == "inferer":  # not set yet (unpickling, copying): no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.inferer, name)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any

@@ -93,3 +93,25 @@ def test_convolutions_of_tiny_maps_run_in_float32_under_autocast() -> None:
         assert out.dtype == torch.float32
     assert not torch.is_autocast_enabled("cpu")  # the hooks left autocast as they found it
     assert float32_small_convolutions(network) == 0  # hooked once
+
+
+@pytest.mark.parametrize("bundle", ["hybrid_teacher", "distilled_student"])
+def test_the_bundle_inferer_shows_the_wrapped_inferers_settings(bundle: str) -> None:
+    """MONAI tools read ``inferer.roi_size`` (and overlap, batch) from ``inference.json``'s ``inferer``: through the
+    autocast wrapper they get the sliding window's, and an attribute neither has is still an AttributeError."""
+    import copy
+
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import REPO_ROOT
+
+    config = ConfigParser()
+    config.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "inference.json"))
+    inferer = config.get_parsed_content("inferer")
+    assert isinstance(inferer, AutocastInferer)
+    assert tuple(inferer.roi_size) == tuple(config.get_parsed_content("patch_size"))
+    assert inferer.overlap == config.get_parsed_content("sw_overlap")
+    assert inferer.sw_batch_size == config.get_parsed_content("sw_batch_size")
+    with pytest.raises(AttributeError):
+        _ = inferer.no_such_setting
+    assert copy.deepcopy(inferer).roi_size == inferer.roi_size  # no recursion while the copy has no inferer yet
