@@ -159,20 +159,6 @@ class RegionsToBratsLabelsd(MapTransform):
         return d
 
 
-def convert_et_label(label: NdarrayOrTensor, source_et: int, target_et: int) -> NdarrayOrTensor:
-    """Relabel enhancing tumour from ``source_et`` to ``target_et`` (e.g. legacy 4 -> BraTS-2023 3).
-
-    Raises ``ValueError`` on values outside the source convention, so nothing is relabelled by accident.
-    """
-    unknown = unknown_label_values(label, source_et)
-    if unknown:
-        raise ValueError(f"unknown label values {unknown} for source et_label={source_et}")
-    allowed_labels(target_et)
-    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label, copy=True)
-    out[label == source_et] = target_et
-    return out
-
-
 def brain_mask(image: NdarrayOrTensor, channel_dim: int = 0) -> NdarrayOrTensor:
     """Brain voxels of a skull-stripped multi-channel image: uint8, 1 where any channel is non-zero.
 
@@ -297,7 +283,6 @@ __all__ = [
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
     "brain_mask",
-    "convert_et_label",
     "regions_to_labels",
     "unknown_label_values",
 ]

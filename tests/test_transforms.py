@@ -14,7 +14,6 @@ from kd_components.transforms import (
     BratsLabelsToRegionsd,
     RegionsToBratsLabels,
     RegionsToBratsLabelsd,
-    convert_et_label,
     regions_to_labels,
     unknown_label_values,
 )
@@ -88,10 +87,3 @@ def test_dictionary_transforms_name_the_file_and_keep_metadata() -> None:
     bad[0, 0, 0, 0] = 4
     with pytest.raises(ValueError, match=r"case-seg\.nii\.gz: unknown label values"):
         BratsLabelsToRegionsd("label")({"label": bad})
-
-
-def test_convert_legacy_et_label() -> None:
-    legacy = tiny_label(et=4)
-    np.testing.assert_array_equal(convert_et_label(legacy, 4, 3), tiny_label(et=3))
-    with pytest.raises(ValueError, match="unknown label values"):
-        convert_et_label(tiny_label(et=3), 4, 3)

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from kd_components.networks.hybrid import HybridTeacher
+from kd_components.networks.vgg import VGG19_WIDTH
 
 __all__ = ["TEACHER_CONFIGS", "build_teacher", "teacher_config"]
 
@@ -35,7 +36,7 @@ _HYBRID_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "default": {
         "img_size": (96, 96, 96),
-        "vgg_width": 64,
+        "vgg_width": VGG19_WIDTH,
         "vit_hidden_size": 768,
         "vit_mlp_dim": 3072,
         "vit_num_layers": 12,

@@ -15,7 +15,7 @@ from monai.utils import ensure_tuple_rep
 from kd_components.constants import MODALITIES, REGIONS
 from kd_components.networks.fusion import MultiScaleFusion, check_branches
 from kd_components.networks.init import init_output_prior
-from kd_components.networks.vgg import VGG19_STAGE_MULTIPLIERS, VGG19Encoder3d
+from kd_components.networks.vgg import VGG19_STAGE_MULTIPLIERS, VGG19_WIDTH, VGG19Encoder3d
 from kd_components.networks.vit import ViTEncoder3d
 
 __all__ = ["FEATURE_SOURCES", "FUSED_FEATURE_MODULES", "FUSED_FEATURE_SCALES", "DecoderUpBlock", "HybridTeacher"]
@@ -108,7 +108,7 @@ class HybridTeacher(nn.Module):
         in_channels: int = len(MODALITIES),
         out_channels: int = len(REGIONS),
         img_size: Sequence[int] | int = (96, 96, 96),
-        vgg_width: int = 64,
+        vgg_width: int = VGG19_WIDTH,
         vgg_norm: tuple | str | None = ("instance", {"affine": True}),
         freeze_vgg_stages: int = 0,
         vgg_pretrained_path: str | os.PathLike[str] | None = None,

@@ -24,6 +24,7 @@ __all__ = [
     "TORCHVISION_VGG19_CONV_INDICES",
     "VGG19_STAGE_DEPTHS",
     "VGG19_STAGE_MULTIPLIERS",
+    "VGG19_WIDTH",
     "VGG19Encoder3d",
     "VGGLoadResult",
     "inflate_conv2d_weight",
@@ -38,8 +39,8 @@ VGG19_STAGE_MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8, 8)
 TORCHVISION_VGG19_CONV_INDICES: tuple[int, ...] = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
 #: Input channels of the torchvision (ImageNet, RGB) VGG19.
 _RGB_CHANNELS = 3
-#: VGG19's width: the only width a torchvision checkpoint fits.
-_TORCHVISION_WIDTH = 64
+#: VGG19's width (channels of stage 0): the default, and the only width a torchvision checkpoint fits.
+VGG19_WIDTH = 64
 
 
 class VGG19Encoder3d(nn.Module):
@@ -72,7 +73,7 @@ class VGG19Encoder3d(nn.Module):
     def __init__(
         self,
         in_channels: int = len(MODALITIES),
-        width: int = 64,
+        width: int = VGG19_WIDTH,
         norm: tuple | str | None = ("instance", {"affine": True}),
         freeze_stages: int = 0,
         pretrained_path: str | os.PathLike[str] | None = None,
