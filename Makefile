@@ -36,19 +36,16 @@ benchmark: install
 ## The teacher's branches in docs/branches.md: the hybrid demo teacher against its VGG-only and ViT-only ablations,
 ## a student of each, and students distilled from the branches' own features (about 45 min on 2 CPU cores with 3
 ## student seeds: `scripts/benchmark_kd.py --estimate` with the same options; restartable).
-BRANCH_ROWS = labels_only soft_feature teacher_fusion_lr1 teacher_cnn teacher_vit soft_feature_from_cnn soft_feature_from_vit \
-	features_fused_vit features_fused_cnn_vit
 benchmark-branches: install
-	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows $(BRANCH_ROWS) \
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows branches \
 		--output-dir outputs/branches --results-md docs/branches.md
 
 ## The CPU student search in docs/students.md: every candidate of kd_components/networks/candidates.py distilled in
 ## the regime of docs/results_long_budget.md (3 seeds; hours on 2 CPU cores, minutes on a GPU with JOBS=16), then
 ## timed with OpenVINO on this CPU (about 18 min; run that part on the CPU the page is about).
-STUDENT_ROWS = labels_only soft_feature kd_segresnet8 kd_strided16 kd_strided16_gn kd_strided16_light kd_strided16_noup
 benchmark-students: install-test
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --student-steps 108 --seeds 0 1 2 \
-		--rows $(STUDENT_ROWS) --output-dir outputs/students --results-md docs/students_kd.md
+		--rows students --output-dir outputs/students --results-md docs/students_kd.md
 	$(PYTHON) scripts/benchmark_students.py --kd-results outputs/students/results.json
 
 ## The default test suite (slow tests excluded) and the linter.

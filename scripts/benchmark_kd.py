@@ -25,10 +25,12 @@ from pathlib import Path
 from kd_components.io import atomic_path, save_json_atomic
 from kd_lab.benchmark import (
     RESULTS_INDENT,
+    ROW_SETS,
     ROWS,
     SELECTION_RULES,
     BenchmarkSettings,
     estimate_seconds,
+    expand_rows,
     measure_costs,
     run_benchmark,
 )
@@ -71,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bootstrap-resamples", type=int, default=d.bootstrap_resamples)
     parser.add_argument("--bootstrap-seed", type=int, default=d.bootstrap_seed, help="seed of the bootstrap draws")
-    parser.add_argument("--rows", nargs="+", default=list(d.rows), choices=[r.key for r in ROWS])
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(d.rows),
+        choices=[*(r.key for r in ROWS), *ROW_SETS],
+        help=f"rows, or named row sets ({', '.join(ROW_SETS)}: the rows of a page); default: the docs/results.md rows",
+    )
     parser.add_argument(
         "--probe-cases",
         type=int,
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             student_steps=args.student_steps,
             selection=args.selection,
             validations=args.validations,
-            rows=tuple(args.rows),
+            rows=expand_rows(args.rows),
             bootstrap_resamples=args.bootstrap_resamples,
             bootstrap_seed=args.bootstrap_seed,
             probe_cases=args.probe_cases,

@@ -17,6 +17,7 @@ from kd_lab.benchmark import (
     BRATS_METRICS,
     GUIDANCE_SECONDS,
     METRICS,
+    ROW_SETS,
     ROWS,
     ROWS_BY_KEY,
     BenchmarkSettings,
@@ -25,10 +26,12 @@ from kd_lab.benchmark import (
     cli_overrides,
     collect_results,
     estimate_seconds,
+    expand_rows,
     network_sizes,
     row_schedule,
     run_dir,
     schedule,
+    selected_rows,
     split_cases,
     teacher_seed_for,
 )
@@ -450,3 +453,19 @@ def test_report_section_on_the_teachers_branches(tmp_path: Path) -> None:
     assert (tmp_path / "branches.png").stat().st_size > 0 and "![scale weights and gates](branches.png)" in section
     assert "| hybrid teacher | 0.250 / 0.250 / 0.250 / 0.250 | 0.400 / 0.300 / 0.200 / 0.100 |" in section
     assert "| 0.800 | 0.700 | 0.200 |" in section
+
+
+@pytest.mark.parametrize(("name", "page"), [("branches", "branches.json"), ("students", "students_kd.json")])
+def test_a_row_set_is_the_rows_of_its_page(name: str, page: str) -> None:
+    """``--rows branches`` / ``--rows students`` (the Makefile's targets) select exactly the rows the page holds (the
+    page's run adds the hybrid teacher, which every run has)."""
+    rows = json.loads((Path(__file__).parents[1] / "docs" / page).read_text())["rows"]
+    assert set(rows) == {"teacher", *ROW_SETS[name]}
+    selected = selected_rows(BenchmarkSettings(rows=expand_rows([name])))
+    assert {r.key for r in selected} == set(rows)
+
+
+def test_expand_rows_keeps_order_drops_repeats_and_names_an_unknown_row() -> None:
+    assert expand_rows(["soft_feature", "students"])[:3] == ("soft_feature", "labels_only", "kd_segresnet8")
+    with pytest.raises(ValueError, match="unknown row or row set 'nope'"):
+        expand_rows(["nope"])

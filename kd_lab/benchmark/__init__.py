@@ -93,7 +93,7 @@ from kd_lab.benchmark.plan import (
     split_cases,
     teacher_seed_for,
 )
-from kd_lab.benchmark.rows import BRANCH_ROWS, ROWS, ROWS_BY_KEY, Row, selected_rows
+from kd_lab.benchmark.rows import BRANCH_ROWS, ROW_SETS, ROWS, ROWS_BY_KEY, Row, expand_rows, selected_rows
 
 __all__ = [
     "BRANCH_ROWS",
@@ -103,6 +103,7 @@ __all__ = [
     "RESULTS_INDENT",
     "ROWS",
     "ROWS_BY_KEY",
+    "ROW_SETS",
     "SELECTION_RULES",
     "BenchmarkSettings",
     "Row",
@@ -112,6 +113,7 @@ __all__ = [
     "collect_results",
     "environment",
     "estimate_seconds",
+    "expand_rows",
     "held_out_cases",
     "measure_costs",
     "measure_inference",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from kd_components.networks.candidates import DEFAULT_CANDIDATE, MODEL_ZOO_SEGRE
 if TYPE_CHECKING:
     from kd_lab.benchmark.plan import BenchmarkSettings
 
-__all__ = ["BRANCH_ROWS", "ROWS", "ROWS_BY_KEY", "Row", "selected_rows"]
+__all__ = ["BRANCH_ROWS", "ROWS", "ROWS_BY_KEY", "ROW_SETS", "Row", "expand_rows", "selected_rows"]
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,35 @@ BRANCH_ROWS: tuple[str, ...] = (
     "features_cnn_vit",
 )
 ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
+#: Named row sets, each the rows of one page, for ``scripts/benchmark_kd.py --rows NAME`` (and the Makefile's targets):
+#: ``branches`` is ``docs/branches.md`` (``features_cnn_vit`` of :data:`BRANCH_ROWS` was never run there), ``students``
+#: is ``docs/students_kd.md``, the Dice half of the CPU student search (every other candidate with KD).
+ROW_SETS: dict[str, tuple[str, ...]] = {
+    "branches": (
+        "labels_only",
+        "soft_feature",
+        *(r for r in BRANCH_ROWS if r != "features_cnn_vit"),
+    ),
+    "students": (
+        "labels_only",
+        "soft_feature",
+        *(f"kd_{name}" for name in STUDENT_CANDIDATES if name != DEFAULT_CANDIDATE.name),
+    ),
+}
+
+
+def expand_rows(names: Sequence[str]) -> tuple[str, ...]:
+    """Row keys and names of :data:`ROW_SETS` -> row keys, in the given order, each once.
+
+    Raises:
+        ValueError: a name that is neither a row nor a row set.
+    """
+    keys: list[str] = []
+    for name in names:
+        if name not in ROW_SETS and name not in ROWS_BY_KEY:
+            raise ValueError(f"unknown row or row set {name!r}; row sets: {sorted(ROW_SETS)}")
+        keys += [k for k in ROW_SETS.get(name, (name,)) if k not in keys]
+    return tuple(keys)
 
 
 def selected_rows(settings: BenchmarkSettings) -> list[Row]:
