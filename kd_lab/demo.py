@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from monai.bundle import ConfigParser
@@ -36,6 +37,11 @@ TEACHER_BUNDLE = REPO_ROOT / "bundles" / "hybrid_teacher"
 STUDENT_BUNDLE = REPO_ROOT / "bundles" / "distilled_student"
 
 
+def _demo_setting(bundle: Path, key: str) -> Any:
+    """A value of the bundle's CPU-sized overlay ``configs/demo.json``: the one home of the main job's budgets."""
+    return json.loads((bundle / "configs" / "demo.json").read_text())[key]
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Size and budget of the demo run (the defaults take about 13 minutes on 2 CPU cores; docs/training_speed.md).
@@ -45,9 +51,9 @@ class DemoSettings:
         num_cases: phantom cases in all; the last ``unlabelled`` have no segmentation.
         unlabelled: cases without a segmentation (used by distillation, and predicted at the end).
         seed: data-set, fold and training seed.
-        teacher_epochs: teacher training epochs (demo overlay otherwise).
-        student_epochs: student distillation epochs.
-        val_interval: epochs between validations (both bundles).
+        teacher_epochs: teacher training epochs (default: the teacher's ``configs/demo.json``).
+        student_epochs: student distillation epochs (default: the student's ``configs/demo.json``).
+        val_interval: epochs between validations, both bundles (default: the teacher's ``configs/demo.json``).
         overlay_cases: validation cases drawn in the report.
         probe_cases: healthy and unseen-seed phantoms, each, for the false-positive probe (0: no probe).
     """
@@ -56,9 +62,9 @@ class DemoSettings:
     num_cases: int = 24
     unlabelled: int = 8
     seed: int = 0
-    teacher_epochs: int = 32
-    student_epochs: int = 16
-    val_interval: int = 4
+    teacher_epochs: int = field(default_factory=lambda: _demo_setting(TEACHER_BUNDLE, "epochs"))
+    student_epochs: int = field(default_factory=lambda: _demo_setting(STUDENT_BUNDLE, "epochs"))
+    val_interval: int = field(default_factory=lambda: _demo_setting(TEACHER_BUNDLE, "val_interval"))
     overlay_cases: int = 3
     probe_cases: int = 4
 

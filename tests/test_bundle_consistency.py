@@ -93,7 +93,9 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
     "evaluate.json": {
         "postprocess_min_mm3": (OWN, "each bundle's post-processing thresholds, those of its inference.json"),
     },
-    "demo.json": {},
+    "demo.json": {
+        "epochs": (OWN, "the main job's budgets (DemoSettings reads them): the teacher trains twice as long")
+    },
     "multi_gpu_train.json": {
         key: (OWN, "the student's unlabelled loader is distributed too")
         for key in (
