@@ -1,4 +1,4 @@
-# Entry points for a fresh machine (after `pip install torch==2.13.0`; see README.md).
+# Entry points for a fresh machine (Python 3.10+): every target installs what it needs, torch first (requirements-torch.txt).
 PYTHON ?= python
 OUT ?= outputs/demo
 NUM_CASES ?= 24
@@ -9,9 +9,11 @@ PROFILE ?= small
 .PHONY: install install-test demo data benchmark benchmark-branches benchmark-students test lint slow-test deploy-test
 
 install:
+	$(PYTHON) -m pip install --quiet -r requirements-torch.txt
 	$(PYTHON) -m pip install -e .
 
 install-test:
+	$(PYTHON) -m pip install --quiet -r requirements-torch.txt
 	$(PYTHON) -m pip install -e ".[test]"
 
 ## The main job: phantoms (labelled + unlabelled), datalist, demo teacher, distilled student, inference,
@@ -64,6 +66,6 @@ slow-test: install-test
 DEPLOY_VENV ?= .venv-deploy
 deploy-test:
 	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet -r requirements-torch.txt
 	$(DEPLOY_VENV)/bin/python -m pip install --quiet -e ".[deploy,test]"
 	$(DEPLOY_VENV)/bin/python -m pytest -q -m deploy

@@ -120,8 +120,8 @@ def build_student(
 ) -> StridedSegResNet:
     """
     The default student, :class:`StridedSegResNet` (``(B, 4, H, W, D)`` -> ``(B, 3, H, W, D)`` logits; H, W, D
-    divisible by 16). With the defaults (8 filters) it has 1.18 M parameters and needs 4.6 GFLOPs per 96^3 patch
-    (16 filters: 4.70 M, 16.2 GFLOPs).
+    divisible by 16). Its size and cost per patch: ``docs/networks.md``; the bundle's ``metadata.json`` states its
+    parameter count (checked by ``tests/test_bundle_metadata.py``).
 
     Args:
         init_filters: channels after the stem. Defaults to 8 (:class:`StridedSegResNet`'s own default is 16).
@@ -148,8 +148,8 @@ def build_segresnet_student(
 ) -> SegResNet:
     """
     A MONAI :class:`~monai.networks.nets.SegResNet` at full resolution for ``(B, 4, H, W, D)`` -> ``(B, 3, H, W,
-    D)`` logits: the earlier default student (``init_filters=8``, 1.18 M parameters, 32 GFLOPs per 96^3 patch)
-    and, with ``init_filters=16``, MONAI's model-zoo BraTS SegResNet (4.70 M). H, W, D must be divisible by
+    D)`` logits: the earlier default student (``init_filters=8``) and, with
+    ``init_filters=16``, MONAI's model-zoo BraTS SegResNet (sizes: ``docs/networks.md``). H, W, D must be divisible by
     ``2 ** (len(blocks_down) - 1)`` (8 by default).
 
     Args:
