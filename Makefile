@@ -22,10 +22,10 @@ demo: install
 	$(PYTHON) scripts/run_demo.py --output-dir $(OUT) --num-cases $(NUM_CASES) --unlabelled $(UNLABELLED) --seed $(SEED)
 
 ## Only the phantom data set and its datalist.
-data:
-	$(PYTHON) brats-kd phantoms --output-dir $(OUT)/data --num-cases $(NUM_CASES) \
+data: install
+	$(PYTHON) -m kd_components.cli phantoms --output-dir $(OUT)/data --num-cases $(NUM_CASES) \
 		--unlabelled $(UNLABELLED) --seed $(SEED) --profile $(PROFILE) --preview
-	$(PYTHON) brats-kd datalist --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
+	$(PYTHON) -m kd_components.cli datalist --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
 ## The comparison in docs/results.md (about 1 h 10 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
 ## run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many cores, a GPU).

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["COMMANDS", "Command"]
+__all__ = ["COMMANDS", "Command", "add_et_label_argument"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,19 @@ class Command:
         run: Callable[[argparse.Namespace], int] = module.run
         parser.set_defaults(run=run)
         return parser
+
+
+def add_et_label_argument(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--et-label``: the value of enhancing tumour in ``where`` (e.g. "the label maps"), 3 or 4."""
+    from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+
+    parser.add_argument(
+        "--et-label",
+        type=int,
+        choices=(ET_LABEL, LEGACY_ET_LABEL),
+        default=ET_LABEL,
+        help=f"ET value in {where}: {ET_LABEL} (BraTS 2023, default) or {LEGACY_ET_LABEL} (BraTS 2018-2022)",
+    )
 
 
 #: The verbs in the order a user meets them: data, training's companions, inference, scoring, delivery.

@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+from kd_components.commands import add_et_label_argument
 from kd_components.data.brats import AFFINE_ATOL
 
 if TYPE_CHECKING:
@@ -33,13 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="datalist JSON to write")
     parser.add_argument("--num-folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
-    parser.add_argument(
-        "--et-label",
-        type=int,
-        default=ET_LABEL,
-        choices=(ET_LABEL, LEGACY_ET_LABEL),
-        help="label of enhancing tumour: 3 for BraTS 2023 (default), 4 for BraTS 2018-2022",
-    )
+    add_et_label_argument(parser, "the segmentations")
     parser.add_argument("--affine-atol", type=float, default=AFFINE_ATOL, help="affine tolerance within a case (mm)")
     parser.add_argument("--skip-invalid", action="store_true", help="write the valid cases and list the others")
     parser.add_argument("--workers", type=int, default=None, help="validation processes (default: all cores)")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+from kd_components.commands import add_et_label_argument
 
 if TYPE_CHECKING:
     from kd_components.data.brats import BratsCase
@@ -30,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datalist", type=Path, help="score the cases of one split of this datalist (--split, --fold)")
     parser.add_argument("--split", default="validation", help="datalist split: validation (default), train, labelled")
     parser.add_argument("--fold", type=int, default=0, help="the datalist's validation fold (default 0)")
-    parser.add_argument(
-        "--et-label",
-        type=int,
-        choices=(ET_LABEL, LEGACY_ET_LABEL),
-        default=ET_LABEL,
-        help="ET value in both label maps: 3 (BraTS 2023, default) or 4 (BraTS 2018-2022)",
-    )
+    add_et_label_argument(parser, "both label maps")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL
+from kd_components.commands import add_et_label_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-mm3", type=float, nargs="+", default=DEFAULT_MIN_COMPONENT_MM3, help="candidates")
     parser.add_argument("--et-to-netc-mm3", type=float, nargs="+", default=DEFAULT_ET_TO_NETC_MM3, help="candidates")
-    parser.add_argument("--et-label", type=int, choices=(ET_LABEL, LEGACY_ET_LABEL), default=ET_LABEL)
+    add_et_label_argument(parser, "both label maps")
     parser.add_argument("--output", type=Path, help="write the choices and the metrics as JSON")
 
 

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL, MODALITIES
+from kd_components.commands import add_et_label_argument
+from kd_components.constants import MODALITIES
 
 __all__ = ["add_arguments", "overrides", "run"]
 
@@ -38,13 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sw-overlap", type=float, help="sliding-window overlap (default: the bundle's inference.json sw_overlap)"
     )
-    parser.add_argument(
-        "--et-label",
-        type=int,
-        choices=(ET_LABEL, LEGACY_ET_LABEL),
-        default=ET_LABEL,
-        help="ET value in the label maps: 3 (BraTS 2023, default) or 4 (BraTS 2018-2022)",
-    )
+    add_et_label_argument(parser, "the label maps")
     parser.add_argument("--cache-dir", type=Path, help="where the ONNX export is kept (default: beside the checkpoint)")
     parser.add_argument(
         "--calibration-cases", type=int, default=4, help="int8: the first N cases calibrate the quantization"
