@@ -22,6 +22,7 @@ from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler
 
 from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
 from kd_components.handlers import ProgressBar, main_process_handlers
+from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.losses import build_feature_kd_loss
 from kd_components.networks.student import build_student, feature_pairs
 from kd_components.networks.utils import unwrap_module
@@ -30,6 +31,7 @@ from tests.conftest import (
     REPO_ROOT,
     SMALL_PATCHES,
     STUDENT_BUNDLE_TINY,
+    TEACHER_BUNDLE_TINY,
     build_tiny_teacher,
     bundle_command,
     bundle_workflow,
@@ -170,6 +172,72 @@ def test_two_process_distillation_writes_one_bare_checkpoint_and_reduces_validat
     assert best[0] == pytest.approx(single, abs=1e-5)
     # not the Dice of one rank's case alone: the mean of the two cases, which differ
     assert abs(per_case[0] - per_case[1]) > 1e-6 and best[0] == pytest.approx(sum(per_case) / 2, abs=1e-6)
+
+
+def test_rank0_only_handlers_run_no_collective() -> None:
+    """A handler attached on rank 0 alone must not call a collective that the other ranks never join (the teacher's
+    branch ablation did: ``DiceMetric.aggregate`` gathers across ranks, and training never ended). The source of
+    modules of every rank-0-only handler type and of the classes it inherits from name none."""
+    import inspect
+
+    from kd_components.handlers.main_process import MAIN_PROCESS_HANDLER_TYPES
+
+    collective = re.compile(r"all_gather|all_reduce|barrier|broadcast|\.aggregate\(|DistributedSampler")
+    for handler_type in (*MAIN_PROCESS_HANDLER_TYPES, ProgressBar):
+        for cls in handler_type.__mro__:
+            if cls.__module__.split(".")[0] not in ("monai", "kd_components"):
+                continue
+            found = collective.findall(inspect.getsource(inspect.getmodule(cls)))
+            assert not found, f"{handler_type.__name__} ({cls.__qualname__}) runs on rank 0 only but calls {found}"
+
+
+def test_branch_diagnostics_run_on_every_rank_and_write_on_rank0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed as dist
+    from ignite.engine import Engine
+
+    from kd_components.handlers import BranchDiagnostics
+
+    diagnostics = BranchDiagnostics(build_tiny_teacher(), None, tmp_path)
+    assert main_process_handlers([diagnostics], rank=1) == [diagnostics]
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.iteration = 1, 3
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    diagnostics.epoch_completed(engine)
+    assert len(diagnostics.record["scale_weights"]) == 1 and not (tmp_path / "branch_diagnostics.json").exists()
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    diagnostics.epoch_completed(engine)
+    assert (tmp_path / "branch_diagnostics.json").is_file()
+
+
+def test_two_process_teacher_training_with_its_diagnostics_finishes_and_writes_one_bare_checkpoint(
+    phantom_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """``multi_gpu_train.json`` of the teacher with its default handlers (the branch diagnostics included, whose
+    ablation after the last epoch hung the run): both processes end, rank 0 writes one set of checkpoints holding
+    the bare teacher and the diagnostics with the ablation of both ranks' validation cases."""
+    configs = TEACHER / "configs"
+    files = [str(configs / f) for f in ("train.json", "demo.json", "multi_gpu_train.json")]
+    out = tmp_path / "teacher"
+    common = {**phantom_overrides(phantom_data, out), **TEACHER_BUNDLE_TINY}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1"]
+    launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    run = {"epochs": 1, "val_interval": 1, "num_samples": 1, "batch_size": 1, "log_interval": 1, "cache_rate": 0.0}
+    run |= {"ckpt_dir": str(out / "models"), "output_dir": str(out / "runs")}
+    cmd = bundle_command(files, {**common, **run}, logging_file=configs / "logging.conf", launcher=launch)
+    run_checked(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
+
+    models = out / "models"
+    saved = sorted(p.name for p in models.iterdir() if p.name not in ("model.pt", GEOMETRY_FILE))
+    assert saved == ["latest_checkpoint_epoch=1.pt"]
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert set(state) == set(build_tiny_teacher().state_dict())  # no ``module.`` prefix
+    diagnostics = json.loads((out / "runs" / BRANCH_DIAGNOSTICS_FILE).read_text())
+    assert diagnostics["ablation"]["epoch"] == 1
+    assert set(diagnostics["ablation"]["dice"]) == {"full", "vit", "cnn"}
+    assert len(diagnostics["scale_weights"]) == 1
 
 
 def test_a_local_rank_without_a_gpu_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

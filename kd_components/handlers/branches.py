@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.metrics import DiceMetric
@@ -25,6 +26,11 @@ __all__ = ["BRANCH_DIAGNOSTICS_FILE", "BranchDiagnostics", "ablation_dice"]
 BRANCH_DIAGNOSTICS_FILE = "branch_diagnostics.json"
 
 logger = logging.getLogger(__name__)
+
+
+def _main_process() -> bool:
+    """True outside a process group and on its rank 0: the rank that logs and writes."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @torch.no_grad()
@@ -71,7 +77,13 @@ class BranchDiagnostics:
       the CNN features zeroed, and with neither (:func:`ablation_dice`; three passes over the validation cases).
 
     Everything is logged and written (atomically, after each epoch) to ``output_dir/branch_diagnostics.json``; a
-    resumed training keeps what the interrupted one wrote for the epochs before it:
+    resumed training keeps what the interrupted one wrote for the epochs before it.
+
+    Under ``torch.distributed`` the handler runs on **every rank** (it is not one of the rank-0-only handler types
+    of :func:`~kd_components.handlers.main_process_handlers`): the ablation's Dice is gathered across the ranks'
+    shares of the validation cases (MONAI's ``DiceMetric.aggregate`` is a collective, so every rank must reach it),
+    and only rank 0 logs and writes. The scale weights are the same on every rank; the gate statistics are rank 0's
+    share of the validation cases. The file's layout:
     ``{"regions", "scale_weights": [{"epoch", "iteration", "weights"}], "gates": [{"epoch", "scales": [...]}],
     "ablation": {"epoch", "dice": {"full" | "vit" | "cnn": [TC, WT, ET, mean]}}}``. A single-branch network
     (an ablation teacher) has no gates and no branch to remove: those entries stay empty.
@@ -128,7 +140,8 @@ class BranchDiagnostics:
         if scales:
             self.record["gates"].append({"epoch": int(evaluator.state.epoch), "scales": scales})
             means = ", ".join(f"1/{k}: {s['mean']:.2f}" for k, s in zip(FUSED_FEATURE_SCALES, scales, strict=True))
-            logger.info(f"fusion gates, the CNN's mean share per scale: {means}")
+            if _main_process():
+                logger.info(f"fusion gates, the CNN's mean share per scale: {means}")
 
     def _continue_record(self, epoch: int) -> None:
         """After a resumed run's first epoch: take over what the interrupted run wrote for the epochs before."""
@@ -152,11 +165,12 @@ class BranchDiagnostics:
         self.record["scale_weights"].append(
             {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration), "weights": weights}
         )
-        logger.info(f"fusion scale weights (1/2 .. 1/16): {weights}")
-        save_json_atomic(self.record, self.path)
+        if _main_process():
+            logger.info(f"fusion scale weights (1/2 .. 1/16): {weights}")
+            save_json_atomic(self.record, self.path)
 
     def completed(self, engine: Engine) -> None:
-        """Run the branch ablation on the validation data and write the file."""
+        """Run the branch ablation on the validation data (every rank, its share) and write the file (rank 0)."""
         assert self.evaluator is not None
         net = unwrap_module(self.network)
         present = tuple(b for b, attribute in ABLATIONS.items() if getattr(net, attribute, None) is not None)
@@ -164,6 +178,7 @@ class BranchDiagnostics:
             return
         dice = ablation_dice(net, self.evaluator, (None, *present))
         self.record["ablation"] = {"epoch": int(engine.state.epoch), "dice": dice}
-        summary = ", ".join(f"{k}: {v[-1]:.3f}" for k, v in dice.items())
-        logger.info(f"branch ablation, validation mean Dice (full / without the ViT / without the CNN): {summary}")
-        save_json_atomic(self.record, self.path)
+        if _main_process():
+            summary = ", ".join(f"{k}: {v[-1]:.3f}" for k, v in dice.items())
+            logger.info(f"branch ablation, validation mean Dice (full / without the ViT / without the CNN): {summary}")
+            save_json_atomic(self.record, self.path)

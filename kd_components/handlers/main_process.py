@@ -9,30 +9,29 @@ import torch.distributed as dist
 from monai.handlers import (
     CheckpointSaver,
     ClearMLHandler,
-    MetricsSaver,
     MLFlowHandler,
     StatsHandler,
     TensorBoardHandler,
 )
 
-from kd_components.handlers.branches import BranchDiagnostics
 from kd_components.handlers.progress import ProgressBar
 
 __all__ = ["MAIN_PROCESS_HANDLER_TYPES", "main_process_handlers"]
 
-#: MONAI handlers that only report or save (logs, TensorBoard/MLflow/ClearML, metric files, the key-metric
-#: ``model.pt``) and the teacher's branch diagnostics: attached on rank 0 only, as is
-#: ``kd_components.handlers.ProgressBar``. Everything else (LR
-#: schedulers, validation, the resumable checkpoint, which every rank must load when resuming and Ignite
-#: saves on rank 0 only) runs on every rank.
+#: MONAI handlers that only report or save (logs, TensorBoard/MLflow/ClearML, the key-metric ``model.pt``):
+#: attached on rank 0 only, as is ``kd_components.handlers.ProgressBar``. None of them may run a
+#: collective (an ``all_gather``, a barrier, a metric's ``aggregate``) or iterate a sharded loader: the other ranks
+#: would never join it and the run would hang at its end. Everything else runs on every rank: LR schedulers,
+#: validation, the resumable checkpoint (every rank loads it when resuming; Ignite saves it on rank 0 only),
+#: MONAI's ``MetricsSaver`` (it gathers the file names of every rank, then saves on its ``save_rank``) and
+#: the teacher's ``BranchDiagnostics``, whose branch ablation gathers the Dice of every rank's validation cases
+#: (it writes on rank 0 only).
 MAIN_PROCESS_HANDLER_TYPES: tuple[type, ...] = (
     StatsHandler,
     TensorBoardHandler,
     MLFlowHandler,
     ClearMLHandler,
-    MetricsSaver,
     CheckpointSaver,
-    BranchDiagnostics,
 )
 
 
