@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,6 +19,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
 
 
 def _current_umask() -> int:
@@ -41,7 +45,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes)
     stem = final.name.removesuffix(suffix)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{suffix}", dir=final.parent)
+    # the writer's process id in the name: a temporary whose process is gone was left by a killed run
+    # (clean_stale_temporaries removes it)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{stem}.{os.getpid()}{_TMP_MARK}", suffix=f".tmp{suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the final file the usual mode
@@ -51,6 +59,50 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: Between the writer's process id and mkstemp's random part in the name of an :func:`atomic_path` temporary.
+_TMP_MARK = ".pid-"
+_TEMPORARY = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)" + re.escape(_TMP_MARK) + r"\w+\.tmp(\.[\w.]+)?$")
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the :func:`atomic_path` temporaries in ``folder`` whose writing process no longer runs (left by a run
+    that was killed mid-write); return them. Temporaries of running processes (a concurrent run) are kept."""
+    removed = []
+    for entry in Path(folder).iterdir():
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_file() or _process_alive(int(match["pid"])):
+            continue
+        entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path`` (created if needed) for the block:
+    read-modify-write of a file shared by concurrent runs (e.g. one output folder's volume table)."""
+    import fcntl
+
+    lock = Path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def save_json_atomic(data: Any, path: str | os.PathLike[str], indent: int = 2) -> None:
@@ -113,6 +165,8 @@ def check_output_dir(path: str | os.PathLike[str], min_free_mb: float = MIN_FREE
             pass
     except OSError as err:
         raise OutputDirError(f"output_dir {folder} is not writable: {err.strerror or err}") from err
+    for stale in clean_stale_temporaries(folder):
+        logger.info(f"removed {stale}, a temporary file left by a run that was killed while writing")
     free_mb = shutil.disk_usage(folder).free / 2**20
     if free_mb < min_free_mb:
         raise OutputDirError(

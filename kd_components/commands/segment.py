@@ -13,9 +13,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kd_components.commands import add_et_label_argument
 from kd_components.constants import MODALITIES
+
+if TYPE_CHECKING:
+    from kd_components.data.brats import BratsCase
 
 __all__ = ["add_arguments", "overrides", "run"]
 
@@ -57,18 +61,23 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from kd_components.data.brats import validate_case
-    from kd_components.handlers.region_volumes import write_volume_table
+    from kd_components.handlers.region_volumes import update_volume_table
     from kd_components.io import OutputDirError, check_output_dir
     from kd_components.segment import CaseFailed, EngineError, Segmenter, resolve_inputs
 
     files = {m: getattr(args, m) for m in MODALITIES}
-    found = resolve_inputs(args.inputs, files, args.case_id)
+    found = resolve_inputs(args.inputs, files, args.case_id, output_dir=args.output)
     if not found.cases and not found.problems:
         print("error: nothing to segment: give case folders, folders of cases or --t1c ... --t2f", file=sys.stderr)
         return 2
     failed = [str(p) for p in found.problems]
-    ready = [c for c in found.cases if not c.problems]
     failed += [str(p) for c in found.cases for p in c.problems]
+    ready = []
+    for case, problem in _output_problems([c for c in found.cases if not c.problems], args.output):
+        if problem is None:
+            ready.append(case)
+        else:
+            failed.append(f"{case.case_id}: {problem}")
     if not ready:
         return _report(failed, 0, args.output)
     try:
@@ -111,9 +120,31 @@ def run(args: argparse.Namespace) -> int:
             failed.append(str(err))
             continue
         rows.append({"case_id": case.case_id, **segmentation.volumes, "seconds": round(time.perf_counter() - start, 3)})
-        write_volume_table(rows, args.output)
+        update_volume_table(rows[-1:], args.output)  # the folder's table: earlier runs' cases kept, safe in parallel
         progress.write(f"{case.case_id}: {path} ({segmentation.volumes['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
     return _report(failed, len(rows), args.output)
+
+
+def _output_problems(cases: list[BratsCase], output: Path) -> list[tuple[BratsCase, str | None]]:
+    """Each case with the reason its label map ``output/<case_id>.nii.gz`` must not be written, or ``None``: a case
+    id that is no plain file name, or a path that is one of this run's input files (four files in the output
+    folder named ``t1c.nii.gz`` ... would have been overwritten)."""
+    from kd_components.segment.inputs import case_id_problem
+
+    inputs = {
+        path.resolve()
+        for case in cases
+        for path in (*case.images.values(), *([case.label] if case.label else []))
+        if path is not None
+    }
+    checked = []
+    for case in cases:
+        problem = case_id_problem(case.case_id)
+        target = output / f"{case.case_id}.nii.gz"
+        if problem is None and target.resolve() in inputs:
+            problem = f"its label map {target} would overwrite an input file: choose another -o or --case-id"
+        checked.append((case, problem))
+    return checked
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from ignite.engine import Engine, Events
 from monai.config.type_definitions import NdarrayOrTensor
 
 from kd_components.constants import ET_LABEL, NETC_LABEL, SNFH_LABEL
-from kd_components.io import atomic_path, save_json_atomic
+from kd_components.io import atomic_path, locked, save_json_atomic
 from kd_components.writers import case_id_of
+
+logger = logging.getLogger(__name__)
 
 
 def region_volumes_ml(
@@ -89,14 +93,47 @@ class RegionVolumeWriter:
 def write_volume_table(
     rows: list[dict[str, Any]], output_dir: str | os.PathLike[str], filename: str = "volumes"
 ) -> None:
-    """Write ``rows`` (one dict per case, the same keys in each) as ``<filename>.csv`` and ``<filename>.json`` in
-    ``output_dir``, each atomically; nothing is written for no rows."""
+    """Write ``rows`` (one dict per case) as ``<filename>.csv`` and ``<filename>.json`` in ``output_dir``, each
+    atomically; nothing is written for no rows. The CSV's columns are every key of the rows, in first-seen order."""
     if not rows:
         return
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(Path(output_dir) / f"{filename}.csv") as tmp:
         tmp.write_text(buffer.getvalue())
     save_json_atomic(rows, Path(output_dir) / f"{filename}.json")
+
+
+def update_volume_table(
+    rows: list[dict[str, Any]], output_dir: str | os.PathLike[str], filename: str = "volumes"
+) -> list[dict[str, Any]]:
+    """Add ``rows`` to the volume table already in ``output_dir`` (``<filename>.json``, as
+    :func:`write_volume_table` writes it) and write both files again; return the table.
+
+    A case of ``rows`` replaces its earlier row; an earlier row stays while its label map ``<case_id>.nii.gz`` (or
+    ``.nii``) is still in the folder, so two runs into one folder list the cases of both. The read and the write
+    happen under a lock on ``.<filename>.lock``, so concurrent runs into one folder each add their cases and none is
+    lost. An unreadable earlier table is rebuilt from ``rows`` (and said in the log).
+    """
+    folder = Path(output_dir)
+    with locked(folder / f".{filename}.lock"):
+        earlier: list[dict[str, Any]] = []
+        table = folder / f"{filename}.json"
+        if table.is_file():
+            try:
+                loaded = json.loads(table.read_text())
+                earlier = [r for r in loaded if isinstance(r, dict) and "case_id" in r]
+            except (OSError, ValueError) as err:
+                logger.warning(f"{table} is unreadable ({err}); it is written again from this run's cases")
+        new = {str(r["case_id"]) for r in rows}
+        kept = [
+            r
+            for r in earlier
+            if str(r["case_id"]) not in new
+            and any((folder / f"{r['case_id']}{ext}").is_file() for ext in (".nii.gz", ".nii"))
+        ]
+        merged = kept + list(rows)
+        write_volume_table(merged, folder, filename)
+    return merged

@@ -15,7 +15,7 @@ from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory
 from kd_components.segment.segmenter import CaseFailed, root_cause
 from kd_components.writers import case_id_from_path
 
-__all__ = ["SegmentInputs", "open_case", "read_case_image", "resolve_inputs"]
+__all__ = ["SegmentInputs", "case_id_problem", "open_case", "read_case_image", "resolve_inputs"]
 
 
 @dataclass
@@ -26,10 +26,26 @@ class SegmentInputs:
     problems: list[CaseProblem] = field(default_factory=list)
 
 
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name an output file ``<case_id>.nii.gz`` inside the output folder, or ``None``: a path
+    separator (it would write outside the folder or make folders), ``.``/``..``, a leading dot (a hidden file),
+    an empty name or a control character."""
+    if not case_id or case_id in (".", ".."):
+        return f"case id {case_id!r} cannot name an output file: give --case-id a plain name"
+    if "/" in case_id or "\\" in case_id or os.sep in case_id:
+        return f"case id {case_id!r} holds a path separator: its label map would be written outside -o"
+    if case_id.startswith("."):
+        return f"case id {case_id!r} starts with a dot: its label map would be a hidden file"
+    if any(ord(c) < 32 for c in case_id):
+        return f"case id {case_id!r} holds a control character"
+    return None
+
+
 def resolve_inputs(
     paths: Sequence[str | os.PathLike[str]] = (),
     files: Mapping[str, str | os.PathLike[str] | None] | None = None,
     case_id: str | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
 ) -> SegmentInputs:
     """The cases of ``paths`` (each a case folder, named by its case id, or a folder searched for case folders
     at any depth) and of ``files`` (one file per modality: ``{"t1c": ..., "t1n": ..., "t2w": ..., "t2f": ...}``).
@@ -42,16 +58,21 @@ def resolve_inputs(
         paths: case folders or folders of case folders.
         files: the four modality files of one case (all four, or none given).
         case_id: the id of the case given as ``files`` (default: from the t1c file name, e.g.
-            ``BraTS-GLI-00000-000-t1c.nii.gz`` -> ``BraTS-GLI-00000-000``, else the name without extension).
+            ``BraTS-GLI-00000-000-t1c.nii.gz`` -> ``BraTS-GLI-00000-000``, else the name without extension, and
+            the files' folder name when that is only a modality, as for ``patient7/t1c.nii.gz``).
+        output_dir: the output folder: where it lies inside a searched folder, it is not reported as a folder that
+            is not a case (the label maps of an earlier run into it).
     """
     found = SegmentInputs()
     given = {m: Path(p) for m, p in (files or {}).items() if p is not None}
     if given:
         missing = [m for m in MODALITIES if m not in given]
+        folder = Path(os.path.commonpath([str(p.parent.resolve()) for p in given.values()]))
         cid = case_id or case_id_from_path(given.get("t1c") or next(iter(given.values())))
+        if case_id is None and cid.lower() in MODALITIES:  # "t1c.nii.gz": the case is the folder, not "t1c"
+            cid = folder.name
         problems = [CaseProblem(cid, None, f"--{m} not given: all four modalities are needed") for m in missing]
         problems += [CaseProblem(cid, p.name, "file does not exist") for p in given.values() if not p.is_file()]
-        folder = Path(os.path.commonpath([str(p.parent.resolve()) for p in given.values()]))
         found.cases.append(BratsCase(cid, folder, given, None, tuple(problems)))
     for raw in paths:
         path = Path(raw)
@@ -71,7 +92,7 @@ def resolve_inputs(
             except ValueError as err:  # two case folders with one id
                 found.problems.append(CaseProblem(str(path), None, str(err)))
                 continue
-            found.problems.extend(discovery.not_cases)
+            found.problems.extend(p for p in discovery.not_cases if not _inside(path, p.case_id, output_dir))
             if not discovery.cases and not discovery.not_cases:
                 found.problems.append(CaseProblem(str(path), None, "holds no BraTS case folder"))
             found.cases.extend(discovery.cases)
@@ -91,6 +112,14 @@ def resolve_inputs(
         unique.append(case)
     found.cases = unique
     return found
+
+
+def _inside(root: Path, relative: str, folder: str | os.PathLike[str] | None) -> bool:
+    """Whether ``root / relative`` (a folder found below ``root``) is ``folder`` or lies inside it."""
+    if folder is None:
+        return False
+    found, target = (root / relative).resolve(), Path(folder).resolve()
+    return found == target or target in found.parents
 
 
 def open_case(folder: str | os.PathLike[str]) -> BratsCase:

@@ -1,0 +1,149 @@
+"""``brats-kd segment`` loses nothing: no input is overwritten, nothing is written outside ``-o``, an output folder's
+volume table keeps every case it holds (across runs and concurrent processes), and temporaries of a killed run are
+cleaned by the next one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_components.cli import main
+from kd_components.constants import MODALITIES, case_file_name
+from kd_components.geometry import write_training_geometry
+from kd_components.handlers.region_volumes import update_volume_table
+from kd_components.io import check_output_dir, clean_stale_temporaries
+from kd_components.networks.student import build_student
+from kd_components.segment.inputs import case_id_problem
+from tests.conftest import PHANTOM_PIXDIM
+
+pytestmark = [pytest.mark.phantoms(num_cases=2, unlabelled=0, num_folds=2, teacher=False), pytest.mark.usefixtures("one_thread")]
+
+SMALL = ["--engine", "torch", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random (seeded) weights of the default student, "trained" at the phantoms' 2 mm."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save(build_student().state_dict(), folder / "model.pt")
+    write_training_geometry(folder, PHANTOM_PIXDIM, "LPS")
+    return folder / "model.pt"
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _four_files(case: Path, folder: Path) -> list[str]:
+    """The case's four scans copied into ``folder`` as ``t1c.nii.gz`` ... (a user's own naming); the CLI options."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = []
+    for modality in MODALITIES:
+        shutil.copy(case / case_file_name(case.name, modality), folder / f"{modality}.nii.gz")
+        args += [f"--{modality}", str(folder / f"{modality}.nii.gz")]
+    return args
+
+
+def _segment(*argv: str) -> int:
+    return main(["segment", "--no-progress", *SMALL, *argv])
+
+
+def test_four_files_written_into_their_own_folder_keep_the_inputs(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o`` the scans' folder: the case is named after the folder (not ``t1c``) and every scan is unchanged;
+    ``--case-id t1c`` is refused, since its label map would be written over ``t1c.nii.gz``."""
+    case = next(p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    scans = tmp_path / "patient7"
+    files = _four_files(case, scans)
+    before = _digest(scans)
+    assert _segment(*files, "-o", str(scans), "--ckpt", str(weights)) == 0
+    after = _digest(scans)
+    assert {k: after[k] for k in before} == before
+    written = {p.name for p in scans.iterdir() if not p.name.startswith(".")}
+    assert written == {*(f"{m}.nii.gz" for m in MODALITIES), "patient7.nii.gz", "volumes.csv", "volumes.json"}
+
+    assert _segment(*files, "-o", str(scans), "--ckpt", str(weights), "--case-id", "t1c") == 1
+    assert "would overwrite an input file" in capsys.readouterr().err
+    assert {k: _digest(scans)[k] for k in before} == before
+
+
+@pytest.mark.parametrize("case_id", ["../../x", "sub/dir", "..", ".hidden"])
+def test_a_case_id_that_is_no_plain_name_is_refused(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, case_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = next(p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    files = _four_files(case, tmp_path / "scans")
+    out = tmp_path / "deep" / "er" / "out"
+    assert _segment(*files, "-o", str(out), "--ckpt", str(weights), "--case-id", case_id) == 1
+    assert case_id_problem(case_id) in capsys.readouterr().err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "scans" not in p.parts]
+    assert written == []  # nothing outside -o, nothing inside either
+
+
+def test_two_runs_into_one_folder_keep_both_cases_in_the_table(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    first, second = (p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    out = tmp_path / "out"
+    assert _segment(str(first), "-o", str(out), "--ckpt", str(weights)) == 0
+    assert _segment(str(second), "-o", str(out), "--ckpt", str(weights)) == 0
+    rows = json.loads((out / "volumes.json").read_text())
+    assert [r["case_id"] for r in rows] == [first.name, second.name]
+    assert len((out / "volumes.csv").read_text().splitlines()) == 3
+    # a case segmented again replaces its row; a row whose label map was removed is dropped
+    (out / f"{first.name}.nii.gz").unlink()
+    assert _segment(str(second), "-o", str(out), "--ckpt", str(weights)) == 0
+    assert [r["case_id"] for r in json.loads((out / "volumes.json").read_text())] == [second.name]
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_a_problem_on_the_second_run(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data["data"], data)
+    for _ in range(2):
+        assert _segment(str(data), "-o", str(data / "seg"), "--ckpt", str(weights)) == 0
+    assert "not taken as" not in capsys.readouterr().err
+
+
+def _add_row(folder: str, case_id: str) -> None:
+    (Path(folder) / f"{case_id}.nii.gz").write_bytes(b"label map")
+    update_volume_table([{"case_id": case_id, "WT_ml": 1.0}], folder)
+
+
+def test_concurrent_processes_add_their_rows_and_none_is_lost(tmp_path: Path) -> None:
+    ids = [f"case{i:02d}" for i in range(12)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(_add_row, [(str(tmp_path), c) for c in ids])
+    assert sorted(r["case_id"] for r in json.loads((tmp_path / "volumes.json").read_text())) == ids
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A SIGKILLed run leaves its atomic temporary; the next run's output check removes it. A temporary of a process
+    that still runs (a concurrent run) stays."""
+    code = (
+        "import os, sys, signal\n"
+        "from kd_components.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "case.nii.gz")], check=False)
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".case.")]
+    assert len(left) == 1 and left[0].stat().st_size == 0
+    live = tmp_path / f".other.{os.getpid()}.pid-abcd.tmp.nii.gz"
+    live.write_bytes(b"")
+    check_output_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+    assert clean_stale_temporaries(tmp_path) == []
