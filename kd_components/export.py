@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from kd_components.checkpoints.state import load_checked, read_state_dict
 from kd_components.constants import MODALITIES
 from kd_components.networks.utils import size_divisor
 
@@ -51,14 +52,15 @@ def load_network(network: nn.Module, ckpt_file: str | os.PathLike[str] | None, k
             under ``key`` (``"model"`` in ``latest*.pt``), or ``None`` to keep the current weights.
         key: entry of the checkpoint that holds the state dict; ``None`` looks for ``"model"``, else takes the
             file as the state dict.
+
+    Raises:
+        CheckpointError: the file cannot be read, holds no state dict or non-finite weights, or does not fit
+            ``network`` (the message names the file and the keys).
     """
     if ckpt_file is not None:
-        state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
-        if key is not None:
-            state = state[key]
-        elif isinstance(state.get("model"), dict):
-            state = state["model"]
-        network.load_state_dict(state, strict=True)
+        state = read_state_dict(ckpt_file, "checkpoint", key)
+        hint = " (is it the other bundle's checkpoint, or weights of another network_def?)"
+        load_checked(network, state, f"checkpoint {ckpt_file}", hint)
     return network.eval()
 
 

@@ -25,7 +25,10 @@ from kd_components.networks.student import build_student
 from kd_components.segment.inputs import case_id_problem
 from tests.conftest import PHANTOM_PIXDIM
 
-pytestmark = [pytest.mark.phantoms(num_cases=2, unlabelled=0, num_folds=2, teacher=False), pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.phantoms(num_cases=2, unlabelled=0, num_folds=2, teacher=False),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 SMALL = ["--engine", "torch", "--device", "cpu"]
 
@@ -147,3 +150,41 @@ def test_temporaries_of_a_killed_writer_are_removed_and_a_live_ones_kept(tmp_pat
     check_output_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
     assert clean_stale_temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime", "openvino"])
+def test_every_engine_refuses_non_finite_weights(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One NaN weight gave a plausible-looking label map with exit 0 on OpenVINO; every engine refuses it at load."""
+    state = torch.load(weights, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first].view(-1)[0] = float("nan")
+    bad = tmp_path / "model.pt"
+    torch.save(state, bad)
+    shutil.copy(weights.parent / "training_geometry.json", tmp_path)
+    out = tmp_path / "out"
+    argv = ["segment", "--no-progress", str(phantom_data["data"]), "-o", str(out), "--ckpt", str(bad)]
+    assert main([*argv, "--engine", engine, "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} holds non-finite weights" in err and first in err
+    assert not list(out.glob("*.nii.gz"))
+
+
+@pytest.mark.parametrize("kind", ["teacher", "text"])
+def test_a_checkpoint_that_is_not_the_students_is_named_in_one_message(
+    phantom_data: dict[str, Path], tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kd_components.networks import build_teacher
+
+    ckpt = tmp_path / "model.pt"
+    if kind == "teacher":
+        torch.save(build_teacher("demo").state_dict(), ckpt)
+        expected = "does not fit the network StridedSegResNet (is it the other bundle's checkpoint"
+    else:
+        ckpt.write_text("not weights")
+        expected = "as PyTorch weights: not a file torch.save wrote"
+    assert _segment(str(phantom_data["data"]), "-o", str(tmp_path / "out"), "--ckpt", str(ckpt)) == 2
+    err = capsys.readouterr().err
+    assert expected in err and str(ckpt) in err and "Traceback" not in err
+    assert len(err.splitlines()) < 8  # a summary of the keys, not hundreds of them

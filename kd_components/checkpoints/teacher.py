@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from kd_components.checkpoints.state import non_finite_tensors, state_dict_mismatches
+from kd_components.checkpoints.state import CheckpointError, non_finite_tensors, read_state_dict, state_dict_mismatches
 
 __all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher"]
 
-_DDP_PREFIX = "module."
 
-
-class TeacherCheckpointError(ValueError):
+class TeacherCheckpointError(CheckpointError):
     """The teacher checkpoint cannot be read, or does not fit the teacher's definition."""
 
 
@@ -24,25 +21,6 @@ def freeze(network: nn.Module) -> nn.Module:
     """Freeze ``network`` in place for distillation (``requires_grad=False``, eval mode) and return it."""
     network.requires_grad_(False)
     return network.eval()
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model state dict of ``path``: a raw state dict, or the ``"model"`` entry of a training checkpoint."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file (truncated, not a torch file, pickled objects) gets one message
-        raise TeacherCheckpointError(f"cannot read the teacher checkpoint {path}: {err}") from err
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {path} is not a state dict (or a dict with a 'model' state dict): "
-            f"got {type(obj).__name__}"
-        )
-    state = dict(obj)
-    if state and all(k.startswith(_DDP_PREFIX) for k in state):  # saved from a DistributedDataParallel wrapper
-        state = {k[len(_DDP_PREFIX) :]: v for k, v in state.items()}
-    return state
 
 
 def load_frozen_teacher(
@@ -79,7 +57,10 @@ def load_frozen_teacher(
         raise FileNotFoundError(
             f"teacher checkpoint not found: {path} (train the hybrid_teacher bundle first, or pass --teacher_ckpt)"
         )
-    state = _read_state_dict(path)
+    try:
+        state = read_state_dict(path, "teacher checkpoint")
+    except CheckpointError as err:
+        raise TeacherCheckpointError(str(err)) from err
     nan = non_finite_tensors(state)
     if nan:
         raise TeacherCheckpointError(f"teacher checkpoint {path} holds non-finite weights (a diverged run?): {nan[0]}")

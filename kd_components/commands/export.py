@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Export and compare; the exit status."""
     from monai.bundle import ConfigParser
 
+    from kd_components.checkpoints.state import CheckpointError
     from kd_components.constants import MODALITIES
     from kd_components.export import ONNX_ATOL, compare_onnx_with_torch, export_onnx, load_network
 
@@ -49,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = ConfigParser()
     config.read_config(str(config_file))
-    network = load_network(config.get_parsed_content(args.net_id), args.ckpt)
+    try:
+        network = load_network(config.get_parsed_content(args.net_id), args.ckpt)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     channels = len(MODALITIES)
     path = export_onnx(network, args.output, (1, channels, *args.example_size), args.spatial_multiple)
     shapes = [(1, channels, *size) for size in (args.check_size or [args.example_size])]

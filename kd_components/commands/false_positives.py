@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import datetime
     import json
 
+    from kd_components.checkpoints.state import CheckpointError
     from kd_components.evaluation.false_positives import make_probe_data, measure, render
     from kd_components.io import atomic_path, parse_named_paths, save_json_atomic
     from kd_components.segment import EngineError, Segmenter, default_bundle
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                 overrides=loaded_overlays.get(name, {}) | pixdim,
                 log=lambda line: None,
             )
-        except (FileNotFoundError, EngineError) as err:
+        except (FileNotFoundError, EngineError, CheckpointError) as err:
             failed.append(f"{name}: {err}")
             continue
         rows[name] = measure(segmenter, folders)

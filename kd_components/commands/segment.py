@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``brats-kd segment``; the exit status."""
     from tqdm import tqdm
 
+    from kd_components.checkpoints.state import CheckpointError
     from kd_components.data.brats import validate_case
+    from kd_components.deploy import ExportedModelError
     from kd_components.handlers.region_volumes import update_volume_table
     from kd_components.io import OutputDirError, check_output_dir
     from kd_components.segment import CaseFailed, EngineError, Segmenter, resolve_inputs
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=overrides(args),
             log=lambda line: print(line, file=sys.stderr),
         )
-    except (FileNotFoundError, EngineError, OutputDirError) as err:
+    except (FileNotFoundError, EngineError, OutputDirError, CheckpointError, ExportedModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

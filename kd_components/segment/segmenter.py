@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.transforms import Compose, SaveImaged, SpatialPad
 
+from kd_components.checkpoints.state import CheckpointError, load_checked
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
 from kd_components.deploy import ExportedModelError, filter_compose, read_exported
@@ -156,11 +157,11 @@ class Segmenter:
 
         def load_weights(network: torch.nn.Module) -> torch.nn.Module:
             try:
-                network.load_state_dict(exported.network.state_dict(), strict=True)
-            except RuntimeError as err:
+                load_checked(network, exported.network.state_dict(), str(exported.path))
+            except CheckpointError as err:
                 raise ExportedModelError(
-                    f"{exported.path}: its weights do not fit the embedded inference.json's network_def "
-                    f"({str(err).splitlines()[0]})"
+                    f"{exported.path}: its weights do not fit the embedded inference.json's network_def, or are not "
+                    f"finite ({str(err).splitlines()[-1].strip()})"
                 ) from err
             return network.eval()
 
