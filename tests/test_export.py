@@ -187,3 +187,37 @@ def test_a_segmenter_from_model_ts_alone_segments_as_the_bundles_own(tmp_path: P
     # ckpt_export embeds configs/inference.json as it is (init_filters 8), not the command line's override
     with pytest.raises(ExportedModelError, match=r"model16\.ts: its weights do not fit the embedded"):
         Segmenter.from_exported(tmp_path / "model16.ts", **options)
+
+
+def test_torchscript_export_embeds_the_training_grid_and_warns_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``brats-kd export --format torchscript`` embeds the ``training_geometry.json`` beside the weights (a model.ts
+    exported without it ran at the bundle's 1 mm instead of the 2 mm it was trained at, without a word); without
+    the file the export, and a segmenter built from the export, say which grid it runs at."""
+    from kd_components.geometry import write_training_geometry
+
+    bundle = REPO_ROOT / "bundles" / "distilled_student"
+    torch.manual_seed(0)
+    with_grid, without = tmp_path / "trained", tmp_path / "copied"
+    for folder in (with_grid, without):
+        folder.mkdir()
+        torch.save(build_student().state_dict(), folder / "model.pt")
+    write_training_geometry(with_grid, PHANTOM_PIXDIM, "LPS")
+    for folder in (with_grid, without):
+        args = ["--format", "torchscript", "--bundle", str(bundle), "--ckpt", str(folder / "model.pt")]
+        assert brats_kd("export", *args, "--output", str(folder / "model.ts")) == 0
+    assert read_exported(with_grid / "model.ts").geometry == {"pixdim": list(PHANTOM_PIXDIM), "orientation": "LPS"}
+    assert read_exported(without / "model.ts").geometry is None
+    assert "training_geometry.json is not beside the weights" in capsys.readouterr().err
+    assert sorted(p.name for p in without.iterdir()) == ["model.pt", "model.ts"]  # no staging folder left
+
+    lines: list[str] = []
+    Segmenter.from_exported(without / "model.ts", engine="torch", device="cpu", log=lines.append)
+    assert any("has no training_geometry.json embedded" in line and "pixdim [1.0, 1.0, 1.0]" in line for line in lines)
+    lines.clear()
+    Segmenter(bundle, without / "model.pt", engine="torch", device="cpu", log=lines.append)
+    assert any(f"{without / 'training_geometry.json'} is not beside the weights" in line for line in lines)
+    lines.clear()
+    Segmenter(bundle, with_grid / "model.pt", engine="torch", device="cpu", log=lines.append)
+    assert not any("warning" in line for line in lines)

@@ -1,16 +1,24 @@
-"""Export a bundle's network to ONNX (dynamic batch and spatial sizes) and check it against PyTorch.
+"""Export a bundle's network to ONNX (dynamic batch and spatial sizes, checked against PyTorch) or, with
+--format torchscript, to the model.ts a MONAI Deploy application runs.
 
     brats-kd export --bundle bundles/distilled_student --ckpt bundles/distilled_student/models/model.pt \
         --output model.onnx --check-size 96 96 96
+    brats-kd export --format torchscript --bundle bundles/distilled_student \
+        --ckpt bundles/distilled_student/models/model.pt --output model.ts
 
-The graph is traced at --example-size and compared with PyTorch (ONNX Runtime) at every --check-size; exit status 1
-when they differ by more than the tolerance, 2 when the bundle or the weights cannot be loaded.
+ONNX: the graph is traced at --example-size and compared with PyTorch (ONNX Runtime) at every --check-size; exit
+status 1 when they differ by more than the tolerance. TorchScript: MONAI's ckpt_export with the bundle's
+metadata.json and inference.json embedded and, by default, the training_geometry.json beside the weights (the grid
+they were trained on; without it the file runs at the bundle's grid, which the command warns about). Exit status 2
+when the bundle or the weights cannot be loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["add_arguments", "run"]
@@ -22,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ckpt", type=Path, help="model.pt (or a latest*.pt training checkpoint); none: random weights"
     )
-    parser.add_argument("--output", type=Path, required=True, help="the .onnx file to write")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    parser.add_argument("--output", type=Path, required=True, help="the .onnx (or .ts) file to write")
     parser.add_argument("--net-id", default="network_def", help="network id in the config (default: network_def)")
     parser.add_argument("--example-size", type=int, nargs=3, default=[64, 64, 64], help="spatial size to trace with")
     parser.add_argument(
@@ -55,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.format == "torchscript":
+        return _torchscript(args, config_file)
     channels = len(MODALITIES)
     path = export_onnx(network, args.output, (1, channels, *args.example_size), args.spatial_multiple)
     shapes = [(1, channels, *size) for size in (args.check_size or [args.example_size])]
@@ -65,4 +76,39 @@ def run(args: argparse.Namespace) -> int:
     if max(differences) > ONNX_ATOL:
         print(f"error: the ONNX graph differs from PyTorch by more than {ONNX_ATOL}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _torchscript(args: argparse.Namespace, config_file: Path) -> int:
+    """``monai.bundle.ckpt_export`` of the checked weights with the configs and the training grid embedded."""
+    from monai.bundle import ckpt_export
+
+    from kd_components.geometry import GEOMETRY_FILE
+
+    if args.ckpt is None:
+        print("error: --format torchscript needs --ckpt (the weights to export)", file=sys.stderr)
+        return 2
+    configs = [str(config_file)]
+    geometry = args.ckpt.parent / GEOMETRY_FILE
+    if geometry.is_file():
+        configs.append(str(geometry))
+    else:
+        print(
+            f"warning: {geometry} is not beside the weights: model.ts gets no training grid and runs at the bundle's",
+            file=sys.stderr,
+        )
+    # the archive's root folder is the file's stem, which MONAI Deploy reads back: write it under its final name in
+    # a temporary folder beside the output, then move it into place (atomic, nothing half-written on a failure)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.output.parent, prefix=".export-") as folder:
+        staged = Path(folder) / args.output.name
+        ckpt_export(
+            net_id=args.net_id,
+            filepath=str(staged),
+            ckpt_file=str(args.ckpt),
+            meta_file=str(args.bundle / "configs" / "metadata.json"),
+            config_file=configs,
+        )
+        os.replace(staged, args.output)
+    print(f"wrote {args.output} ({', '.join(Path(c).name for c in configs)} embedded)")
     return 0

@@ -28,7 +28,7 @@ from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
 from kd_components.deploy import ExportedModelError, filter_compose, read_exported
 from kd_components.export import load_network
-from kd_components.geometry import read_training_geometry
+from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
 from kd_components.segment.crop import brain_box
@@ -106,7 +106,8 @@ class Segmenter:
         config = ConfigParser()
         config.read_config(str(config_file))
         config["bundle_root"] = str(self.bundle)
-        config.update(read_training_geometry(self.ckpt) or {})  # the grid these weights were trained on
+        geometry = read_training_geometry(self.ckpt)  # the grid these weights were trained on
+        config.update(geometry or {})
         self._configure(
             config,
             lambda network: load_network(network, self.ckpt),
@@ -120,6 +121,20 @@ class Segmenter:
             calibration_cases,
             overrides,
             log,
+        )
+        if geometry is None:
+            self._warn_no_geometry(f"{self.ckpt.parent / GEOMETRY_FILE} is not beside the weights", overrides, log)
+
+    def _warn_no_geometry(self, why: str, overrides: dict[str, Any] | None, log: Callable[[str], None]) -> None:
+        """Say that the weights' training grid is unknown, and which grid they run at (unless set by the caller)."""
+        if "pixdim" in (overrides or {}):
+            return
+        log(
+            f"warning: {why}: the grid the weights were trained on is unknown, so they run at the bundle's grid "
+            f"(pixdim {list(self.config.get_parsed_content('pixdim'))}, orientation "
+            f"{self.config.get_parsed_content('orientation')}); "
+            f"weights trained at another voxel size segment worse there. Training writes {GEOMETRY_FILE} beside "
+            "model.pt: copy it with the weights (or embed it in model.ts)"
         )
 
     @classmethod
@@ -168,6 +183,8 @@ class Segmenter:
         segmenter._configure(
             config, load_weights, engine, precision, device, crop, et_label, cache_dir, threads, (), overrides, log
         )
+        if exported.geometry is None:
+            segmenter._warn_no_geometry(f"{exported.path} has no {GEOMETRY_FILE} embedded", overrides, log)
         return segmenter
 
     def _configure(
