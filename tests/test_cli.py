@@ -123,3 +123,13 @@ def test_export_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.Captur
     assert brats_kd("export", *args) == 2
     assert "nope.pt does not exist" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_evaluate_with_cases_outside_the_datalist_split_says_so(
+    labelled: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, datalist = labelled
+    (tmp_path / "seg").mkdir()
+    args = [str(tmp_path / "seg"), str(data), "--datalist", str(datalist), "--fold", "0", "--no-progress"]
+    assert brats_kd("evaluate", *args, "--cases", "BraTS-GLI-99999-000") == 2
+    assert "none of --cases is in the validation split (fold 0)" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 metrics (per region: global Dice, HD95 and NSD, lesion-wise Dice and HD95, lesion TP/FP/FN).
 
 Prints a table and writes brats_metrics.csv (per case) and brats_summary.csv (per region) atomically. A case that
-cannot be scored is named with the file and the reason; the others are scored; the exit status is then 1.
+cannot be scored (two prediction files for one case, a wrong grid, unknown labels) is named with the file and the
+reason; a case without a prediction is scored as BraTS scores it, as an empty prediction, and named; the exit status
+is then 1.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kd_components.commands import add_et_label_argument
+from kd_components.constants import MISSED_REGION_HD_MM
 
 if TYPE_CHECKING:
     from kd_components.data.brats import BratsCase
@@ -54,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {args.datalist}: {err}", file=sys.stderr)
             return 2
         listed = [str(item["case_id"]) for item in items]
+        if case_ids and not set(case_ids) & set(listed):
+            shown = ", ".join(listed[:5]) + (" ..." if len(listed) > 5 else "")
+            print(
+                f"error: none of --cases is in the {args.split} split (fold {args.fold}) of {args.datalist}: "
+                f"{', '.join(case_ids[:5])} (it lists {shown or 'no case'})",
+                file=sys.stderr,
+            )
+            return 2
         case_ids = [c for c in case_ids if c in listed] if case_ids else listed
     output = args.output or args.predictions
     try:
@@ -69,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     if evaluation.unmatched:
         shown = ", ".join(evaluation.unmatched[:5]) + (" ..." if len(evaluation.unmatched) > 5 else "")
         print(f"note: {len(evaluation.unmatched)} prediction(s) of no case evaluated: {shown}", file=sys.stderr)
+    if evaluation.missing:
+        shown = ", ".join(evaluation.missing[:5]) + (" ..." if len(evaluation.missing) > 5 else "")
+        print(
+            f"warning: {len(evaluation.missing)} case(s) have no prediction in {args.predictions} and are scored as "
+            f"BraTS scores them, as an empty prediction (Dice 0 and HD95 {MISSED_REGION_HD_MM} mm where the "
+            f"reference has the region): {shown}",
+            file=sys.stderr,
+        )
     if evaluation.scores:
         print(f"BraTS metrics of {len(evaluation.scores)} case(s) (means over cases; TP/FP/FN: sums):")
         print(summary_table(evaluation.scores))
@@ -81,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
     if not evaluation.scores and not evaluation.problems:
         print(f"error: no labelled case below {args.dataset_dir}", file=sys.stderr)
         return 2
-    return 1 if evaluation.problems else 0
+    return 1 if evaluation.problems or evaluation.missing else 0

@@ -59,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
     for name, folder in folders.items():
         loaded, problems = [], []
         for case_id in validation:
-            prediction = find_prediction(folder, case_id) if folder.is_dir() else None
-            if case_id not in cases or prediction is None:
-                problems.append(f"{case_id}: no case folder or no prediction in {folder}")
-                continue
             try:
+                prediction = find_prediction(folder, case_id) if folder.is_dir() else None
+                if case_id not in cases or prediction is None:
+                    problems.append(f"{case_id}: no case folder or no prediction in {folder}")
+                    continue
                 pred, ref, spacing = load_case_pair(cases[case_id], prediction, args.et_label)
             except EvaluationError as err:
                 problems.append(str(err))

@@ -61,21 +61,47 @@ class FolderEvaluation:
     """What :func:`evaluate_folder` found.
 
     Attributes:
-        scores: case id -> region -> :class:`RegionScores`, for the cases scored (sorted by case id).
+        scores: case id -> region -> :class:`RegionScores`, for the cases scored (sorted by case id), the cases
+            without a prediction included (scored as an empty prediction, as BraTS does).
         problems: one line per case that could not be scored (and per folder not taken as a case).
         unmatched: prediction files that belong to no reference case evaluated.
+        missing: the cases without a prediction file (scored as empty predictions).
     """
 
     scores: dict[str, dict[str, RegionScores]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
 
 def find_prediction(predictions: Path, case_id: str) -> Path | None:
-    """``<predictions>/<case_id>.nii.gz`` or ``.nii`` (the case id in any letter case), else ``None``."""
+    """``<predictions>/<case_id>.nii.gz`` or ``.nii`` (the case id in any letter case), else ``None``.
+
+    Raises:
+        EvaluationError: more than one file is the case's prediction (``.nii`` and ``.nii.gz``, or two letter
+            cases): which one was meant cannot be told, so none is scored.
+    """
     wanted = {f"{case_id}{ext}".lower() for ext in NIFTI_EXTENSIONS}
     found = [p for p in sorted(predictions.iterdir()) if p.name.lower() in wanted and p.is_file()]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise EvaluationError(
+            CaseProblem(case_id, None, f"ambiguous: {len(found)} predictions in {predictions} ({names}): keep one")
+        )
     return found[0] if found else None
+
+
+def evaluate_missing(
+    case: BratsCase, et_label: int = ET_LABEL, regions: Sequence[str] = tuple(EVALUATION_REGIONS)
+) -> dict[str, RegionScores]:
+    """Score a case that has no prediction as the BraTS evaluation does: as an empty prediction (Dice 0 and HD95
+    :data:`~kd_components.constants.MISSED_REGION_HD_MM` where the reference has the region, 1 and 0 where it has
+    not); :class:`EvaluationError` names a reference that cannot be read."""
+    if case.label is None:
+        raise EvaluationError(CaseProblem(case.case_id, None, "no segmentation (-seg file) to evaluate against"))
+    reference, affine = _read_label_map(case.case_id, case.label, et_label, "reference")
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return score_label_maps(np.zeros_like(reference), reference, spacing, et_label, regions)
 
 
 def _read_label_map(case_id: str, path: Path, et_label: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -182,19 +208,23 @@ def evaluate_folder(
         chosen = [c for c in discovery.cases if c.label is not None]
     used: set[str] = set()
     for case in progress(sorted(chosen, key=lambda c: c.case_id)):
-        prediction = find_prediction(predictions, case.case_id)
-        if prediction is None:
-            result.problems.append(f"{case.case_id}: no prediction {predictions / (case.case_id + '.nii.gz')}")
-            continue
-        used.add(prediction.name)
         try:
+            prediction = find_prediction(predictions, case.case_id)
+            if prediction is None:  # BraTS scores a missing prediction as an empty one: it counts in every mean
+                result.scores[case.case_id] = evaluate_missing(case, et_label, regions)
+                result.missing.append(case.case_id)
+                continue
+            used.add(prediction.name)
             result.scores[case.case_id] = evaluate_case(case, prediction, et_label, regions)
         except EvaluationError as err:
             result.problems.append(str(err))
+            used |= {f"{case.case_id}{ext}".lower() for ext in NIFTI_EXTENSIONS}
     result.unmatched = sorted(
         p.name
         for p in predictions.iterdir()
-        if p.name not in used and any(p.name.lower().endswith(ext) for ext in NIFTI_EXTENSIONS)
+        if p.name not in used
+        and p.name.lower() not in used
+        and any(p.name.lower().endswith(ext) for ext in NIFTI_EXTENSIONS)
     )
     return result
 
