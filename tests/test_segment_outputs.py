@@ -188,3 +188,89 @@ def test_a_checkpoint_that_is_not_the_students_is_named_in_one_message(
     err = capsys.readouterr().err
     assert expected in err and str(ckpt) in err and "Traceback" not in err
     assert len(err.splitlines()) < 8  # a summary of the keys, not hundreds of them
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--device", "gpu"], "unknown device 'gpu': use cpu, cuda or cuda:N"),
+        (["--threads", "-2"], "--threads -2: give a positive number of CPU threads"),
+        pytest.param(
+            ["--device", "cuda:0"],
+            "--device cuda:0: CUDA is not available on this machine; use --device cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+    ],
+)
+def test_a_wrong_device_or_thread_count_is_one_line(
+    phantom_data: dict[str, Path],
+    weights: Path,
+    tmp_path: Path,
+    option: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["segment", "--no-progress", str(phantom_data["data"]), "-o", str(tmp_path), "--ckpt", str(weights)]
+    assert main([*argv, "--engine", "torch", *option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_failed_write_is_named_and_the_next_cases_are_tried(
+    phantom_data: dict[str, Path],
+    weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full disk raised a traceback and the later cases were never tried."""
+    import errno
+
+    from kd_components.segment import Segmenter
+
+    first, second = (p.name for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    original = Segmenter.write
+
+    def full_once(self: Segmenter, segmentation, output_dir):
+        if segmentation.case_id == first:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, segmentation, output_dir)
+
+    monkeypatch.setattr(Segmenter, "write", full_once)
+    assert _segment(str(phantom_data["data"]), "-o", str(tmp_path), "--ckpt", str(weights)) == 1
+    assert f"{first}: cannot write to {tmp_path} (No space left on device)" in capsys.readouterr().err
+    assert [r["case_id"] for r in json.loads((tmp_path / "volumes.json").read_text())] == [second]
+
+
+def test_an_unwritable_export_cache_names_the_way_out(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the given cache folder nor the user cache (no writable HOME) can be written: a traceback became a
+    message that says what to pass."""
+    import kd_components.segment.engines as engines
+    from kd_components.segment import EngineError, cached_export
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folders would go")
+    monkeypatch.setattr(engines, "USER_CACHE", blocked / "user-cache")
+    with pytest.raises(EngineError, match="pass --cache-dir with a writable folder"):
+        cached_export(build_student().eval(), weights, (32, 32, 32), blocked / "cache", log=lambda line: None)
+
+
+def test_int8_calibration_passes_over_an_invalid_first_case(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    """An all-zero first case left the calibration without brain voxels, and the valid case was not segmented."""
+    import nibabel as nib
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data["data"], data)
+    empty = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    for scan in empty.glob("*.nii.gz"):
+        image = nib.load(scan)
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.int16), image.affine), scan)
+    argv = ["segment", "--no-progress", str(data), "-o", str(tmp_path / "out"), "--ckpt", str(weights)]
+    argv += ["--engine", "openvino", "--precision", "int8", "--calibration-cases", "1", "--cache-dir", str(tmp_path)]
+    assert main(argv) == 1  # the empty case is named; the other is segmented
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1

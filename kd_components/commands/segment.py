@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             et_label=args.et_label,
             cache_dir=args.cache_dir,
             threads=args.threads,
-            calibration_cases=ready[: args.calibration_cases] if args.precision == "int8" else (),
+            calibration_cases=ready if args.precision == "int8" else (),
+            calibration_count=args.calibration_cases,
             overrides=overrides(args),
             log=lambda line: print(line, file=sys.stderr),
         )
@@ -118,11 +119,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             segmentation = segmenter.segment(case)
             path = segmenter.write(segmentation, args.output)
+            row = {"case_id": case.case_id, **segmentation.volumes, "seconds": round(time.perf_counter() - start, 3)}
+            update_volume_table([row], args.output)  # the folder's table: earlier runs' cases kept, safe in parallel
         except CaseFailed as err:
             failed.append(str(err))
             continue
-        rows.append({"case_id": case.case_id, **segmentation.volumes, "seconds": round(time.perf_counter() - start, 3)})
-        update_volume_table(rows[-1:], args.output)  # the folder's table: earlier runs' cases kept, safe in parallel
+        except OSError as err:  # a full disk or a folder made read-only during the run: the next cases are tried
+            failed.append(f"{case.case_id}: cannot write to {args.output} ({err.strerror or err})")
+            continue
+        rows.append(row)
         progress.write(f"{case.case_id}: {path} ({segmentation.volumes['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
     return _report(failed, len(rows), args.output)
 

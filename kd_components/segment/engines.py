@@ -111,9 +111,15 @@ def cached_export(
     if path.exists():
         return path
     log(f"exporting the network to ONNX (once per checkpoint): {path}")
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        export_onnx(network, tmp, (1, len(MODALITIES), *roi_size), spatial_multiple=1, dynamic_spatial=False)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            export_onnx(network, tmp, (1, len(MODALITIES), *roi_size), spatial_multiple=1, dynamic_spatial=False)
+    except OSError as err:  # neither the checkpoint's folder nor the user cache can be written
+        raise EngineError(
+            f"cannot write the ONNX export of {ckpt or 'the network'} to {folder} ({err.strerror or err}): pass "
+            "--cache-dir with a writable folder (or --engine torch, which needs no export)"
+        ) from err
     return path
 
 
@@ -200,6 +206,29 @@ class OpenVINOEngine:
 def installed(module: str) -> bool:
     """Whether ``module`` can be imported (without importing it)."""
     return importlib.util.find_spec(module) is not None
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` checked against this machine (``None``: ``cuda:0`` when CUDA is available, else the CPU).
+
+    Raises:
+        EngineError: a name torch does not know (``gpu``), CUDA asked for on a machine without it, or a GPU index
+            beyond the ones visible.
+    """
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise EngineError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise EngineError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif resolved.type != "cpu":
+        raise EngineError(f"--device {device}: only cpu and cuda devices are supported")
+    return resolved
 
 
 def resolve_engine(engine: str, device: torch.device | str = "cpu") -> str:

@@ -32,7 +32,7 @@ from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
 from kd_components.segment.crop import brain_box
-from kd_components.segment.engines import build_engine, resolve_engine
+from kd_components.segment.engines import EngineError, build_engine, resolve_device, resolve_engine
 
 __all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle"]
 
@@ -74,7 +74,9 @@ class Segmenter:
         et_label: ET value written in the label maps (3: BraTS 2023; 4: BraTS 2018-2022).
         cache_dir: where the ONNX export and the int8 model are kept (default: beside the checkpoint).
         threads: CPU threads of ONNX Runtime / OpenVINO / torch (``None``: their default).
-        calibration_cases: for ``int8``: the cases whose patches calibrate the quantization.
+        calibration_cases: for ``int8``: the cases whose patches calibrate the quantization (the first
+            ``calibration_count`` of them that can be read; ``None``: all).
+        calibration_count: how many usable cases of ``calibration_cases`` calibrate.
         overrides: further ``inference.json`` overrides (e.g. ``{"sw_overlap": 0.25}``).
         log: receives progress lines.
     """
@@ -93,6 +95,7 @@ class Segmenter:
         calibration_cases: Sequence[BratsCase] = (),
         overrides: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
+        calibration_count: int | None = None,
     ) -> None:
         self.bundle = Path(bundle) if bundle is not None else default_bundle()
         config_file = self.bundle / "configs" / "inference.json"
@@ -121,6 +124,7 @@ class Segmenter:
             calibration_cases,
             overrides,
             log,
+            calibration_count,
         )
         if geometry is None:
             self._warn_no_geometry(f"{self.ckpt.parent / GEOMETRY_FILE} is not beside the weights", overrides, log)
@@ -201,11 +205,14 @@ class Segmenter:
         calibration_cases: Sequence[BratsCase],
         overrides: dict[str, Any] | None,
         log: Callable[[str], None],
+        calibration_count: int | None = None,
     ) -> None:
         """Everything but where the config and the weights come from (``self.ckpt`` names the export cache)."""
+        if threads is not None and threads < 1:
+            raise EngineError(f"--threads {threads}: give a positive number of CPU threads (or leave it out: all)")
         if threads:
             torch.set_num_threads(threads)
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = resolve_device(device)
         self.config = config
         self.config.update({"et_label": et_label, "device": str(self.device)})
         self.config.update(overrides or {})
@@ -220,7 +227,10 @@ class Segmenter:
         network = load_weights(self.config.get_parsed_content("network_def"))
         self.engine_name = resolve_engine(engine, self.device)
         self.precision = precision
-        calibration = (lambda: calibration_patches(self, calibration_cases)) if calibration_cases else None
+        count = calibration_count
+        calibration = (
+            (lambda: calibration_patches(self, calibration_cases, max_cases=count)) if calibration_cases else None
+        )
         self.engine = build_engine(
             self.engine_name,
             network,
@@ -318,11 +328,18 @@ class Segmenter:
         return path
 
 
-def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_case: int = 4) -> list[torch.Tensor]:
-    """Patches ``(1, 4, *roi)`` for int8 calibration: up to ``per_case`` windows spread over each case's brain."""
+def calibration_patches(
+    segmenter: Segmenter, cases: Sequence[BratsCase], per_case: int = 4, max_cases: int | None = None
+) -> list[torch.Tensor]:
+    """Patches ``(1, 4, *roi)`` for int8 calibration: up to ``per_case`` windows spread over each case's brain, from
+    the first ``max_cases`` cases that can be read and hold a brain (``None``: every case); the others are passed
+    over, so an invalid case among the first ones does not leave the calibration without data."""
     roi = segmenter.roi_size
-    patches = []
+    patches: list[torch.Tensor] = []
+    used = 0
     for case in cases:
+        if max_cases is not None and used >= max_cases:
+            break
         try:  # a case that cannot be read or fails the value checks calibrates nothing (it is reported when segmented)
             image = segmenter.load(case)
             segmenter.check_values(case.case_id, image, [case.images[m].name for m in MODALITIES])
@@ -335,11 +352,8 @@ def calibration_patches(segmenter: Segmenter, cases: Sequence[BratsCase], per_ca
         windows = dense_patch_slices(region.shape[1:], roi, roi)
         for window in windows[:: max(1, len(windows) // per_case)][:per_case]:
             patches.append(region[(slice(None), *window)][None].contiguous())
+        used += 1
     return patches
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def root_cause(err: BaseException) -> str:
