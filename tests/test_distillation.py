@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -425,7 +426,7 @@ def test_workflow_properties_are_complete(
 
 
 def test_default_student_is_much_smaller_than_the_teacher_and_the_baseline_needs_no_teacher(
-    phantom_data: dict[str, Path], tmp_path: Path
+    phantom_data: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     common = {
         **phantom_overrides(phantom_data, tmp_path),
@@ -447,6 +448,27 @@ def test_default_student_is_much_smaller_than_the_teacher_and_the_baseline_needs
         CONFIGS, ["train.json"], "train", use_unlabelled=False, teacher_ckpt=str(phantom_data["teacher_ckpt"]), **common
     )
     assert labelled_only.parser.get_parsed_content("train#mixed_loader").num_unlabelled == 0
+    # a user with labelled scans only: the default (auto) distils on them and says so in one line
+    listed = json.loads(phantom_data["datalist"].read_text())
+    assert listed["testing"], "the fixture's datalist lists unlabelled scans"
+    labelled_list = tmp_path / "labelled_only.json"
+    labelled_list.write_text(json.dumps({**listed, "testing": []}))
+    only = {**common, "data_list_file_path": str(labelled_list), "teacher_ckpt": str(phantom_data["teacher_ckpt"])}
+    with caplog.at_level(logging.WARNING, logger="kd_components.data.mixing"):
+        auto = bundle_workflow(CONFIGS, ["train.json"], "train", **only)
+        assert auto.parser.get_parsed_content("train#mixed_loader").num_unlabelled == 0
+    assert f"{labelled_list} lists no unlabelled scans" in caplog.text
+    with pytest.raises(Exception) as forced:
+        workflow = bundle_workflow(CONFIGS, ["train.json"], "train", use_unlabelled="true", **only)
+        workflow.parser.get_parsed_content("train#mixed_loader")
+    chain, err = [], forced.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__ or err.__context__
+    assert any("to distil on labelled scans only, pass --use_unlabelled false" in m for m in chain)
+    # ... and with unlabelled scans in the datalist, auto takes them
+    with_scans = bundle_workflow(CONFIGS, ["train.json"], "train", teacher_ckpt=only["teacher_ckpt"], **common)
+    assert with_scans.parser.get_parsed_content("train#mixed_loader").num_unlabelled > 0
     # paired: each step one labelled and one unlabelled batch, the task loss on the labelled samples
     paired = bundle_workflow(
         CONFIGS,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sized
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +14,16 @@ import torch
 
 from kd_components.data.datalist import load_datalist_split
 
-__all__ = ["MIXING_MODES", "NUM_LABELLED_KEY", "MixedBatchLoader", "concat_batches", "load_unlabelled_split"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MIXING_MODES",
+    "NUM_LABELLED_KEY",
+    "MixedBatchLoader",
+    "concat_batches",
+    "load_unlabelled_split",
+    "unlabelled_wanted",
+]
 
 #: How :class:`MixedBatchLoader` combines the two loaders.
 MIXING_MODES: tuple[str, ...] = ("interleave", "paired")
@@ -179,6 +191,31 @@ def concat_batches(labelled: Mapping[str, Any], unlabelled: Mapping[str, Any]) -
             batch[key] = value
     batch[NUM_LABELLED_KEY] = int(images[0].shape[0])
     return batch
+
+
+def unlabelled_wanted(
+    setting: Any, data_list_file_path: str | os.PathLike[str], split: str = "testing", name: str = "use_unlabelled"
+) -> bool:
+    """Whether distillation takes unlabelled scans: ``setting`` true or false (any spelling of
+    :func:`~kd_components.config_checks.as_bool`), or ``"auto"`` (the student's default): when the datalist's
+    ``split`` list holds scans. A datalist without them (a user with labelled scans only) is said in one log line,
+    and distillation runs on the labelled scans; with ``true`` their absence stays an error
+    (:func:`load_unlabelled_split`)."""
+    from kd_components.config_checks import as_bool
+
+    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
+        return as_bool(setting, name)
+    try:
+        listed = json.loads(Path(data_list_file_path).read_text())
+    except (OSError, ValueError):
+        return True  # an unreadable datalist is named by the loaders that need it
+    if isinstance(listed, dict) and split == "testing" and not listed.get(split):
+        logger.warning(
+            f"{data_list_file_path} lists no unlabelled scans (its {split!r} list is empty or absent): distilling on "
+            "the labelled scans only (use_unlabelled auto)"
+        )
+        return False
+    return True
 
 
 def load_unlabelled_split(
