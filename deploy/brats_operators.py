@@ -69,7 +69,11 @@ class BratsCaseLoaderOperator(Operator):
         start = time.perf_counter()
         image = read_case_image(self.case)
         names = [self.case.images[m].name for m in MODALITIES]
-        Segmenter.check_values(self.case.case_id, image, names)  # either engine would fail later, and less clearly
+        # either engine would fail later on bad values, and less clearly; an implausible case (not a whole brain, a
+        # modality in another's place) would be segmented wrongly without a word: both are refused, the latter unless
+        # BRATS_KD_PLAUSIBILITY=off
+        plausibility = os.environ.get("BRATS_KD_PLAUSIBILITY", "on").strip().lower() not in ("off", "0", "false", "no")
+        Segmenter.check_values(self.case.case_id, image, names, plausibility)
         affine = np.asarray(image.affine, dtype=np.float64)
         meta = {
             "affine": affine,
@@ -108,7 +112,13 @@ class OpenVINOSegmentationOperator(Operator):
         if precision not in ("fp32", "bf16"):  # int8 needs calibration cases, which one case is not
             raise EngineError(f"BRATS_KD_PRECISION={precision!r}: the application runs OpenVINO at fp32 or bf16")
         self.segmenter = Segmenter.from_exported(
-            model_file, engine="openvino", precision=precision, device="cpu", cache_dir=cache_dir, log=logger.info
+            model_file,
+            engine="openvino",
+            precision=precision,
+            device="cpu",
+            cache_dir=cache_dir,
+            log=logger.info,
+            plausibility=False,  # checked once, by the reader operator, as read (BRATS_KD_PLAUSIBILITY)
         )
         super().__init__(fragment, *args, **kwargs)
 

@@ -40,6 +40,9 @@ pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), py
 
 #: A small sliding window keeps every test quick; the grid logic is the same at 96.
 SMALL = {"patch_size": [32, 32, 32], "sw_batch_size": 2}
+#: Most cases here are small random volumes, no brains: the plausibility checks are off for them (they have their own
+#: tests, tests/test_plausibility.py).
+NO_BRAIN = {"plausibility": False}
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +56,12 @@ def student_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _segmenter(ckpt: Path, tmp_path: Path, **kwargs) -> Segmenter:
     kwargs.setdefault("overrides", SMALL)
+    kwargs.setdefault("plausibility", False)
     return Segmenter(ckpt=ckpt, cache_dir=tmp_path / "cache", log=lambda line: None, **kwargs)
 
 
 def _segment(argv: list[str]) -> int:
-    return main(["segment", "--no-progress", *argv])
+    return main(["segment", "--no-progress", "--no-plausibility-check", *argv])
 
 
 def test_a_folder_of_cases_one_case_folder_and_four_files(
@@ -243,7 +247,7 @@ def test_int8_is_quantized_once_and_stays_close_to_fp32(
     pytest.importorskip("nncf", reason="int8 needs NNCF (installed by the test extra)")
     case = case_from_directory(make_case(shape=(48, 44, 40), root=tmp_path / "data"))
     lines: list[str] = []
-    options = {"engine": "openvino", "calibration_cases": [case], "overrides": SMALL}
+    options = {"engine": "openvino", "calibration_cases": [case], "overrides": SMALL, **NO_BRAIN}
     int8 = Segmenter(ckpt=student_ckpt, precision="int8", cache_dir=tmp_path / "cache", log=lines.append, **options)
     assert sum("quantizing to int8" in line for line in lines) == 1
     assert list((tmp_path / "cache").glob("*-int8-*.xml")) and list((tmp_path / "cache").glob("*-int8-*.bin"))
@@ -293,13 +297,13 @@ def test_open_case_takes_one_case_and_names_what_is_wrong(make_case: Callable[..
 
 def test_check_values_refuses_a_constant_scan_as_read_and_as_normalised() -> None:
     image = torch.rand(4, 6, 6, 6) + 1
-    Segmenter.check_values("c", image)
+    Segmenter.check_values("c", image, plausibility=False)
     image[2] = 7.0  # constant but not zero: only its normalised form would be all zeros
     with pytest.raises(CaseFailed, match="c: t2w: constant scan"):
-        Segmenter.check_values("c", image)
+        Segmenter.check_values("c", image, plausibility=False)
     image[2] = 0.0
     with pytest.raises(CaseFailed, match="c: t2w: constant scan"):
-        Segmenter.check_values("c", image)
+        Segmenter.check_values("c", image, plausibility=False)
 
 
 def test_case_report_has_the_volumes_and_slices_through_the_tumour(tmp_path: Path) -> None:

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the network's label map as it is (default: the bundle's post-processing, inference.json)",
     )
+    parser.add_argument(
+        "--no-plausibility-check",
+        action="store_true",
+        help="segment scans that do not look like a whole brain with the modalities in their places (default: refuse)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             calibration_cases=ready if args.precision == "int8" else (),
             calibration_count=args.calibration_cases,
+            plausibility=not args.no_plausibility_check,
             overrides=overrides(args),
             log=lambda line: print(line, file=sys.stderr),
         )

@@ -26,6 +26,7 @@ from monai.transforms import Compose, SaveImaged, SpatialPad
 from kd_components.checkpoints.state import CheckpointError, load_checked
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
+from kd_components.data.plausibility import plausibility_problems
 from kd_components.deploy import ExportedModelError, filter_compose, read_exported
 from kd_components.export import load_network
 from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
@@ -77,6 +78,8 @@ class Segmenter:
         calibration_cases: for ``int8``: the cases whose patches calibrate the quantization (the first
             ``calibration_count`` of them that can be read; ``None``: all).
         calibration_count: how many usable cases of ``calibration_cases`` calibrate.
+        plausibility: refuse a case that is not a whole brain with its modalities in their places
+            (:meth:`check_values`); off where the user knows better.
         overrides: further ``inference.json`` overrides (e.g. ``{"sw_overlap": 0.25}``).
         log: receives progress lines.
     """
@@ -96,7 +99,9 @@ class Segmenter:
         overrides: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         calibration_count: int | None = None,
+        plausibility: bool = True,
     ) -> None:
+        self.plausibility = plausibility
         self.bundle = Path(bundle) if bundle is not None else default_bundle()
         config_file = self.bundle / "configs" / "inference.json"
         if not config_file.is_file():
@@ -154,6 +159,7 @@ class Segmenter:
         threads: int | None = None,
         overrides: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
+        plausibility: bool = True,
     ) -> Segmenter:
         """A segmenter built from an exported ``model.ts`` alone (``monai.bundle ckpt_export`` with the bundle's
         ``metadata.json`` and ``inference.json`` embedded), as a MONAI Deploy application receives it.
@@ -168,6 +174,7 @@ class Segmenter:
         """
         exported = read_exported(model_file)
         segmenter = cls.__new__(cls)
+        segmenter.plausibility = plausibility
         segmenter.bundle = segmenter.ckpt = exported.path
         config = ConfigParser()
         config.read_config(exported.config)
@@ -275,14 +282,24 @@ class Segmenter:
         return full
 
     @staticmethod
-    def check_values(case_id: str, image: torch.Tensor, names: Sequence[str] = MODALITIES) -> None:
+    def check_values(
+        case_id: str, image: torch.Tensor, names: Sequence[str] = MODALITIES, plausibility: bool = True
+    ) -> None:
         """Each channel of ``image`` ``(4, H, W, D)``, as read or preprocessed, finite and not constant (a constant
-        scan normalises to zeros), else :class:`CaseFailed` naming the case and the channel's file in ``names``."""
+        scan normalises to zeros), and, with ``plausibility``, the case a whole brain with the modalities in their
+        places (:func:`~kd_components.data.plausibility.plausibility_problems`; the voxel volume from the image's
+        affine when it has one), else :class:`CaseFailed` naming the case and the channel's file in ``names``."""
         for channel, name in zip(image, names, strict=True):
             if not bool(torch.isfinite(channel).all()):
                 raise CaseFailed(f"{case_id}: {name}: non-finite voxels (NaN/Inf) in the scan")
             if not bool(channel.amax() > channel.amin()):
                 raise CaseFailed(f"{case_id}: {name}: constant scan (all voxels equal): no image contrast")
+        if plausibility:
+            affine = getattr(image, "affine", None)
+            voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000
+            problems = plausibility_problems(image, voxel_ml if affine is not None else None, names)
+            if problems:
+                raise CaseFailed(f"{case_id}: {problems[0]} (if the scans are right: {PLAUSIBILITY_OVERRIDE})")
 
     def preprocess(self, image: MetaTensor) -> MetaTensor:
         """A case already in memory (``(4, H, W, D)`` channel first, the scan's affine, as ``LoadImage`` gives it)
@@ -302,7 +319,7 @@ class Segmenter:
         """Segment one preprocessed case ``(4, H, W, D)`` (:meth:`load` or :meth:`preprocess`); ``names`` are its
         channels' files, for the messages of :class:`CaseFailed`."""
         seconds: dict[str, float] = {}
-        self.check_values(case_id, image, names)
+        self.check_values(case_id, image, names, self.plausibility)
         start = time.perf_counter()
         try:
             full = self.logits(image)
@@ -328,6 +345,10 @@ class Segmenter:
         return path
 
 
+#: How a user turns the plausibility checks off, named in their messages.
+PLAUSIBILITY_OVERRIDE = "brats-kd segment --no-plausibility-check, or BRATS_KD_PLAUSIBILITY=off for the Deploy app"
+
+
 def calibration_patches(
     segmenter: Segmenter, cases: Sequence[BratsCase], per_case: int = 4, max_cases: int | None = None
 ) -> list[torch.Tensor]:
@@ -342,7 +363,9 @@ def calibration_patches(
             break
         try:  # a case that cannot be read or fails the value checks calibrates nothing (it is reported when segmented)
             image = segmenter.load(case)
-            segmenter.check_values(case.case_id, image, [case.images[m].name for m in MODALITIES])
+            segmenter.check_values(
+                case.case_id, image, [case.images[m].name for m in MODALITIES], segmenter.plausibility
+            )
         except CaseFailed:
             continue
         box = brain_box(image)
