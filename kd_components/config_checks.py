@@ -163,6 +163,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
     "pixdim": (_spacing, "a list of three positive voxel sizes in mm, e.g. [1.0, 1.0, 1.0]"),
     "orientation": (_axcodes, "three axis codes, one of L/R, one of P/A, one of I/S in any order, e.g. 'LPS'"),
+    "plausibility_check": (_flag, "true or false"),
     "use_unlabelled": (lambda v: _flag(v) or str(v).strip().lower() == "auto", "true, false or auto"),
     "unlabelled_mixing": _one_of(MIXING_MODES),
     "unlabelled_split": (_text, "the name of a datalist split, e.g. 'testing' (a string)"),

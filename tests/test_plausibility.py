@@ -87,3 +87,38 @@ def test_segment_refuses_an_implausible_case_unless_told(phantom_data: dict[str,
     assert not list((tmp_path / "refused").glob("*.nii.gz"))
     assert main([*argv, "-o", str(tmp_path / "told"), "--no-plausibility-check"]) == 0
     assert len(list((tmp_path / "told").glob("*.nii.gz"))) == 1
+
+
+def test_bundle_inference_skips_an_implausible_case_and_runs_the_others(
+    phantom_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The bundles' inference.json screens every case: one with t1c and t2f swapped is skipped and named in the
+    summary, the other is segmented; ``--plausibility_check false`` runs both."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.conftest import SMALL_PATCHES, bundle_command
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data["data"], data)
+    swapped = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    t1c, t2f = (swapped / case_file_name(swapped.name, m) for m in ("t1c", "t2f"))
+    t1c.rename(tmp_path / "t1c"), t2f.rename(t1c), (tmp_path / "t1c").rename(t2f)
+    bundle = tmp_path / "bundle"
+    (bundle / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_student().state_dict(), bundle / "models" / "model.pt")
+    write_training_geometry(bundle / "models", PHANTOM_PIXDIM, "LPS")
+    configs = Path(__file__).parents[1] / "bundles" / "distilled_student" / "configs"
+    for check, written in ((True, 1), (False, 2)):
+        out = tmp_path / f"out_{check}"
+        values = {"bundle_root": str(bundle), "dataset_dir": str(data), "output_dir": str(out), **SMALL_PATCHES}
+        values |= {"plausibility_check": check, "data_list_file_path": ""}
+        cmd = bundle_command([configs / "inference.json"], values, run_id=None)
+        subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        summary = json.loads((out / "inference_summary.json").read_text())
+        assert len(summary["written"]) == written
+        if check:
+            assert summary["skipped"][0]["case_id"] == swapped.name
+            assert "does not look" in summary["skipped"][0]["problem"]

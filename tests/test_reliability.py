@@ -200,6 +200,7 @@ def test_batch_inference_skips_invalid_cases_reports_them_and_writes_the_others(
     torch.save(build_tiny_teacher().state_dict(), bundle / "models" / "model.pt")
     out_dir = tmp_path / "predictions"
     values = {"bundle_root": str(bundle), "dataset_dir": str(data), "output_dir": str(out_dir), **TEACHER_BUNDLE_TINY}
+    values["plausibility_check"] = False  # small synthetic cases, no brains (tests/test_plausibility.py checks that)
     cmd = [*bundle_command([CONFIGS / "inference.json"], values, run_id=None), "--data_list_file_path", ""]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
 

@@ -100,6 +100,7 @@ def screen_inference_cases(
     fold: int = 0,
     et_label: int = ET_LABEL,
     workers: int = 1,
+    plausibility: bool = True,
 ) -> ScreenedCases:
     """The cases to run inference on, each checked before the run (images only; a segmentation is not needed).
 
@@ -112,7 +113,9 @@ def screen_inference_cases(
     names say the modality; an entry with the same four files as an earlier one is not run again. A case that
     fails is not run; it is listed in ``skipped`` so that the run can report it (see
     :class:`~kd_components.handlers.InferenceSummary`), and the other cases go on. Without a datalist, the
-    folders holding NIfTI files that are not taken as cases are listed in ``skipped`` too.
+    folders holding NIfTI files that are not taken as cases are listed in ``skipped`` too. With ``plausibility``
+    (the bundles' ``plausibility_check``), a case that is not a whole brain with its modalities in their places
+    (:func:`~kd_components.data.plausibility.plausibility_problems`) is skipped too.
 
     Raises:
         ValueError: the datalist or split is unusable, two entries have the same case id (the same output
@@ -131,12 +134,32 @@ def screen_inference_cases(
             listing = "".join(f"\n  {p}" for p in screened.skipped)
             raise ValueError(f"no BraTS case folders (named like BraTS-GLI-00000-000) under {dataset_dir}{listing}")
     for report in validate_cases(cases, et_label=et_label, workers=workers):
-        if report.ok:
+        problem = _implausible(report.case) if report.ok and plausibility else None
+        if report.ok and problem is None:
             images = [str(report.case.images[m]) for m in MODALITIES]
             screened.items.append({"case_id": report.case.case_id, "image": images})
+        elif problem is not None:
+            screened.skipped.append(problem)
         else:
             screened.skipped.extend(report.problems)
     if not screened.items:
         listing = "\n  ".join(str(p) for p in screened.skipped)
         raise ValueError(f"no valid case to run inference on ({len(cases)} checked):\n  {listing}")
     return screened
+
+
+def _implausible(case: BratsCase) -> CaseProblem | None:
+    """The case's first plausibility problem (its four scans as read), or ``None``."""
+    import nibabel as nib
+    import numpy as np
+
+    from kd_components.data.plausibility import plausibility_problems
+
+    files = [case.images[m] for m in MODALITIES]
+    first = nib.load(str(files[0]))
+    image = np.stack([np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in files])
+    voxel_ml = abs(float(np.linalg.det(np.asarray(first.affine, dtype=np.float64)[:3, :3]))) / 1000
+    problems = plausibility_problems(image, voxel_ml, [f.name for f in files])
+    if not problems:
+        return None
+    return CaseProblem(case.case_id, None, f"{problems[0]} (if the scans are right: --plausibility_check false)")
