@@ -8,9 +8,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from kd_components.checkpoints.state import CheckpointError, non_finite_tensors, read_state_dict, state_dict_mismatches
+from kd_components.checkpoints.state import CheckpointError, load_checked, read_state_dict
 
 __all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher"]
+
+
+#: What a teacher checkpoint that does not fit probably means.
+_HINT = " (is teacher_config the one the teacher was trained with?)"
 
 
 class TeacherCheckpointError(CheckpointError):
@@ -59,18 +63,9 @@ def load_frozen_teacher(
         )
     try:
         state = read_state_dict(path, "teacher checkpoint")
+        load_checked(network, state, f"teacher checkpoint {path}", _HINT)
     except CheckpointError as err:
         raise TeacherCheckpointError(str(err)) from err
-    nan = non_finite_tensors(state)
-    if nan:
-        raise TeacherCheckpointError(f"teacher checkpoint {path} holds non-finite weights (a diverged run?): {nan[0]}")
-    problems = state_dict_mismatches(network, state)
-    if problems:
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {path} does not fit the teacher definition {type(network).__name__} "
-            f"(is teacher_config the one the teacher was trained with?):\n  " + "\n  ".join(problems)
-        )
-    network.load_state_dict(state, strict=True)
     if device is not None:
         network.to(device)
     return freeze(network)
