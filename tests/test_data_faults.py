@@ -27,6 +27,12 @@ MakeCase = Callable[..., Path]
 AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def _screen(*args: object, **kwargs: object):
+    """:func:`screen_inference_cases` on the small synthetic cases here, which are no brains: the plausibility checks
+    (tests/test_plausibility.py) are off."""
+    return screen_inference_cases(*args, plausibility=False, **kwargs)
+
+
 def _prepare(root: Path, out: Path, *extra: str) -> int:
     args = ["--dataset-dir", str(root), "--output", str(out), "--num-folds", "2", "--quiet", "--workers", "1"]
     return brats_kd("datalist", *args, *extra)
@@ -99,7 +105,7 @@ def test_prepare_datalist_names_every_folder_it_does_not_take(
 
 def test_batch_inference_without_a_datalist_reports_folders_not_taken(make_case: MakeCase, tmp_path: Path) -> None:
     root = _tree_with_odd_folders(make_case, tmp_path)
-    screened = screen_inference_cases(root, "")
+    screened = _screen(root, "")
     assert {i["case_id"] for i in screened.items} == {
         "BraTS-SYN-00001-000",
         "BraTS-SYN-00002-000",
@@ -293,7 +299,7 @@ def test_rgb_file_is_a_problem_of_its_case_and_the_others_go_on(
     assert {e["case_id"] for e in raw["training"]} == {"BraTS-GLI-00001-000", "BraTS-GLI-00002-000"}
     assert [p["file"] for p in raw["invalid"]] == ["BraTS-GLI-00003-000-t1c.nii.gz"]
 
-    screened = screen_inference_cases(root, "")
+    screened = _screen(root, "")
     assert [i["case_id"] for i in screened.items] == ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000"]
     assert [(p.case_id, p.file) for p in screened.skipped] == [
         ("BraTS-GLI-00003-000", "BraTS-GLI-00003-000-t1c.nii.gz")
@@ -358,7 +364,7 @@ def test_channel_order_in_batch_inference_skips_the_case(make_case: MakeCase, tm
         _entry("BraTS-GLI-00003-000", ("t1c",) * 4, labelled=False),
     ]
     path = _write_datalist(tmp_path / "dl.json", training=[], testing=testing)
-    screened = screen_inference_cases(root, path)
+    screened = _screen(root, path)
     assert [i["case_id"] for i in screened.items] == ["BraTS-GLI-00001-000"]
     reasons = {
         p.case_id: " | ".join(q.problem for q in screened.skipped if q.case_id == p.case_id) for p in screened.skipped
@@ -375,7 +381,7 @@ def test_files_without_modality_suffixes_are_allowed(make_case: MakeCase, tmp_pa
     for name, modality in zip("abcd", MODALITIES, strict=True):
         os.link(folder / case_file_name(folder.name, modality), patient / f"{name}.nii.gz")
     path = _write_datalist(tmp_path / "dl.json", testing=[{"image": [f"patient1/{n}.nii.gz" for n in "abcd"]}])
-    screened = screen_inference_cases(root, path)
+    screened = _screen(root, path)
     assert [i["case_id"] for i in screened.items] == ["patient1"] and not screened.skipped
 
 
@@ -424,7 +430,7 @@ def test_datalist_schema_errors_name_the_file_and_entry(tmp_path: Path, fault: s
     assert message.startswith(f"{path}: ") and expected in message and "\n" not in message, message
     if split == "testing":  # batch inference reads datalists the same way
         with pytest.raises(ValueError, match=r"datalist\.json: "):
-            screen_inference_cases(tmp_path, path, split)
+            _screen(tmp_path, path, split)
 
 
 def test_missing_datalist_and_missing_image_files(make_case: MakeCase, tmp_path: Path) -> None:
@@ -449,7 +455,7 @@ def test_two_entries_with_the_same_case_id_stop_batch_inference(make_case: MakeC
     second = _entry("BraTS-GLI-00002-000", labelled=False) | {"case_id": "BraTS-GLI-00001-000"}
     path = _write_datalist(tmp_path / "dl.json", testing=[_entry("BraTS-GLI-00001-000", labelled=False), second])
     with pytest.raises(ValueError, match=r"BraTS-GLI-00001-000 \(entries 0 and 1\)"):
-        screen_inference_cases(root, path)
+        _screen(root, path)
 
 
 def test_case_ids_from_folders_that_collide_stop_batch_inference(make_case: MakeCase, tmp_path: Path) -> None:
@@ -463,7 +469,7 @@ def test_case_ids_from_folders_that_collide_stop_batch_inference(make_case: Make
     ]
     path = _write_datalist(tmp_path / "dl.json", testing=entries)
     with pytest.raises(ValueError) as err:
-        screen_inference_cases(root, path)
+        _screen(root, path)
     message = str(err.value)
     assert str(path) in message and "entry 0" in message and "entry 1" in message and "patient1.nii.gz" in message
 
@@ -472,7 +478,7 @@ def test_same_four_images_under_two_case_ids_run_once(make_case: MakeCase, tmp_p
     root = make_case("BraTS-GLI-00001-000", labelled=False).parent
     first = _entry("BraTS-GLI-00001-000", labelled=False)
     path = _write_datalist(tmp_path / "dl.json", testing=[first, first | {"case_id": "BraTS-GLI-00099-000"}])
-    screened = screen_inference_cases(root, path)
+    screened = _screen(root, path)
     assert [i["case_id"] for i in screened.items] == ["BraTS-GLI-00001-000"]
     (problem,) = screened.skipped
     assert problem.case_id == "BraTS-GLI-00099-000"
