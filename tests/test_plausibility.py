@@ -21,13 +21,12 @@ from tests.conftest import PHANTOM_PIXDIM
 pytestmark = pytest.mark.phantoms(num_cases=2, unlabelled=0, num_folds=2, teacher=False)
 
 
-def _case(phantom_data: dict[str, Path]) -> tuple[np.ndarray, float, list[str]]:
-    """The first phantom's four scans ``(4, H, W, D)``, its voxel volume (mL) and file names."""
+def _case(phantom_data: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The first phantom's four scans ``(4, H, W, D)``, its affine and file names."""
     case = next(p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
     files = [case / case_file_name(case.name, m) for m in MODALITIES]
     image = np.stack([np.asarray(nib.load(f).dataobj, dtype=np.float32) for f in files])
-    voxel_ml = abs(float(np.linalg.det(nib.load(files[0]).affine[:3, :3]))) / 1000
-    return image, voxel_ml, [f.name for f in files]
+    return image, nib.load(files[0]).affine, [f.name for f in files]
 
 
 def _swapped(image: np.ndarray, first: str, second: str) -> np.ndarray:
@@ -38,8 +37,8 @@ def _swapped(image: np.ndarray, first: str, second: str) -> np.ndarray:
 
 
 def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
-    image, voxel_ml, names = _case(phantom_data)
-    assert plausibility_problems(image, voxel_ml, names) == []
+    image, affine, names = _case(phantom_data)
+    assert plausibility_problems(image, affine, names) == []
     assert plausibility_problems(torch.from_numpy(image), None, names) == []  # a tensor, no volume check
 
 
@@ -53,20 +52,20 @@ def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
 def test_a_modality_in_another_s_place_is_named(
     phantom_data: dict[str, Path], first: str, second: str, expected: str
 ) -> None:
-    image, voxel_ml, names = _case(phantom_data)
-    problems = plausibility_problems(_swapped(image, first, second), voxel_ml, names)
+    image, affine, names = _case(phantom_data)
+    problems = plausibility_problems(_swapped(image, first, second), affine, names)
     assert len(problems) == 1 and expected in problems[0]
 
 
 def test_one_file_for_two_modalities_a_slice_and_a_volume_too_large(phantom_data: dict[str, Path]) -> None:
-    image, voxel_ml, names = _case(phantom_data)
+    image, affine, names = _case(phantom_data)
     same = image.copy()
     same[MODALITIES.index("t2f")] = same[MODALITIES.index("t1c")]
-    assert "hold the same image: one file given for two modalities?" in plausibility_problems(same, voxel_ml, names)[0]
+    assert "hold the same image: one file given for two modalities?" in plausibility_problems(same, affine, names)[0]
     middle = image.shape[-1] // 2
-    assert "less than the" in plausibility_problems(image[..., middle : middle + 1], voxel_ml, names)[0]
+    assert "less than the" in plausibility_problems(image[..., middle : middle + 1], affine, names)[0]
     noise = np.random.default_rng(0).uniform(1, 100, (4, 150, 150, 150)).astype(np.float32)  # 3.4 L at 1 mm
-    assert "is the scan skull-stripped" in plausibility_problems(noise, 0.001, names)[0]
+    assert "is the scan skull-stripped" in plausibility_problems(noise, np.eye(4), names)[0]
     assert BRAIN_ML_RANGE[1] < 150**3 / 1000
 
 
@@ -122,3 +121,14 @@ def test_bundle_inference_skips_an_implausible_case_and_runs_the_others(
         if check:
             assert summary["skipped"][0]["case_id"] == swapped.name
             assert "does not look" in summary["skipped"][0]["problem"]
+
+
+def test_check_values_on_a_plain_tensor_skips_only_the_volume_check(phantom_data: dict[str, Path]) -> None:
+    """A plain tensor (no affine) is checked for contrasts without a volume (computing one from a missing affine
+    raised a TypeError)."""
+    from kd_components.segment import CaseFailed, Segmenter
+
+    image, _, names = _case(phantom_data)
+    Segmenter.check_values("c", torch.from_numpy(image), names)
+    with pytest.raises(CaseFailed, match="hold the same image"):
+        Segmenter.check_values("c", torch.from_numpy(np.stack([image[0]] * 4)), names)

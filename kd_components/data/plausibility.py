@@ -53,11 +53,11 @@ _CSF_SHARE = 0.03
 
 
 def plausibility_problems(
-    image: np.ndarray | torch.Tensor, voxel_ml: float | None, names: Sequence[str] = MODALITIES
+    image: np.ndarray | torch.Tensor, affine: np.ndarray | torch.Tensor | None, names: Sequence[str] = MODALITIES
 ) -> list[str]:
     """What makes ``image`` ``(4, H, W, D)`` (channels ``[t1c, t1n, t2w, t2f]``, as read or preprocessed) implausible
     as a skull-stripped brain with the BraTS modalities in their places: one line each, naming the files of
-    ``names``; empty when it is plausible. ``voxel_ml`` is one voxel's volume in mL (``None``: no volume check)."""
+    ``names``; empty when it is plausible. ``affine`` ``(4, 4)`` gives the voxel volume (``None``: no volume check)."""
     data = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
     named = dict(zip(MODALITIES, names, strict=True))
     problems = []
@@ -71,7 +71,8 @@ def plausibility_problems(
     if problems:
         return problems
     brain = np.all(data != 0, axis=0)
-    if voxel_ml is not None:
+    if affine is not None:
+        voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000
         volume = float(brain.sum()) * voxel_ml
         low, high = BRAIN_ML_RANGE
         if volume < low:

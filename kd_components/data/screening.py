@@ -156,10 +156,9 @@ def _implausible(case: BratsCase) -> CaseProblem | None:
     from kd_components.data.plausibility import plausibility_problems
 
     files = [case.images[m] for m in MODALITIES]
-    first = nib.load(str(files[0]))
-    image = np.stack([np.asarray(nib.load(str(f)).dataobj, dtype=np.float32) for f in files])
-    voxel_ml = abs(float(np.linalg.det(np.asarray(first.affine, dtype=np.float64)[:3, :3]))) / 1000
-    problems = plausibility_problems(image, voxel_ml, [f.name for f in files])
+    scans = [nib.load(str(f)) for f in files]
+    image = np.stack([np.asarray(scan.dataobj, dtype=np.float32) for scan in scans])
+    problems = plausibility_problems(image, scans[0].affine, [f.name for f in files])
     if not problems:
         return None
     return CaseProblem(case.case_id, None, f"{problems[0]} (if the scans are right: --plausibility_check false)")

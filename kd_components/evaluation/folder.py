@@ -91,6 +91,11 @@ def find_prediction(predictions: Path, case_id: str) -> Path | None:
     return found[0] if found else None
 
 
+def _spacing(affine: np.ndarray) -> tuple[float, ...]:
+    """The voxel size (mm) along each axis of a ``(4, 4)`` affine."""
+    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 def evaluate_missing(
     case: BratsCase, et_label: int = ET_LABEL, regions: Sequence[str] = tuple(EVALUATION_REGIONS)
 ) -> dict[str, RegionScores]:
@@ -100,8 +105,7 @@ def evaluate_missing(
     if case.label is None:
         raise EvaluationError(CaseProblem(case.case_id, None, "no segmentation (-seg file) to evaluate against"))
     reference, affine = _read_label_map(case.case_id, case.label, et_label, "reference")
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-    return score_label_maps(np.zeros_like(reference), reference, spacing, et_label, regions)
+    return score_label_maps(np.zeros_like(reference), reference, _spacing(affine), et_label, regions)
 
 
 def _read_label_map(case_id: str, path: Path, et_label: int, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,8 +169,7 @@ def load_case_pair(
                 f"{difference:.4g} mm > {affine_atol}): label maps must be on the scan's grid",
             )
         )
-    spacing = tuple(float(s) for s in np.linalg.norm(ref_affine[:3, :3], axis=0))
-    return pred, reference, spacing
+    return pred, reference, _spacing(ref_affine)
 
 
 def evaluate_case(
@@ -214,7 +217,7 @@ def evaluate_folder(
                 result.scores[case.case_id] = evaluate_missing(case, et_label, regions)
                 result.missing.append(case.case_id)
                 continue
-            used.add(prediction.name)
+            used.add(prediction.name.lower())
             result.scores[case.case_id] = evaluate_case(case, prediction, et_label, regions)
         except EvaluationError as err:
             result.problems.append(str(err))
@@ -222,9 +225,7 @@ def evaluate_folder(
     result.unmatched = sorted(
         p.name
         for p in predictions.iterdir()
-        if p.name not in used
-        and p.name.lower() not in used
-        and any(p.name.lower().endswith(ext) for ext in NIFTI_EXTENSIONS)
+        if p.name.lower() not in used and any(p.name.lower().endswith(ext) for ext in NIFTI_EXTENSIONS)
     )
     return result
 

@@ -295,9 +295,7 @@ class Segmenter:
             if not bool(channel.amax() > channel.amin()):
                 raise CaseFailed(f"{case_id}: {name}: constant scan (all voxels equal): no image contrast")
         if plausibility:
-            affine = getattr(image, "affine", None)
-            voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000
-            problems = plausibility_problems(image, voxel_ml if affine is not None else None, names)
+            problems = plausibility_problems(image, getattr(image, "affine", None), names)
             if problems:
                 raise CaseFailed(f"{case_id}: {problems[0]} (if the scans are right: {PLAUSIBILITY_OVERRIDE})")
 
