@@ -1,7 +1,7 @@
 # Entry points for a fresh machine (Python 3.10+): every target installs what it needs, torch first (requirements-torch.txt).
 PYTHON ?= python
 OUT ?= outputs/demo
-NUM_CASES ?= 24
+NUM_CASES ?= 40
 UNLABELLED ?= 8
 SEED ?= 0
 PROFILE ?= small

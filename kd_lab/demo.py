@@ -9,8 +9,9 @@ entry points (``brats-kd phantoms``, ``brats-kd datalist``, the bundles through
 maps for the validation cases, 6. student distillation from that teacher on the labelled and
 unlabelled cases, 7.-9. the student's evaluation, validation label maps and label maps with
 tumour volumes for the unlabelled scans, 10. both networks on healthy (tumour-free) phantoms and on phantoms
-of a generator seed never trained on (``brats-kd false-positives``), 11. ``report.md`` with
-curves, overlays and those false positives.
+of a generator seed never trained on (``brats-kd false-positives``), 11. both networks on the real scans beside
+the repository (``../shared/real_dev``, ``scripts/measure_real_scans.py``; skipped with a message where that folder
+holds no labelled case), 12. ``report.md`` with curves, overlays, those false positives and the real scans.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
+from kd_components.data.phantoms import is_healthy_case
 from kd_components.handlers.branches import BRANCH_DIAGNOSTICS_FILE
 from kd_components.inferers import cpu_bf16_supported
+from kd_lab.real_scans import DEFAULT_REAL_SCANS, MEASUREMENT_END, MEASUREMENT_START, NoRealScansError, labelled_cases
 from kd_lab.report import ModelRun, write_report
 from kd_lab.results_branches import branch_report_section
 from kd_lab.stages import Stage, StageRunner, brats_kd_command, python_command
@@ -44,35 +47,48 @@ def _demo_setting(bundle: Path, key: str) -> Any:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size and budget of the demo run (the defaults take about 13 minutes on 2 CPU cores; docs/training_speed.md).
+    """Size and budget of the demo run (the defaults take about 14 minutes on 2 CPU cores; docs/training_speed.md).
 
     Args:
         output_dir: everything goes below this folder.
         num_cases: phantom cases in all; the last ``unlabelled`` have no segmentation.
         unlabelled: cases without a segmentation (used by distillation, and predicted at the end).
+        healthy_share: probability that a labelled case is a healthy brain (``brats-kd phantoms --healthy-share``):
+            it trains in every fold and teaches "no tumour here".
         seed: data-set, fold and training seed.
         teacher_epochs: teacher training epochs (default: the teacher's ``configs/demo.json``).
         student_epochs: student distillation epochs (default: the student's ``configs/demo.json``).
         val_interval: epochs between validations, both bundles (default: the teacher's ``configs/demo.json``).
         overlay_cases: validation cases drawn in the report.
         probe_cases: healthy and unseen-seed phantoms, each, for the false-positive probe (0: no probe).
+        real_scans_dir: labelled real scans both networks are measured on after training (``None``: none; a folder
+            that is absent or holds no labelled case is skipped with a message).
     """
 
     output_dir: Path = Path("outputs/demo")
-    num_cases: int = 24
+    num_cases: int = 40
     unlabelled: int = 8
+    healthy_share: float = 0.06
     seed: int = 0
     teacher_epochs: int = field(default_factory=lambda: _demo_setting(TEACHER_BUNDLE, "epochs"))
     student_epochs: int = field(default_factory=lambda: _demo_setting(STUDENT_BUNDLE, "epochs"))
     val_interval: int = field(default_factory=lambda: _demo_setting(TEACHER_BUNDLE, "val_interval"))
     overlay_cases: int = 3
     probe_cases: int = 4
+    real_scans_dir: Path | None = DEFAULT_REAL_SCANS
 
     def __post_init__(self) -> None:
         if not 0 <= self.unlabelled < self.num_cases:
             raise ValueError(f"unlabelled must be in [0, num_cases), got {self.unlabelled} of {self.num_cases}")
-        if self.num_cases - self.unlabelled < 5:
-            raise ValueError("at least 5 labelled cases are needed for 5 cross-validation folds")
+        if not 0.0 <= self.healthy_share < 1.0:
+            raise ValueError(f"healthy_share must be in [0, 1), got {self.healthy_share}")
+        labelled = self.num_cases - self.unlabelled
+        healthy = sum(is_healthy_case(self.seed, i, self.healthy_share) for i in range(labelled))
+        if labelled - healthy < 5:
+            raise ValueError(
+                "at least 5 labelled cases with tumour are needed for 5 cross-validation folds; "
+                f"{labelled} labelled cases with {healthy} healthy ones leave fewer"
+            )
         for name in ("teacher_epochs", "student_epochs", "val_interval", "overlay_cases"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -137,6 +153,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                 "phantoms",
                 *("--output-dir", str(data), "--num-cases", str(settings.num_cases)),
                 *("--unlabelled", str(settings.unlabelled), "--seed", str(settings.seed), "--profile", "small"),
+                *("--healthy-share", str(settings.healthy_share)),
                 "--preview",
             ),
             outputs=(data / "preview.png",),
@@ -255,7 +272,37 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
                 "unseen-seed phantoms",
             )
         )
+    if real_scans_problem(settings) is None:
+        assert settings.real_scans_dir is not None
+        stages.append(
+            Stage(
+                "real_scans",
+                command=python_command(
+                    str(REPO_ROOT / "scripts" / "measure_real_scans.py"),
+                    *("--demo-dir", str(out), "--data-dir", str(settings.real_scans_dir)),
+                    *("--output-dir", str(out / "real_scans"), "--image-dir", str(out / "real_scans")),
+                    *("--page", str(out / "real_scans.md")),
+                ),
+                inputs=config_files(TEACHER_BUNDLE, ("inference.json", "demo.json"))
+                + config_files(STUDENT_BUNDLE, ("inference.json",)),
+                outputs=(out / "real_scans.md",),
+                owned_dirs=(out / "real_scans",),
+                depends_on=("teacher_train", "student_train"),
+                description=f"both networks on the real scans of {settings.real_scans_dir}",
+            )
+        )
     return stages
+
+
+def real_scans_problem(settings: DemoSettings) -> str | None:
+    """Why the real-scan stage is not part of the run (``None``: it is)."""
+    if settings.real_scans_dir is None:
+        return "switched off"
+    try:
+        labelled_cases(settings.real_scans_dir)
+    except NoRealScansError as err:
+        return str(err)
+    return None
 
 
 def _model_runs(settings: DemoSettings) -> list[ModelRun]:
@@ -285,6 +332,9 @@ def run_demo(settings: DemoSettings, fresh: bool = False) -> Path:
     out = settings.output_dir
     runner = StageRunner(out / ".stages", fresh=fresh)
     stages = demo_stages(settings)
+    skipped = real_scans_problem(settings)
+    if skipped is not None:
+        runner.log(f"[real_scans] skipped: {skipped}")
     for stage in stages:
         runner.run(stage)
     report_stage = Stage(
@@ -322,6 +372,9 @@ def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Pat
     extra = [_false_positive_section(out / "false_positives" / "false_positives.md")] if settings.probe_cases else []
     branches = branch_report_section(teacher.runs_dir / BRANCH_DIAGNOSTICS_FILE, out / "branches.png")
     extra += [branches] if branches else []
+    real_scans = out / "real_scans.md"
+    if real_scans_problem(settings) is None and real_scans.is_file():
+        extra.append(_real_scans_section(real_scans))
     cases = _validation_cases(settings, settings.overlay_cases)
     return write_report(out, runs, out / "data", cases, intro, timings, extra_sections=extra)
 
@@ -335,3 +388,12 @@ def _false_positive_section(page: Path) -> str:
         "networks do on phantoms they were not trained or validated on (`docs/false_positives.md` explains "
         f"the probe).\n\n{table}"
     )
+
+
+def _real_scans_section(page: Path) -> str:
+    """The report's section on real scans: the marked part of the measurement's page (its links are relative to
+    the report's folder, where the page lies)."""
+    text = page.read_text()
+    start, end = text.find(MEASUREMENT_START), text.find(MEASUREMENT_END)
+    body = text[start + len(MEASUREMENT_START) : end].strip() if 0 <= start < end else text.strip()
+    return f"## Real scans\n\n{body}"

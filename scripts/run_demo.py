@@ -6,7 +6,7 @@ replace what the earlier run made. See kd_lab.demo.
 
 Example::
 
-    python scripts/run_demo.py --output-dir outputs/demo            # about 13 minutes on 2 CPU cores
+    python scripts/run_demo.py --output-dir outputs/demo            # about 14 minutes on 2 CPU cores
     python scripts/run_demo.py --output-dir /tmp/tiny --num-cases 8 --unlabelled 2 \\
         --teacher-epochs 1 --student-epochs 1 --val-interval 1       # a smoke run
 """
@@ -30,12 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cases", type=int, default=defaults.num_cases, help="phantom cases in all")
     parser.add_argument("--unlabelled", type=int, default=defaults.unlabelled, help="of which without labels")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="data, fold and training seed")
+    parser.add_argument(
+        "--healthy-share", type=float, default=defaults.healthy_share, help="share of labelled cases that are healthy"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=defaults.teacher_epochs)
     parser.add_argument("--student-epochs", type=int, default=defaults.student_epochs)
     parser.add_argument("--val-interval", type=int, default=defaults.val_interval, help="epochs between validations")
     parser.add_argument("--overlay-cases", type=int, default=defaults.overlay_cases, help="cases drawn in the report")
     parser.add_argument(
         "--probe-cases", type=int, default=defaults.probe_cases, help="healthy / unseen-seed phantoms (0: none)"
+    )
+    parser.add_argument(
+        "--real-scans-dir",
+        default=str(defaults.real_scans_dir),
+        help="labelled real scans to measure both networks on ('': none; skipped with a message when absent)",
     )
     parser.add_argument("--fresh", action="store_true", help="ignore earlier results and run every stage again")
     return parser
@@ -50,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=args.output_dir,
             num_cases=args.num_cases,
             unlabelled=args.unlabelled,
+            healthy_share=args.healthy_share,
             seed=args.seed,
             teacher_epochs=args.teacher_epochs,
             student_epochs=args.student_epochs,
             val_interval=args.val_interval,
             overlay_cases=args.overlay_cases,
             probe_cases=args.probe_cases,
+            real_scans_dir=Path(args.real_scans_dir) if args.real_scans_dir else None,
         )
     except ValueError as error:
         parser.error(str(error))

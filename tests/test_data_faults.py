@@ -493,10 +493,13 @@ def test_discovery_keeps_plain_datasets_unchanged(make_case: MakeCase, tmp_path:
     assert [c.case_id for c in discovery.cases] == [folder.name] and not discovery.not_cases and not discovery.notes
 
 
-def test_an_empty_segmentation_is_written_with_a_warning(
+def test_an_empty_segmentation_trains_in_every_fold_and_is_never_validated(
     make_case: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A validation case with an empty segmentation scored Dice 0 without a word."""
+    """A validation case with an empty segmentation scored Dice 0 without a word; a healthy brain is kept for
+    training (it teaches "no tumour here") in every fold and named."""
+    from kd_components.data.datalist import TRAINING_ONLY_FOLD, load_datalist_split
+
     make_case("BraTS-GLI-00001-000")
     make_case("BraTS-GLI-00002-000", seed=1)
     make_case("BraTS-GLI-00003-000", seg=np.zeros(TINY_SHAPE, np.uint8), seed=2)
@@ -504,9 +507,15 @@ def test_an_empty_segmentation_is_written_with_a_warning(
     args = ["--dataset-dir", str(tmp_path / "data"), "--output", str(out), "--num-folds", "2", "--workers", "1"]
     assert brats_kd("datalist", *args, "--quiet") == 0
     err = capsys.readouterr().err
-    assert "warning: BraTS-GLI-00003-000: the segmentation holds no tumour (every voxel 0)" in err
+    assert "note: BraTS-GLI-00003-000: the segmentation holds no tumour (every voxel 0)" in err
     assert "BraTS-GLI-00001-000" not in err
-    assert len(json.loads(out.read_text())["training"]) == 3
+    training = json.loads(out.read_text())["training"]
+    assert len(training) == 3
+    assert {e["case_id"]: e["fold"] for e in training}["BraTS-GLI-00003-000"] == TRAINING_ONLY_FOLD
+    for fold in (0, 1):
+        train = [e["case_id"] for e in load_datalist_split(out, tmp_path / "data", "train", fold=fold)]
+        validation = [e["case_id"] for e in load_datalist_split(out, tmp_path / "data", "validation", fold=fold)]
+        assert "BraTS-GLI-00003-000" in train and "BraTS-GLI-00003-000" not in validation
 
 
 def test_headers_only_validation_checks_geometry_and_types_without_reading_voxels(

@@ -221,7 +221,7 @@ def test_folds_are_deterministic_and_stratified(make_case: MakeCase) -> None:
     # each fold has the same number of cases and the cases without ET are spread over the folds
     assert sorted(list(first.values()).count(k) for k in range(3)) == [4, 4, 4]
     assert len({first[c] for c in no_et}) == 3
-    with pytest.raises(ValueError, match="cannot make 20 folds from 12 labelled cases"):
+    with pytest.raises(ValueError, match="cannot make 20 folds from 12 labelled cases with tumour"):
         assign_folds(reports, 20)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -21,10 +23,15 @@ from kd_components.constants import (
     case_id,
 )
 from kd_components.data.phantoms import (
+    LESION_KINDS,
+    MULTIFOCAL_PROBABILITY,
     PROFILES,
+    SITE_SHARES,
     PhantomCase,
     PhantomProfile,
     generate_case,
+    is_healthy_case,
+    lesion_plan,
     make_phantom_dataset,
     resolve_profile,
 )
@@ -108,7 +115,7 @@ def test_labels_are_brats_2023_values_inside_the_brain(cases: list[PhantomCase])
         assert (case.seg == SNFH_LABEL).sum() > 0 and np.isin(case.seg, (NETC_LABEL, ET_LABEL)).sum() > 0
         assert not np.any((case.seg > 0) & ~case.brain_mask)
         whole = (case.seg > 0).sum()
-        assert 0.002 < whole / case.brain_mask.sum() < 0.25  # a lesion, not a speck or half the brain
+        assert 0.0003 < whole / case.brain_mask.sum() < 0.3  # a lesion, not a speck or half the brain
 
 
 def test_skull_stripped_zero_outside_brain(cases: list[PhantomCase]) -> None:
@@ -132,21 +139,111 @@ def test_regions_are_nested(cases: list[PhantomCase]) -> None:
     for case in cases:
         core = np.isin(case.seg, (NETC_LABEL, ET_LABEL))
         whole = case.seg > 0
-        grown = ndimage.binary_dilation(core)
-        assert whole[grown].mean() > 0.95, case.case_id
+        grown = ndimage.binary_dilation(core) & case.brain_mask
+        assert whole[grown].mean() > 0.9, case.case_id
         necrosis = case.seg == NETC_LABEL
-        touches_background = ndimage.binary_dilation(case.seg == BACKGROUND_LABEL) & necrosis
-        assert touches_background.sum() / necrosis.sum() < 0.05, case.case_id
+        normal = (case.seg == BACKGROUND_LABEL) & case.brain_mask  # a cortical tumour may touch the brain's edge
+        touches_normal = ndimage.binary_dilation(normal) & necrosis
+        assert touches_normal.sum() <= 0.05 * max(necrosis.sum(), 20), case.case_id
 
 
-def test_batch_mixes_enhancing_and_non_enhancing_tumours(cases: list[PhantomCase]) -> None:
-    has_et = [case.has_enhancing_tumour for case in cases]
-    assert has_et == [True, False, True, True, True, True]
-    # in enhancing tumours, ET surrounds the necrotic core: dilated NETC lies inside the core
-    for case in cases:
-        if case.has_enhancing_tumour:
-            grown = ndimage.binary_dilation(case.seg == NETC_LABEL)
-            assert np.isin(case.seg[grown], (NETC_LABEL, ET_LABEL)).mean() > 0.8, case.case_id
+# ------------------------------------------------------------------------------------------------
+# Lesion variety: kinds, sites, sizes, several foci, healthy cases in the mix
+# ------------------------------------------------------------------------------------------------
+
+VARIETY_SEED = 3
+
+
+def test_every_kind_site_and_size_is_drawn_at_its_share() -> None:
+    """Over 400 cases (plans only, no drawing) every kind, site region and size class occurs near its share."""
+    plans = [lesion_plan(i, VARIETY_SEED) for i in range(400)]
+    kinds = Counter(p[0] for p in plans)
+    regions = Counter(p[1] for p in plans)
+    for kind, share in LESION_KINDS.items():
+        assert abs(kinds[kind] / 400 - share) < 0.06, (kind, kinds)
+    for region, share in SITE_SHARES.items():
+        assert abs(regions[region] / 400 - share) < 0.06, (region, regions)
+    multifocal = sum(p[2] > 1 for p in plans) / 400
+    assert abs(multifocal - MULTIFOCAL_PROBABILITY) < 0.05
+    radii = np.array([p[3] for p in plans])
+    assert 0.1 < (radii < 8.0).mean() < 0.3 and 0.04 < (radii > 22.0).mean() < 0.16
+
+
+def _first_case(predicate: Callable[[tuple[str, str, int, float]], bool]) -> PhantomCase:
+    """The first case of :data:`VARIETY_SEED` whose plan satisfies ``predicate``, drawn."""
+    index = next(i for i in range(400) if predicate(lesion_plan(i, VARIETY_SEED)))
+    return generate_case(index, VARIETY_SEED, "small")
+
+
+@pytest.fixture(scope="module")
+def kinds() -> dict[str, PhantomCase]:
+    """One typical-sized case of each kind (its main focus alone), for the label layouts."""
+    return {kind: _first_case(lambda p, k=kind: p[0] == k and p[2] == 1 and p[3] > 10.0) for kind in LESION_KINDS}
+
+
+def test_each_kind_has_its_label_layout(kinds: dict[str, PhantomCase]) -> None:
+    volume = {
+        kind: {label: int((case.seg == label).sum()) for label in (NETC_LABEL, SNFH_LABEL, ET_LABEL)}
+        for kind, case in kinds.items()
+    }
+    for kind, case in kinds.items():
+        assert case.kind == kind and case.foci == 1 and volume[kind][SNFH_LABEL] > 0, case.case_id
+    # a necrotic core inside a closed enhancing rim: NETC grown by a voxel stays inside the core
+    rim = kinds["necrotic_rim"]
+    assert volume["necrotic_rim"][NETC_LABEL] > 0 and volume["necrotic_rim"][ET_LABEL] > 0
+    grown = ndimage.binary_dilation(rim.seg == NETC_LABEL)
+    assert np.isin(rim.seg[grown], (NETC_LABEL, ET_LABEL)).mean() > 0.9
+    # mostly enhancing
+    assert volume["solid_enhancing"][ET_LABEL] > volume["solid_enhancing"][NETC_LABEL]
+    # patchy enhancement: a minority of the core enhances
+    patchy = volume["patchy"]
+    assert 0.05 < patchy[ET_LABEL] / (patchy[ET_LABEL] + patchy[NETC_LABEL]) < 0.6
+    # a non-enhancing core: NETC without ET, bright on T2 and FLAIR
+    solid = kinds["non_enhancing"]
+    assert volume["non_enhancing"][ET_LABEL] == 0 and volume["non_enhancing"][NETC_LABEL] > 0
+    core = ndimage.binary_erosion(solid.seg == NETC_LABEL)
+    assert _mean(solid, "t2f", core) > 1.2 * _mean(solid, "t2f", _normal(solid, "wm"))
+    assert _mean(solid, "t2w", core) > 1.4 * _mean(solid, "t2w", _normal(solid, "wm"))
+    # a cyst: fluid dark on T1 and darker than the oedema on FLAIR, bright on T2
+    cyst = kinds["cystic"]
+    fluid = ndimage.binary_erosion(cyst.seg == NETC_LABEL)
+    assert _mean(cyst, "t1n", fluid) < 0.6 * _mean(cyst, "t1n", _normal(cyst, "wm"))
+    assert _mean(cyst, "t2f", fluid) < _mean(cyst, "t2f", cyst.seg == SNFH_LABEL)
+    assert _mean(cyst, "t2w", fluid) > 2.0 * _mean(cyst, "t2w", _normal(cyst, "wm"))
+
+
+def test_sites_sizes_and_several_foci() -> None:
+    """A corpus-callosum tumour crosses the midline, a posterior-fossa one lies low, a small tumour is under 10 mL,
+    and a multifocal case has separate cores."""
+    callosal = _first_case(lambda p: p[1] == "corpus_callosum" and p[2] == 1 and p[3] > 10.0)
+    whole = np.argwhere(callosal.seg > 0)
+    midline = np.argwhere(callosal.brain_mask)[:, 0].mean()
+    assert whole[:, 0].min() < midline - 3 and whole[:, 0].max() > midline + 3  # both hemispheres (2 mm voxels)
+    fossa = _first_case(lambda p: p[1] == "posterior_fossa" and p[2] == 1)
+    brain_z = np.argwhere(fossa.brain_mask)[:, 2]
+    assert np.argwhere(fossa.seg > 0)[:, 2].mean() < np.percentile(brain_z, 35)
+    small = _first_case(lambda p: p[3] < 6.0 and p[2] == 1)
+    assert 0 < (small.seg > 0).sum() * 8e-3 < 10.0  # mL at 2 mm voxels
+    multifocal = _first_case(lambda p: p[2] == 3)
+    assert multifocal.foci == 3
+    assert ndimage.label(np.isin(multifocal.seg, (NETC_LABEL, ET_LABEL)))[1] >= 2
+
+
+def test_healthy_cases_join_the_labelled_mix(tmp_path: Path) -> None:
+    share = 0.3
+    healthy = [i for i in range(6) if is_healthy_case(SEED, i, share)]
+    assert 0 < len(healthy) < 6  # this seed draws some healthy cases and some tumours
+    assert set(healthy) <= {i for i in range(6) if is_healthy_case(SEED, i, 0.6)}  # a higher share adds cases
+    make_phantom_dataset(tmp_path, 8, seed=SEED, unlabelled=2, workers=2, progress=False, healthy_share=share)
+    for i in range(8):
+        cid = case_id(PHANTOM_TASK, i)
+        seg_path = tmp_path / cid / case_file_name(cid, SEG_SUFFIX)
+        if i >= 6:
+            assert not seg_path.exists()  # unlabelled cases are tumours without labels, never healthy ones
+            continue
+        assert np.asarray(nib.load(seg_path).dataobj).any() == (i not in healthy), cid
+    with pytest.raises(ValueError, match="healthy_share"):
+        make_phantom_dataset(tmp_path / "bad", 1, healthy_share=1.5, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -161,24 +258,28 @@ def _mean(case: PhantomCase, modality: str, mask: np.ndarray) -> float:
 
 def _with_necrosis(cases: list[PhantomCase], enhancing: bool | None = None) -> list[PhantomCase]:
     """Cases with enough NETC voxels for a mean (a mostly solid enhancing tumour has almost none)."""
-    chosen = [c for c in cases if (c.seg == NETC_LABEL).sum() > 20 and enhancing in (None, c.has_enhancing_tumour)]
+    chosen = [
+        c
+        for c in cases
+        if (c.seg == NETC_LABEL).sum() > 20 and enhancing in (None, bool((c.seg == ET_LABEL).sum() > 20))
+    ]
     assert len(chosen) >= 3
     return chosen
 
 
 def test_t1c_enhancing_tumour_is_bright(cases: list[PhantomCase]) -> None:
-    for case in (c for c in cases if c.has_enhancing_tumour):
+    for case in (c for c in cases if (c.seg == ET_LABEL).sum() > 20):
         et = _mean(case, "t1c", case.seg == ET_LABEL)
-        assert et > 1.3 * _mean(case, "t1c", _normal(case, "wm")), case.case_id
-        assert et > 1.2 * _mean(case, "t1c", _normal(case, "gm")), case.case_id
+        assert et > 1.1 * _mean(case, "t1c", _normal(case, "wm")), case.case_id  # thin rims are partial-volumed
+        assert et > 1.1 * _mean(case, "t1c", _normal(case, "gm")), case.case_id
     for case in _with_necrosis(cases, enhancing=True):
-        assert _mean(case, "t1c", case.seg == ET_LABEL) > 1.5 * _mean(case, "t1c", case.seg == NETC_LABEL)
+        assert _mean(case, "t1c", case.seg == ET_LABEL) > 1.2 * _mean(case, "t1c", case.seg == NETC_LABEL)
 
 
 def test_oedema_is_hyperintense_in_t2_and_flair(cases: list[PhantomCase]) -> None:
     for case in cases:
         oedema, wm = case.seg == SNFH_LABEL, _normal(case, "wm")
-        assert _mean(case, "t2f", oedema) > 1.25 * _mean(case, "t2f", wm), case.case_id
+        assert _mean(case, "t2f", oedema) > 1.15 * _mean(case, "t2f", wm), case.case_id
         assert _mean(case, "t2w", oedema) > 1.4 * _mean(case, "t2w", wm), case.case_id
 
 
@@ -188,8 +289,8 @@ def test_tissue_contrasts_follow_mri_physics(cases: list[PhantomCase]) -> None:
         assert _mean(case, "t2f", csf) < 0.6 * _mean(case, "t2f", wm), case.case_id  # FLAIR: CSF suppressed
         assert _mean(case, "t1n", wm) > _mean(case, "t1n", gm) > _mean(case, "t1n", csf), case.case_id
         assert _mean(case, "t2w", csf) > _mean(case, "t2w", gm) > _mean(case, "t2w", wm), case.case_id
-        # FLAIR: grey matter brighter than white matter, compared within axial thirds (a bias field darkens the
-        # inferior brain, where the cerebellum holds much of the grey matter)
+        # FLAIR: grey matter about as bright as white matter (0.9-1.1 on real scans), compared within axial thirds (a
+        # bias field darkens the inferior brain, where the cerebellum holds much of the grey matter)
         thirds = np.array_split(np.arange(case.seg.shape[2]), 3)
         ratios = []
         for rows in thirds:
@@ -197,9 +298,9 @@ def test_tissue_contrasts_follow_mri_physics(cases: list[PhantomCase]) -> None:
             slab[:, :, rows] = True
             if (gm & slab).sum() > 100 and (wm & slab).sum() > 100:
                 ratios.append(_mean(case, "t2f", gm & slab) / _mean(case, "t2f", wm & slab))
-        assert np.mean(ratios) > 1.0 and min(ratios) > 0.97, (case.case_id, ratios)
+        assert 0.85 < np.mean(ratios) < 1.3, (case.case_id, ratios)
     for case in _with_necrosis(cases):
-        assert _mean(case, "t1n", case.seg == NETC_LABEL) < 0.7 * _mean(case, "t1n", _normal(case, "wm"))
+        assert _mean(case, "t1n", case.seg == NETC_LABEL) < 0.85 * _mean(case, "t1n", _normal(case, "wm"))
         assert _mean(case, "t2w", case.seg == NETC_LABEL) > 1.5 * _mean(case, "t2w", _normal(case, "wm"))
 
 
@@ -377,3 +478,30 @@ def test_normal_anatomy_varies_between_cases() -> None:
         gm.append(case.tissues["gm"].sum())
     assert max(deep_csf) > 1.5 * min(deep_csf)  # ventricles from small to enlarged
     assert max(csf) > 1.3 * min(csf) and max(gm) > 1.15 * min(gm)  # sulcal widening, cortical thickness
+
+
+def test_phantom_intensities_fall_in_the_real_scans_ranges() -> None:
+    """Measured as on real scans (``kd_lab.calibration``: k-means tissue classes, values over the white-matter
+    median), every tumour class and grey matter of six phantoms has its pooled median inside the range of the real
+    scans' per-case medians recorded in docs/real_scans_calibration.json, widened by 20 % (three real cases span
+    little of the variety of real gliomas; the phantoms are 2 mm here, the real scans 1 mm)."""
+    import json
+
+    from kd_lab.calibration import measure_case, pool_cases
+
+    recorded = json.loads((REPO_ROOT / "docs" / "real_scans_calibration.json").read_text())["real"]["cases"]
+    measured = []
+    for index in range(6):
+        case = generate_case(index, 100, "small")
+        images = {m: case.images[m].astype(np.float32) for m in MODALITIES}
+        measured.append(measure_case(case.case_id, images, case.seg, (2.0, 2.0, 2.0), tumour_margin=2))
+    pooled = pool_cases(measured)
+    outside = []
+    for modality in MODALITIES:
+        for name in ("GM", "NETC", "SNFH", "ET"):
+            real = [c["stats"][modality][name]["median"] for c in recorded.values() if name in c["stats"][modality]]
+            low, high = min(real) / 1.2, max(real) * 1.2
+            value = pooled[modality][name]["median"]
+            if not low <= value <= high:
+                outside.append(f"{modality} {name}: {value:.2f} not in [{low:.2f}, {high:.2f}]")
+    assert not outside, outside

@@ -16,12 +16,16 @@ TINY = [
     "7",
     "--unlabelled",
     "2",
+    "--healthy-share",
+    "0",  # five tumour cases for five folds
     "--teacher-epochs",
     "1",
     "--student-epochs",
     "1",
     "--val-interval",
     "1",
+    "--real-scans-dir",
+    "",  # the main job alone: the same run whether or not ../shared/real_dev is there
 ]
 
 
@@ -65,3 +69,20 @@ def test_the_false_positive_probe_is_a_stage_of_the_main_job_unless_switched_off
     assert "false_positives" not in {s.name for s in demo_stages(DemoSettings(output_dir=tmp_path, probe_cases=0))}
     with pytest.raises(ValueError, match="probe_cases"):
         DemoSettings(probe_cases=-1)
+
+
+def test_healthy_phantoms_join_the_main_job_but_leave_five_folds_of_tumours(tmp_path: Path) -> None:
+    from kd_components.data.phantoms import is_healthy_case
+    from kd_lab.demo import DemoSettings, demo_stages
+
+    settings = DemoSettings(output_dir=tmp_path)
+    phantoms = next(s for s in demo_stages(settings) if s.name == "phantoms").command
+    assert phantoms[phantoms.index("--healthy-share") + 1] == str(settings.healthy_share) and settings.healthy_share > 0
+    labelled = settings.num_cases - settings.unlabelled
+    assert 0 < sum(is_healthy_case(settings.seed, i, settings.healthy_share) for i in range(labelled)) < labelled - 5
+    assert is_healthy_case(0, 3, 0.06)  # so seven cases with two unlabelled leave four tumours for five folds
+    with pytest.raises(ValueError, match="labelled cases with tumour"):
+        DemoSettings(num_cases=7, unlabelled=2, healthy_share=0.06)
+    DemoSettings(num_cases=7, unlabelled=2, healthy_share=0.0)
+    with pytest.raises(ValueError, match="healthy_share"):
+        DemoSettings(healthy_share=1.0)

@@ -53,7 +53,7 @@ def _print_not_cases(not_cases: list[CaseProblem], dataset_dir: str, prefix: str
 def run(args: argparse.Namespace) -> int:
     """Validate the cases and write the datalist; the exit status."""
     from kd_components.data.brats import InvalidCaseError, find_cases, validate_cases
-    from kd_components.data.datalist import build_datalist, empty_segmentations
+    from kd_components.data.datalist import TRAINING_ONLY_FOLD, build_datalist, empty_segmentations
     from kd_components.io import save_json_atomic
 
     try:
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
         _print_not_cases(not_cases, args.dataset_dir, "warning")
     for case_id in empty_segmentations(reports):
         print(
-            f"warning: {case_id}: the segmentation holds no tumour (every voxel 0): its Dice is 0 for any prediction "
-            "with tumour and undefined for an empty one, so it can move validation means a lot",
+            f"note: {case_id}: the segmentation holds no tumour (every voxel 0): kept for training in every fold "
+            f"(fold {TRAINING_ONLY_FOLD}) and never validated, as its Dice is undefined for an empty prediction",
             file=sys.stderr,
         )
     fold_sizes = Counter(e["fold"] for e in datalist["training"])

@@ -28,13 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabelled", type=int, default=0, help="write the last K cases without a segmentation")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: available cores)")
     parser.add_argument("--healthy", action="store_true", help="tumour-free brains (all-zero label maps)")
+    parser.add_argument(
+        "--healthy-share",
+        type=float,
+        default=0.0,
+        help="probability that a labelled case is a healthy brain with an all-zero label map, so that training "
+        "sees brains without tumour (default: 0)",
+    )
     parser.add_argument("--preview", action="store_true", help="also write OUTPUT_DIR/preview.png")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate the data set; the exit status (2: a bad option value)."""
-    from kd_components.data.phantoms import make_phantom_dataset
+    from kd_components.data.phantoms import is_healthy_case, make_phantom_dataset
     from kd_components.data.preview import save_preview
 
     start = time.perf_counter()
@@ -48,15 +55,19 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
             healthy=args.healthy,
+            healthy_share=args.healthy_share,
         )
     except ValueError as error:  # bad option values: reported like argparse does (exit status 2)
         print(f"brats-kd phantoms: error: {error}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     labelled = len(ids) - args.unlabelled
+    healthy = sum(is_healthy_case(args.seed, i, args.healthy_share) for i in range(labelled))
+    mixed = f", {healthy} of them healthy" if healthy and not args.healthy else ""
     print(
         f"wrote {len(ids)} {args.profile} phantom cases to {args.output_dir} in {elapsed:.1f} s: "
-        f"{labelled} labelled, {args.unlabelled} unlabelled (seed {args.seed}{', healthy' if args.healthy else ''})"
+        f"{labelled} labelled{mixed}, {args.unlabelled} unlabelled "
+        f"(seed {args.seed}{', healthy' if args.healthy else ''})"
     )
     if args.preview and ids:
         png = save_preview(args.output_dir, Path(args.output_dir) / "preview.png")

@@ -44,6 +44,9 @@ from kd_components.constants import (
 from kd_components.data.brats import CaseProblem, CaseReport, InvalidCaseError
 
 FOLD_KEY = "fold"
+#: The fold of labelled cases without tumour (healthy brains): in the training part of every fold, never validated
+#: (their Dice is undefined for an empty prediction and 0 for any other).
+TRAINING_ONLY_FOLD = -1
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -91,7 +94,10 @@ def assign_folds(reports: Sequence[CaseReport], num_folds: int, seed: int = 0) -
     if num_folds < 1:
         raise ValueError(f"num_folds must be at least 1, got {num_folds}")
     if 0 < len(reports) < num_folds:
-        raise ValueError(f"cannot make {num_folds} folds from {len(reports)} labelled cases; lower num_folds")
+        raise ValueError(
+            f"cannot make {num_folds} folds from {len(reports)} labelled cases with tumour (cases without tumour "
+            "train in every fold and are not counted); lower num_folds"
+        )
     wt_median = float(np.median([_whole_tumour(r) for r in reports])) if reports else 0.0
     groups: dict[tuple[str, bool, bool], list[str]] = defaultdict(list)
     for report in reports:
@@ -134,8 +140,9 @@ def build_datalist(
     good = [r for r in reports if r.ok]
     if not good:
         raise ValueError(f"no usable BraTS case under {root} ({len(reports)} found, all invalid)")
-    labelled = [r for r in good if r.case.label is not None]
-    folds = assign_folds(labelled, num_folds, seed)
+    healthy = set(empty_segmentations(good))
+    labelled = [r for r in good if r.case.label is not None and r.case.case_id not in healthy]
+    folds = assign_folds(labelled, num_folds, seed) | dict.fromkeys(healthy, TRAINING_ONLY_FOLD)
     training, testing = [], []
     for report in good:
         case = report.case

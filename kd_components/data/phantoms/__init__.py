@@ -3,7 +3,8 @@
 Real BraTS data cannot be downloaded here, so the project's default data set is synthetic:
 each case is the MNI152 brain (T1 template and grey/white-matter/brain probability maps,
 loaded offline from nilearn) resampled into a BraTS grid with a small random pose, pushed
-aside by a simulated glioma (mass effect), and rendered in the four BraTS contrasts.
+aside by a simulated glioma (mass effect), and rendered in the four BraTS contrasts with randomised
+tissue levels.
 
 Anatomy
     The MNI brain is placed in the profile's grid with a random rotation (a few degrees per
@@ -25,32 +26,45 @@ Normal variation (so that a network does not learn one brain)
     without the tumour (no lesion, no mass effect, an all-zero label map), for measuring false
     positives.
 
-Tumour
-    An irregular core (an ellipsoidal distance field whose radius is modulated by smoothed
-    random noise) is split into a necrotic centre NETC (label 1) and an enhancing rim ET
-    (label 3); around it lies oedema SNFH (label 2) that reaches further along white matter
-    than into grey matter and stays out of CSF. About 18 % of cases have no ET (low-grade
-    like: NETC and oedema only) and about 15 % have little oedema. The core is placed in
-    supratentorial white matter, deep enough that the lesion stays inside the brain.
+Tumour (kinds, sites, sizes: :mod:`~kd_components.data.phantoms.lesion`)
+    Each glioma is one main focus (which pushes the anatomy aside) and, in 14 % of cases, one or two small
+    satellite foci (multifocal). Its core is an irregular region (an ellipsoidal distance field whose radius is
+    modulated by smoothed random noise) inside oedema SNFH (label 2) that reaches further along white matter than
+    into grey matter and stays out of CSF. The core's kind sets its labels:
 
-Contrasts (relative to normal white matter = 1, jittered per case)
-    =====  =====  =====  ====  =======  =======  =====
-           CSF    GM     WM    NETC     ET       SNFH
-    t1c    0.30   0.74   1     0.40     1.3-1.9  0.72
-    t1n    0.30   0.72   1     0.42     0.70     0.70
-    t2w    2.9    1.35   1     2.4      1.6      2.0
-    t2f    0.32   1.20   1     0.6-1.6  1.45     1.8
-    =====  =====  =====  ====  =======  =======  =====
+    ===============  =====  =================================================================
+    kind             share  core
+    ===============  =====  =================================================================
+    necrotic_rim     38 %   necrosis (NETC) in a closed enhancing rim (ET) 1.5-7 mm thick
+    solid_enhancing   8 %   mostly ET, little necrosis
+    patchy           16 %   solid non-enhancing tumour (NETC) with 12-40 % patchy/nodular ET
+    non_enhancing    26 %   solid non-enhancing tumour only, bright on T2 and FLAIR, no ET
+    cystic           12 %   a fluid cyst (NETC) in a thin wall that enhances in part or not at all
+    ===============  =====  =================================================================
+
+    Sites: deep white matter (48 %), the cortex (18 %, reaching the brain's surface), the temporal lobe and
+    insula (16 %), the corpus callosum (8 %, a butterfly lesion across the midline) and the posterior fossa
+    (10 %). Sizes: core radius 3.5-8 mm (18 %, mostly under 10 mL in all), 8-22 mm, or 22-32 mm (10 %, very
+    large). 15 % of tumours (35 % of non-enhancing ones) have little oedema. ``make_phantom_dataset(...,
+    healthy_share=p)`` makes a share of the labelled cases healthy brains with all-zero label maps.
+
+Contrasts (SynthSeg-like randomisation around priors fitted to real scans; ``contrast``)
+    Each case draws every tissue's level (relative to normal white matter = 1) from its range in
+    :data:`~kd_components.data.phantoms.contrast.CONTRAST_PRIORS`, then restores the orderings that define the
+    classes: ET clearly brighter than every other tissue on t1c; solid non-enhancing tumour darker than oedema on
+    t1n and brighter on t2w; cyst fluid darker than oedema on FLAIR; CSF darker than grey matter on T1 and FLAIR.
+    NETC is rendered as three tissues (necrosis, solid tumour, cyst fluid); non-enhancing tissue has about its
+    t1n level on t1c. The ranges were fitted to the medians and spread measured on real glioma scans
+    (``scripts/measure_real_scans.py --calibration``, docs/real_scans.md).
 
     T1-weighted images borrow the MNI T1 template's texture (deep grey nuclei, cortex)
     beyond what the tissue fractions explain; T2-weighted ones get the inverse of it.
-    Oedema fades by up to 25 % towards its outer edge; tumour tissue is heterogeneous
-    (8-22 % texture). t1c also has enhancing normal structures (vessels in sulci, dural
-    remnants along parts of the brain's edge), so ET is not simply "the bright voxels of
-    t1c". Each modality then gets per-tissue texture, a blur (0.3-0.9 mm, and in 40 % of
-    scans 2-5 mm thick slices along one axis, mostly the axial one), a smooth multiplicative
-    bias field (up to 25 %), a random global scale (white matter at about 300-1000) and Rician
-    noise.
+    Oedema fades by up to 25 % towards its outer edge; each lesion class has its own heterogeneous texture
+    (4-20 %, cyst fluid 1-5 %) and soft, partial-volume edges (0.4-1.2 mm). t1c also has enhancing normal
+    structures (vessels in sulci, dural remnants along parts of the brain's edge), so ET is not simply "the bright
+    voxels of t1c". Each modality then gets a random gamma (0.8-1.25), a blur (0.3-0.9 mm, and in 40 % of scans
+    2-5 mm thick slices along one axis, mostly the axial one), a smooth multiplicative bias field (up to 25 %), a
+    random global scale (white matter at about 300-1000) and Rician noise.
 
 Modules
     ``grid`` (output grids), ``atlas`` (the MNI template), ``anatomy`` (pose, normal variation,
@@ -77,21 +91,40 @@ Determinism
 
 from __future__ import annotations
 
-from kd_components.data.phantoms.contrast import T1_TEXTURE_WEIGHT, TISSUE_CONTRAST, WM_LEVEL_RANGE
-from kd_components.data.phantoms.dataset import PhantomCase, generate_case, make_phantom_dataset, write_case
+from kd_components.data.phantoms.contrast import CONTRAST_PRIORS, GAMMA_RANGE, T1_TEXTURE_WEIGHT, WM_LEVEL_RANGE
+from kd_components.data.phantoms.dataset import (
+    PhantomCase,
+    generate_case,
+    is_healthy_case,
+    lesion_plan,
+    make_phantom_dataset,
+    write_case,
+)
 from kd_components.data.phantoms.grid import PROFILES, PhantomProfile, resolve_profile
-from kd_components.data.phantoms.lesion import LITTLE_OEDEMA_PROBABILITY, NO_ET_PROBABILITY
+from kd_components.data.phantoms.lesion import (
+    LESION_CLASSES,
+    LESION_KINDS,
+    LITTLE_OEDEMA_PROBABILITY,
+    MULTIFOCAL_PROBABILITY,
+    SITE_SHARES,
+)
 
 __all__ = [
+    "CONTRAST_PRIORS",
+    "GAMMA_RANGE",
+    "LESION_CLASSES",
+    "LESION_KINDS",
     "LITTLE_OEDEMA_PROBABILITY",
-    "NO_ET_PROBABILITY",
+    "MULTIFOCAL_PROBABILITY",
     "PROFILES",
+    "SITE_SHARES",
     "T1_TEXTURE_WEIGHT",
-    "TISSUE_CONTRAST",
     "WM_LEVEL_RANGE",
     "PhantomCase",
     "PhantomProfile",
     "generate_case",
+    "is_healthy_case",
+    "lesion_plan",
     "make_phantom_dataset",
     "resolve_profile",
     "write_case",

@@ -17,8 +17,9 @@ class _Atlas:
     ``top_anchor_mm`` (3,) is the x/y centre and top z of the brain's bounding box.
     ``t1_tissue_means`` (3,) are the T1 template's CSF/GM/WM levels relative to white matter,
     ``t1_wm_level`` the template's white-matter value. ``sites_mm`` (N, 3) are candidate
-    lesion centres (supratentorial white matter) and ``site_depth_mm`` (N,) their distance
-    to the brain's edge.
+    lesion centres (brain voxels on a 3 mm grid at least 3 mm deep), ``site_depth_mm`` (N,) their distance
+    to the brain's edge and ``site_regions`` maps each name of :data:`SITE_REGIONS` to a (N,) bool mask of the
+    sites in that region (regions overlap).
     """
 
     volumes: dict[str, np.ndarray]
@@ -28,11 +29,16 @@ class _Atlas:
     t1_tissue_means: np.ndarray
     sites_mm: np.ndarray
     site_depth_mm: np.ndarray
+    site_regions: dict[str, np.ndarray]
 
 
 _ATLAS: _Atlas | None = None
 _SITE_GRID_MM = 3
-_MIN_SITE_DEPTH_MM = 12.0
+_MIN_SITE_DEPTH_MM = 3.0
+
+#: Where gliomas are placed (MNI152 mm): deep supratentorial white matter, the cortex, the temporal lobe and
+#: insula, the corpus callosum (a lesion there crosses the midline) and the posterior fossa (cerebellum).
+SITE_REGIONS: tuple[str, ...] = ("deep_white_matter", "cortex", "temporal_insula", "corpus_callosum", "posterior_fossa")
 
 
 def _atlas() -> _Atlas:
@@ -71,7 +77,7 @@ def _load_atlas() -> _Atlas:
     top_anchor = np.array([bbox_world[0].mean(), bbox_world[1].mean(), bbox_world[2].max()])
 
     wm_level, tissue_means = _t1_tissue_levels(volumes)
-    sites, depth = _candidate_sites(volumes, brain, affine)
+    sites, depth, regions = _candidate_sites(volumes, brain, affine)
 
     pad = 2
     lo_c, hi_c = np.maximum(lo - pad, 0), np.minimum(hi + pad + 1, brain.shape)
@@ -86,6 +92,7 @@ def _load_atlas() -> _Atlas:
         t1_tissue_means=tissue_means,
         sites_mm=sites,
         site_depth_mm=depth,
+        site_regions=regions,
     )
 
 
@@ -99,17 +106,34 @@ def _t1_tissue_levels(volumes: dict[str, np.ndarray]) -> tuple[float, np.ndarray
     return wm_level, means.astype(np.float32)
 
 
-def _candidate_sites(volumes: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Lesion centre candidates: supratentorial white matter on a coarse grid.
+def _candidate_sites(
+    volumes: dict[str, np.ndarray], brain: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Lesion centre candidates on a coarse grid, tagged by region (:data:`SITE_REGIONS`).
 
-    Returns MNI world positions (N, 3) and their distance to the brain's edge (N,) in mm.
-    Cerebellum, brainstem and the midline of the diencephalon are excluded.
+    Returns MNI world positions (N, 3), their distance to the brain's edge (N,) in mm and one (N,) bool mask per
+    region. Deep white matter excludes the cerebellum, brainstem and the midline of the diencephalon, as before.
     """
     step = _SITE_GRID_MM
-    depth = ndimage.distance_transform_edt(brain[::step, ::step, ::step]) * step
-    wm = volumes["wm"][::step, ::step, ::step]
-    index = np.argwhere((wm > 0.5) & (depth >= _MIN_SITE_DEPTH_MM))
+    depth_grid = ndimage.distance_transform_edt(brain[::step, ::step, ::step]) * step
+    index = np.argwhere(depth_grid >= _MIN_SITE_DEPTH_MM)
     world = (affine @ np.c_[index * step, np.ones(len(index))].T)[:3].T
+    depth = depth_grid[tuple(index.T)]
+    wm = volumes["wm"][::step, ::step, ::step][tuple(index.T)]
+    gm = volumes["gm"][::step, ::step, ::step][tuple(index.T)]
     x, y, z = world.T
-    keep = (z > -20) & ~((z < 5) & (y < -45)) & ~((np.abs(x) < 12) & (z < 12))
-    return world[keep].astype(np.float64), depth[tuple(index[keep].T)].astype(np.float64)
+    ax = np.abs(x)
+    regions = {
+        "deep_white_matter": (wm > 0.5) & (depth >= 12) & (z > -20) & ~((z < 5) & (y < -45)) & ~((ax < 12) & (z < 12)),
+        "cortex": (gm > 0.4) & (depth <= 12) & (z > -20) & ~((z < 5) & (y < -45)),
+        "temporal_insula": ((ax > 34) & (z > -40) & (z < -5) & (y > -55) & (y < 25) & (depth >= 6))
+        | ((ax > 30) & (ax < 44) & (z > -8) & (z < 22) & (y > -28) & (y < 28) & (depth >= 10)),
+        "corpus_callosum": (ax < 6) & (wm > 0.5) & (z > 5) & (z < 35) & (y > -40) & (y < 35),
+        "posterior_fossa": (z < -22) & (y < -42) & (depth >= 8),
+    }
+    keep = np.any(list(regions.values()), axis=0)
+    return (
+        world[keep].astype(np.float64),
+        depth[keep].astype(np.float64),
+        {name: mask[keep] for name, mask in regions.items()},
+    )

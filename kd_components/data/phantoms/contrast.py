@@ -9,15 +9,54 @@ from kd_components.constants import MODALITIES
 from kd_components.data.phantoms.anatomy import _Anatomy
 from kd_components.data.phantoms.fields import _bias_field, _smooth_noise
 from kd_components.data.phantoms.grid import PhantomProfile
-from kd_components.data.phantoms.lesion import _LesionMaps
+from kd_components.data.phantoms.lesion import LESION_CLASSES, _LesionMaps
 
-#: Mean signal per tissue relative to normal white matter, per modality (jittered per case).
-TISSUE_CONTRAST: dict[str, dict[str, float]] = {
-    "t1c": {"csf": 0.30, "gm": 0.74, "wm": 1.0, "netc": 0.40, "et": 1.60, "snfh": 0.72},
-    "t1n": {"csf": 0.30, "gm": 0.72, "wm": 1.0, "netc": 0.42, "et": 0.70, "snfh": 0.70},
-    "t2w": {"csf": 2.90, "gm": 1.35, "wm": 1.0, "netc": 2.40, "et": 1.60, "snfh": 2.00},
-    "t2f": {"csf": 0.32, "gm": 1.20, "wm": 1.0, "netc": 1.10, "et": 1.45, "snfh": 1.80},
+#: Signal of each tissue relative to normal white matter, per modality: the range each case's level is drawn from
+#: (uniformly, then :func:`_keep_orderings`). Fitted to real glioma scans (``scripts/measure_real_scans.py
+#: --calibration``, docs/real_scans.md): tumour classes from their medians and spread, normal tissue from the same
+#: measurement made on phantoms (CSF and GM are partial-volume mixtures in both). NETC is drawn as three tissues:
+#: necrosis, solid non-enhancing tumour and cyst fluid.
+CONTRAST_PRIORS: dict[str, dict[str, tuple[float, float]]] = {
+    "t1c": {
+        "csf": (0.15, 0.40),
+        "gm": (0.68, 0.95),
+        "necrosis": (0.30, 0.65),
+        "solid": (0.50, 0.90),
+        "cyst": (0.20, 0.45),
+        "et": (1.15, 1.65),
+        "snfh": (0.50, 0.80),
+    },
+    "t1n": {
+        "csf": (0.15, 0.35),
+        "gm": (0.66, 0.86),
+        "necrosis": (0.30, 0.58),
+        "solid": (0.40, 0.80),
+        "cyst": (0.20, 0.40),
+        "et": (0.45, 0.70),
+        "snfh": (0.50, 0.78),
+    },
+    "t2w": {
+        "csf": (3.20, 4.50),
+        "gm": (1.10, 1.45),
+        "necrosis": (2.20, 3.60),
+        "solid": (1.80, 2.90),
+        "cyst": (2.80, 4.00),
+        "et": (1.60, 3.00),
+        "snfh": (1.70, 3.00),
+    },
+    "t2f": {
+        "csf": (0.20, 0.50),
+        "gm": (0.95, 1.22),
+        "necrosis": (1.30, 2.40),
+        "solid": (1.40, 2.40),
+        "cyst": (0.40, 1.10),
+        "et": (1.50, 2.50),
+        "snfh": (1.45, 2.60),
+    },
 }
+#: Tissues that do not enhance look alike before and after contrast: their t1c level is their t1n level times a
+#: factor in this range (above 1 for a spin-echo-like t1c, or faint enhancement).
+T1C_OVER_T1N = (0.9, 1.2)
 #: Weight of the MNI T1 texture residual per modality (T2-weighted contrasts invert it).
 T1_TEXTURE_WEIGHT: dict[str, float] = {"t1c": 1.0, "t1n": 1.0, "t2w": -1.6, "t2f": -0.8}
 #: Range of the white-matter level per modality, in stored (scanner-like) units.
@@ -27,25 +66,36 @@ WM_LEVEL_RANGE: dict[str, tuple[float, float]] = {
     "t2w": (300.0, 900.0),
     "t2f": (300.0, 900.0),
 }
-
-
-#: Per-case factors on the tissue levels: normal tissue (CSF, GM), tumour tissue.
-NORMAL_JITTER, TUMOUR_JITTER = (0.9, 1.1), (0.92, 1.08)
+#: Range of each case's gamma per modality (``signal ** gamma``: monotonic, so every ordering of tissues is kept).
+GAMMA_RANGE = (0.8, 1.25)
 
 
 def _sample_contrast(rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    """Per-case tissue levels (scanner and protocol): the table above with +-10 % jitter for normal tissue (their
-    order stays that of MRI physics) and +-8 % for tumour tissue; NETC in FLAIR varies from 0.6 to 1.6."""
-    contrast = {}
-    for modality in MODALITIES:
-        levels = TISSUE_CONTRAST[modality]
-        contrast[modality] = {
-            tissue: value * float(rng.uniform(*(NORMAL_JITTER if tissue in ("csf", "gm") else TUMOUR_JITTER)))
-            for tissue, value in levels.items()
-        }
-        contrast[modality]["wm"] = 1.0
-    contrast["t2f"]["netc"] = float(rng.uniform(0.6, 1.6))
-    contrast["t1c"]["et"] = float(rng.uniform(1.3, 1.9))
+    """Per-case tissue levels (scanner, protocol and tumour biology), in the spirit of SynthSeg: every class drawn
+    from its range in :data:`CONTRAST_PRIORS`, then the orderings that define the classes restored."""
+    contrast = {
+        modality: {tissue: float(rng.uniform(*bounds)) for tissue, bounds in priors.items()} | {"wm": 1.0}
+        for modality, priors in CONTRAST_PRIORS.items()
+    }
+    for tissue in ("csf", "necrosis", "solid", "cyst", "snfh"):
+        contrast["t1c"][tissue] = contrast["t1n"][tissue] * float(rng.uniform(*T1C_OVER_T1N))
+    return _keep_orderings(contrast)
+
+
+def _keep_orderings(contrast: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Restore the orderings that define the classes (in place, returned): ET clearly brighter than every other
+    tissue on t1c; solid non-enhancing tumour darker than oedema on t1n and brighter on t2w (else NETC and SNFH
+    would look alike); free water (CSF) the brightest tissue on t2w, as cyst fluid; cyst fluid darker than oedema on
+    FLAIR; CSF darker than grey matter on T1 and FLAIR."""
+    t1c, t1n, t2w, t2f = (contrast[m] for m in ("t1c", "t1n", "t2w", "t2f"))
+    t1c["et"] = max(t1c["et"], 1.12 * max(1.0, t1c["gm"], t1c["snfh"], t1c["solid"], t1c["necrosis"]))
+    t1n["solid"] = min(t1n["solid"], 0.85 * t1n["snfh"])
+    t1c["solid"] = min(t1c["solid"], 0.95 * t1c["snfh"])
+    t2w["solid"] = max(t2w["solid"], 1.15 * t2w["snfh"])
+    t2w["csf"] = max(t2w["csf"], 1.15 * max(t2w["necrosis"], t2w["solid"], t2w["et"], t2w["snfh"]))
+    t2f["cyst"] = min(t2f["cyst"], 0.9 * t2f["snfh"])
+    for levels in (t1c, t1n, t2f):
+        levels["csf"] = min(levels["csf"], 0.8 * levels["gm"])
     return contrast
 
 
@@ -62,6 +112,32 @@ def _normal_enhancement(rng: np.random.Generator, anatomy: _Anatomy, spacing_mm:
     return np.minimum(vessels + edge * patches, 1.0).astype(np.float32)
 
 
+_TEXTURE_AMPLITUDE = {"cyst": (0.01, 0.05), "et": (0.1, 0.35)}
+#: Amplitude of the fine texture of normal tissue per modality (real T2-weighted scans are the grainiest).
+NORMAL_TEXTURE: dict[str, tuple[float, float]] = {
+    "t1c": (0.02, 0.05),
+    "t1n": (0.02, 0.05),
+    "t2w": (0.06, 0.12),
+    "t2f": (0.04, 0.09),
+}
+
+
+def _lesion_texture(rng: np.random.Generator, maps: _LesionMaps, spacing_mm: float) -> dict[str, np.ndarray]:
+    """Heterogeneity of each lesion class (box shape, float32, mean 1): its own random field, correlated over
+    1-3 mm, with a per-case amplitude (4-20 % for tumour tissue and oedema, 10-35 % for enhancing tumour, whose
+    signal varies most on real scans, 1-5 % for cyst fluid). Uses ``rng``
+    only through a child generator drawn from it, so a healthy brain (an empty box) keeps the draws that follow."""
+    rng = np.random.default_rng(int(rng.integers(2**63)))
+    texture = {}
+    if 0 in maps.box_shape:
+        return {name: np.ones(maps.box_shape, np.float32) for name in LESION_CLASSES}
+    for name in LESION_CLASSES:
+        amplitude = float(rng.uniform(*_TEXTURE_AMPLITUDE.get(name, (0.04, 0.2))))
+        field = _smooth_noise(rng, maps.box_shape, spacing_mm, float(rng.uniform(1.0, 3.0)))
+        texture[name] = (1.0 + amplitude * field).astype(np.float32)
+    return texture
+
+
 def _render_modality(
     rng: np.random.Generator,
     modality: str,
@@ -69,23 +145,18 @@ def _render_modality(
     anatomy: _Anatomy,
     maps: _LesionMaps,
     texture: np.ndarray,
-    spacing_mm: float,
+    lesion_texture: dict[str, np.ndarray],
 ) -> np.ndarray:
     """Noise-free signal (X, Y, Z) float32 of one modality, relative to white matter = 1, before blur and bias."""
     image = levels["csf"] * anatomy.csf + levels["gm"] * anatomy.gm + levels["wm"] * anatomy.wm
     infra = anatomy.infratentorial
     image += T1_TEXTURE_WEIGHT[modality] * anatomy.t1_residual * (1.0 + (anatomy.infratentorial_texture - 1.0) * infra)
     image *= 1.0 + (anatomy.infratentorial_level - 1.0) * infra
-    image *= 1.0 + float(rng.uniform(0.02, 0.05)) * texture
-    heterogeneity = float(rng.uniform(0.08, 0.15))
-    tumour_a = 1.0 + heterogeneity * maps.texture[0]
-    tumour_b = 1.0 + float(rng.uniform(0.12, 0.22)) * maps.texture[1]
+    image *= 1.0 + float(rng.uniform(*NORMAL_TEXTURE[modality])) * texture
     region = image[maps.box]
-    tumour = maps.netc + maps.et + maps.snfh
-    region *= 1.0 - tumour
-    region += maps.netc * levels["netc"] * tumour_a
-    region += maps.et * levels["et"] * tumour_b
-    region += maps.snfh * levels["snfh"] * (1.0 + 0.5 * heterogeneity * maps.texture[0])
+    region *= np.clip(1.0 - sum(maps.weights.values()), 0.0, 1.0)
+    for name, weight in maps.weights.items():
+        region += weight * levels[name] * lesion_texture[name]
     image *= anatomy.brain
     return np.clip(image, 0.0, None).astype(np.float32)
 
@@ -93,8 +164,10 @@ def _render_modality(
 def _acquire(
     rng: np.random.Generator, signal: np.ndarray, brain: np.ndarray, modality: str, spacing: float
 ) -> np.ndarray:
-    """Scanner effects on a signal (X, Y, Z): blur (in-plane 0.3-0.9 mm; in 40 % of the scans, slices 2-5 mm thick
-    along one axis, mostly the axial one), bias field, global scale/offset, Rician noise; int16 output."""
+    """Scanner effects on a signal (X, Y, Z): a gamma (:data:`GAMMA_RANGE`), blur (in-plane 0.3-0.9 mm; in 40 % of
+    the scans, slices 2-5 mm thick along one axis, mostly the axial one), bias field, global scale/offset, Rician
+    noise; int16 output."""
+    signal = np.power(signal, float(rng.uniform(*GAMMA_RANGE)), dtype=np.float32)
     sigmas = np.full(3, rng.uniform(0.3, 0.9))
     if rng.uniform() < 0.4:
         axis = int(rng.choice(3, p=[0.15, 0.15, 0.7]))
@@ -117,10 +190,11 @@ def _synthesize_images(
     """The four modalities (X, Y, Z) int16, in :data:`~kd_components.constants.MODALITIES` order."""
     contrast = _sample_contrast(rng)
     texture = _smooth_noise(rng, profile.shape, profile.spacing_mm, 1.5)
+    lesion_texture = _lesion_texture(rng, maps, profile.spacing_mm)
     enhancement = _normal_enhancement(rng, anatomy, profile.spacing_mm)
     images = {}
     for modality in MODALITIES:
-        signal = _render_modality(rng, modality, contrast[modality], anatomy, maps, texture, profile.spacing_mm)
+        signal = _render_modality(rng, modality, contrast[modality], anatomy, maps, texture, lesion_texture)
         if modality == "t1c":
             signal += enhancement * float(rng.uniform(0.8, 1.3))
         images[modality] = _acquire(rng, signal, anatomy.brain, modality, profile.spacing_mm)

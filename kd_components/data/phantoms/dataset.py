@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from kd_components.constants import ET_LABEL, MODALITIES, PHANTOM_TASK, SEG_SUFFIX, case_file_name, case_id
-from kd_components.data.phantoms.anatomy import _resample_anatomy, _sample_pose, _sample_variation
+from kd_components.data.phantoms.anatomy import _Pose, _resample_anatomy, _sample_pose, _sample_variation
 from kd_components.data.phantoms.atlas import _atlas
 from kd_components.data.phantoms.contrast import _synthesize_images
 from kd_components.data.phantoms.grid import PhantomProfile, resolve_profile
-from kd_components.data.phantoms.lesion import _draw_lesion, _no_lesion, _sample_lesion
+from kd_components.data.phantoms.lesion import _draw_lesion, _LesionSpec, _no_lesion, _sample_lesion
 from kd_components.io import save_nifti_atomic
 
 
@@ -31,6 +31,9 @@ class PhantomCase:
         brain_mask: (X, Y, Z) bool, where the images are non-zero.
         tissues: ``csf``, ``gm``, ``wm`` -> (X, Y, Z) float32 partial-volume fractions of the
             normal anatomy (before the lesion was drawn); for tests and analysis, not written.
+        kind: the glioma's kind (:data:`~kd_components.data.phantoms.lesion.LESION_KINDS`), ``healthy`` without one.
+        region: the main focus's site region (:data:`~kd_components.data.phantoms.atlas.SITE_REGIONS`), or ``""``.
+        foci: the number of tumour foci (2-3: multifocal; 0: healthy).
     """
 
     case_id: str
@@ -39,6 +42,9 @@ class PhantomCase:
     affine: np.ndarray
     brain_mask: np.ndarray
     tissues: dict[str, np.ndarray] = field(default_factory=dict)
+    kind: str = ""
+    region: str = ""
+    foci: int = 0
 
     @property
     def has_enhancing_tumour(self) -> bool:
@@ -61,9 +67,7 @@ def generate_case(index: int, seed: int, profile: str | PhantomProfile = "small"
     _check_non_negative(index=index, seed=seed)
     grid = resolve_profile(profile)
     atlas = _atlas()
-    rng = np.random.default_rng([seed, index])
-    pose = _sample_pose(rng, grid, atlas)
-    lesion = _sample_lesion(rng, atlas, pose)
+    rng, pose, lesion = _case_plan(index, seed, grid)
     if healthy:
         lesion = replace(lesion, mass_effect=0.0)
     variation = _sample_variation(rng, grid)
@@ -79,7 +83,25 @@ def generate_case(index: int, seed: int, profile: str | PhantomProfile = "small"
         affine=grid.affine,
         brain_mask=anatomy.brain,
         tissues={"csf": anatomy.csf, "gm": anatomy.gm, "wm": anatomy.wm},
+        kind="healthy" if healthy else lesion.kind,
+        region="" if healthy else lesion.region,
+        foci=0 if healthy else len(lesion.foci),
     )
+
+
+def _case_plan(index: int, seed: int, grid: PhantomProfile) -> tuple[np.random.Generator, _Pose, _LesionSpec]:
+    """The first draws of case ``index``: its generator (to be used on), the brain's pose and the glioma's spec."""
+    rng = np.random.default_rng([seed, index])
+    pose = _sample_pose(rng, grid, _atlas())
+    return rng, pose, _sample_lesion(rng, _atlas(), pose)
+
+
+def lesion_plan(index: int, seed: int, profile: str | PhantomProfile = "small") -> tuple[str, str, int, float]:
+    """``(kind, region, foci, core radius in mm)`` of case ``index`` of data set ``seed`` without drawing it (a few
+    milliseconds): for choosing cases of a kind, and for tests."""
+    _check_non_negative(index=index, seed=seed)
+    _, _, lesion = _case_plan(index, seed, resolve_profile(profile))
+    return lesion.kind, lesion.region, len(lesion.foci), lesion.radius_mm
 
 
 def write_case(case: PhantomCase, root: str | os.PathLike[str], labelled: bool = True) -> Path:
@@ -109,6 +131,7 @@ def make_phantom_dataset(
     workers: int | None = None,
     progress: bool = True,
     healthy: bool = False,
+    healthy_share: float = 0.0,
 ) -> list[str]:
     """Generate and write ``num_cases`` phantoms under ``output_dir``; return their case ids in index order.
 
@@ -117,9 +140,12 @@ def make_phantom_dataset(
     of ``workers`` processes (default: the available cores, at most one per case); each
     worker loads the MNI templates once. Results do not depend on ``workers``. ``healthy``: tumour-free brains
     (:func:`generate_case`), written with their all-zero label maps; keep them in a folder of their own (their
-    case ids are those of the tumour phantoms).
+    case ids are those of the tumour phantoms). ``healthy_share``: the probability that a labelled case is a
+    healthy brain with its all-zero label map (:func:`is_healthy_case`), so that training sees "no tumour here".
     """
     _check_non_negative(num_cases=num_cases, seed=seed, unlabelled=unlabelled)
+    if not 0.0 <= healthy_share <= 1.0:
+        raise ValueError(f"healthy_share must be in [0, 1], got {healthy_share}")
     if unlabelled > num_cases:
         raise ValueError(f"unlabelled ({unlabelled}) cannot exceed num_cases ({num_cases})")
     if workers is not None and workers < 1:
@@ -127,7 +153,11 @@ def make_phantom_dataset(
     grid = resolve_profile(profile)
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, seed, grid, str(root), i < num_cases - unlabelled, healthy) for i in range(num_cases)]
+    labelled = num_cases - unlabelled
+    jobs = [
+        (i, seed, grid, str(root), i < labelled, healthy or (i < labelled and is_healthy_case(seed, i, healthy_share)))
+        for i in range(num_cases)
+    ]
     workers = min(workers or _available_cores(), max(num_cases, 1))
     done = _run_jobs(jobs, workers)
     if progress:
@@ -137,6 +167,13 @@ def make_phantom_dataset(
     for _ in done:
         pass
     return [case_id(PHANTOM_TASK, i) for i in range(num_cases)]
+
+
+def is_healthy_case(seed: int, index: int, healthy_share: float) -> bool:
+    """Whether labelled case ``index`` of data set ``seed`` is drawn healthy at ``healthy_share``: a draw of its own
+    (``(seed, index, 1)``), independent of the case's other random numbers, so raising the share only turns more
+    cases healthy."""
+    return bool(np.random.default_rng([seed, index, 1]).random() < healthy_share)
 
 
 _Job = tuple[int, int, PhantomProfile, str, bool, bool]
