@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from kd_components.constants import case_file_name
-from kd_components.data.phantoms import make_phantom_dataset
+from kd_components.data.phantoms import lesion_plan, make_phantom_dataset
 from kd_components.geometry import write_training_geometry
 from kd_components.handlers.metrics import label_map_dice
 from kd_components.handlers.region_volumes import region_volumes_ml
@@ -37,7 +37,10 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One phantom case, the fitted student's ``model.pt`` and its ``models/model.ts`` made with the documented
     ``ckpt_export`` command line."""
     root = tmp_path_factory.mktemp("deploy")
-    make_phantom_dataset(root / "data", 1, seed=2, profile="small", workers=1, progress=False)
+    # a typical glioblastoma (a necrotic core in an enhancing rim, core radius over 12 mm): with a network fitted for
+    # a few steps, the small patches of a patchy or small tumour leave too few voxels for a stable per-region Dice
+    seed = next(s for s in range(50) if (plan := lesion_plan(0, s))[0] == "necrotic_rim" and plan[3] > 12.0)
+    make_phantom_dataset(root / "data", 1, seed=seed, profile="small", workers=1, progress=False)
     (case,) = sorted(p for p in (root / "data").iterdir() if p.is_dir())
     torch.save(fit_student_to_case(case).state_dict(), root / "model.pt")
     geometry = write_training_geometry(root, PHANTOM_PIXDIM, "LPS")  # as training writes it: fitted at 2 mm

@@ -15,7 +15,9 @@ from kd_components.data.phantoms.lesion import LESION_CLASSES, _LesionMaps
 #: (uniformly, then :func:`_keep_orderings`). Fitted to real glioma scans (``scripts/measure_real_scans.py
 #: --calibration``, docs/real_scans.md): tumour classes from their medians and spread, normal tissue from the same
 #: measurement made on phantoms (CSF and GM are partial-volume mixtures in both). NETC is drawn as three tissues:
-#: necrosis, solid non-enhancing tumour and cyst fluid.
+#: necrosis, solid non-enhancing tumour and cyst fluid. On t1c only GM and ET keep the level drawn from their range:
+#: the tissues that do not enhance (CSF, necrosis, solid tumour, cyst, oedema) are drawn too, then replaced by their
+#: t1n level times a factor in :data:`T1C_OVER_T1N`.
 CONTRAST_PRIORS: dict[str, dict[str, tuple[float, float]]] = {
     "t1c": {
         "csf": (0.15, 0.40),
@@ -112,6 +114,7 @@ def _normal_enhancement(rng: np.random.Generator, anatomy: _Anatomy, spacing_mm:
     return np.minimum(vessels + edge * patches, 1.0).astype(np.float32)
 
 
+#: Amplitude range of a lesion class's texture where it differs from the default (0.04, 0.2).
 _TEXTURE_AMPLITUDE = {"cyst": (0.01, 0.05), "et": (0.1, 0.35)}
 #: Amplitude of the fine texture of normal tissue per modality (real T2-weighted scans are the grainiest).
 NORMAL_TEXTURE: dict[str, tuple[float, float]] = {
