@@ -13,7 +13,8 @@ The JSON written by :func:`build_datalist` loads with
 
 Paths are relative to the data set root, lexically (a case reached through a symlinked folder keeps the
 link's path). Folds are stratified by task, presence of enhancing tumour and whole-tumour size (above or
-below the median), and deterministic for a seed.
+below the median), and deterministic for a seed. A labelled case without tumour (a healthy brain) gets fold
+:data:`TRAINING_ONLY_FOLD` (-1): it is in the training part of every fold and never validated.
 
 Datalists are read back with :func:`load_datalist_split`, which checks them first
 (:func:`check_datalist_schema`, :func:`image_list_problems`) and names the file and the entry of every
