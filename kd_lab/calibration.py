@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.data.utils import affine_to_spacing
 from scipy import ndimage
 
 from kd_components.constants import ET_LABEL, MODALITIES, NETC_LABEL, SNFH_LABEL
@@ -253,7 +254,8 @@ def pool_cases(cases: Sequence[CaseCalibration]) -> dict[str, dict[str, dict[str
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+    """The voxel size (mm) along each axis of a ``(4, 4)`` affine (MONAI's ``affine_to_spacing``)."""
+    return tuple(float(v) for v in affine_to_spacing(np.asarray(affine, dtype=np.float64), r=3))
 
 
 def load_real_case(case: BratsCase) -> tuple[dict[str, np.ndarray], np.ndarray, tuple[float, ...]]:

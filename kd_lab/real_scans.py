@@ -38,6 +38,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
+from monai.data.utils import affine_to_spacing
 
 from kd_components.constants import ET_LABEL, REGIONS, SEG_SUFFIX
 from kd_components.data.brats import BratsCase, find_cases
@@ -293,7 +294,7 @@ def _reference(case: BratsCase) -> tuple[np.ndarray, tuple[float, ...]]:
     """The case's reference label map ``(H, W, D)`` and voxel spacing (mm), for a case without a prediction."""
     assert case.label is not None
     image = nib.load(str(case.label))
-    spacing = tuple(float(s) for s in np.linalg.norm(image.affine[:3, :3], axis=0))
+    spacing = tuple(float(v) for v in affine_to_spacing(np.asarray(image.affine, dtype=np.float64), r=3))
     return np.asarray(image.dataobj).astype(np.uint8), spacing
 
 
