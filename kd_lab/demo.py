@@ -47,7 +47,7 @@ def _demo_setting(bundle: Path, key: str) -> Any:
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Size and budget of the demo run (the defaults take about 14 minutes on 2 CPU cores; docs/training_speed.md).
+    """Size and budget of the demo run (the defaults take about 13 minutes on 2 CPU cores; docs/training_speed.md).
 
     Args:
         output_dir: everything goes below this folder.

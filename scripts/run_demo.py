@@ -6,7 +6,7 @@ replace what the earlier run made. See kd_lab.demo.
 
 Example::
 
-    python scripts/run_demo.py --output-dir outputs/demo            # about 14 minutes on 2 CPU cores
+    python scripts/run_demo.py --output-dir outputs/demo            # about 13 minutes on 2 CPU cores
     python scripts/run_demo.py --output-dir /tmp/tiny --num-cases 8 --unlabelled 2 \\
         --teacher-epochs 1 --student-epochs 1 --val-interval 1       # a smoke run
 """
