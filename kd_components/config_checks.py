@@ -158,7 +158,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha": (_non_negative_number, "a non-negative number"),
     "beta": (_non_negative_number, "a non-negative number"),
     "temperature": (_positive_number, "a positive number"),
-    "cache_rate": (lambda v: _is_number(v) and 0 <= v <= 1, "a number between 0 and 1"),
+    "preprocessed_dir": (_text, "a folder (a string; empty: the default store)"),
     "sw_overlap": (_fraction, "a number in [0, 1)"),
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
     "pixdim": (_spacing, "a list of three positive voxel sizes in mm, e.g. [1.0, 1.0, 1.0]"),

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The user's cache folder of the project (``$XDG_CACHE_HOME/brats-kd``, else ``~/.cache/brats-kd``): exports of
+#: checkpoints in read-only folders, and the preprocessed training cases (``kd_components.data.preprocessed``).
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brats-kd"
+
 
 def _current_umask() -> int:
     mask = os.umask(0)

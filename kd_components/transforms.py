@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, MapTransform, Transform
+from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses, CropForegroundd, MapTransform, Transform
 from monai.utils import TransformBackends
 
 from kd_components.constants import BACKGROUND_LABEL, ET_LABEL, NETC_LABEL, REGIONS, SNFH_LABEL, allowed_labels
@@ -210,6 +210,44 @@ class BrainMaskd(MapTransform):
         return d
 
 
+#: Voxels kept around the brain's bounding box, in training (:class:`CropToBraind`) and in inference
+#: (``kd_components.segment.crop.brain_box``) alike, so that both run their windows over the same box.
+BRAIN_MARGIN = 4
+
+
+class CropToBraind(CropForegroundd):
+    """Crop the images under ``keys`` to the brain's bounding box (:func:`brain_mask` of ``source_key``) plus
+    ``margin`` voxels, clipped to the grid (never padded): the box ``brats-kd segment`` slides its windows over.
+
+    A 1 mm BraTS grid (240 x 240 x 155) holds a brain of about 140 x 175 x 145 voxels, so a cropped case takes about
+    a third of the memory and of the disk of the whole grid; the training pipelines crop before they cache. The
+    affine of each MetaTensor is moved with the crop (MONAI's ``CropForegroundd``).
+
+    Args:
+        keys: the keys to crop (the image and its label map or regions).
+        source_key: the image whose non-zero voxels (any channel) define the brain. Defaults to ``"image"``.
+        margin: voxels added on every side. Defaults to :data:`BRAIN_MARGIN`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source_key: str = "image",
+        margin: int = BRAIN_MARGIN,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(
+            keys,
+            source_key=source_key,
+            select_fn=brain_mask,
+            margin=margin,
+            allow_smaller=True,
+            start_coord_key=None,
+            end_coord_key=None,
+            allow_missing_keys=allow_missing_keys,
+        )
+
+
 class CaseIdToMetad(MapTransform):
     """Copy the datalist entry's case id (``d[case_id_key]``) into the metadata of the images under ``keys``.
 
@@ -271,6 +309,7 @@ class DropNonFinited(MapTransform):
 
 
 __all__ = [
+    "BRAIN_MARGIN",
     "CASE_ID_KEY",
     "ET_INDEX",
     "TC_INDEX",
@@ -279,6 +318,7 @@ __all__ = [
     "BratsLabelsToRegions",
     "BratsLabelsToRegionsd",
     "CaseIdToMetad",
+    "CropToBraind",
     "DropNonFinited",
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",

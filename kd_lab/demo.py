@@ -127,11 +127,13 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
     out = settings.output_dir
     data, datalist = out / "data", out / "datalist.json"
     common = ["--dataset_dir", str(data), "--data_list_file_path", str(datalist), "--seed", str(settings.seed)]
+    store = ["--preprocessed_dir", str(out / "preprocessed")]  # shared by both trainings, inside the job's folder
     teacher, student = out / "hybrid_teacher", out / "distilled_student"
     teacher_model = teacher / "models" / "model.pt"
     train_cfg = ("train.json", "demo.json")
     teacher_train_args = [
         *common,
+        *store,
         "--epochs",
         str(settings.teacher_epochs),
         "--val_interval",
@@ -139,6 +141,7 @@ def demo_stages(settings: DemoSettings) -> list[Stage]:
     ]
     student_train_args = [
         *common,
+        *store,
         "--epochs",
         str(settings.student_epochs),
         "--val_interval",

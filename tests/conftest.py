@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,6 +23,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from kd_components.constants import ET_LABEL, MODALITIES, SEG_SUFFIX, case_file_name
+from kd_components.data.preprocessed import PREPROCESSED_ENV
 from kd_components.io import save_nifti_atomic
 from kd_components.networks import HybridTeacher, build_teacher
 
@@ -240,6 +242,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "phantoms(**kwargs): the phantom_data of a module, as phantom_datasets' keyword arguments"
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preprocessed_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bundles' store of preprocessed cases (``$BRATS_KD_PREPROCESSED``) in a temporary folder of the session,
+    for the tests and the bundle commands they start, never the user's cache; restored after."""
+    store = tmp_path_factory.mktemp("preprocessed")
+    previous = os.environ.get(PREPROCESSED_ENV)
+    os.environ[PREPROCESSED_ENV] = str(store)
+    yield store
+    if previous is None:
+        os.environ.pop(PREPROCESSED_ENV, None)
+    else:
+        os.environ[PREPROCESSED_ENV] = previous
 
 
 @pytest.fixture(scope="session")

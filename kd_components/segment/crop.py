@@ -21,7 +21,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from kd_components.transforms import brain_mask
+from kd_components.transforms import BRAIN_MARGIN, brain_mask
 
 __all__ = ["brain_box", "window_count", "window_starts"]
 
@@ -39,7 +39,7 @@ def window_count(shape: tuple[int, ...] | torch.Size, roi_size: tuple[int, ...],
     return int(np.prod([len(window_starts(s, r, overlap)) for s, r in zip(shape, roi_size, strict=True)]))
 
 
-def brain_box(image: torch.Tensor | np.ndarray, margin: int = 4) -> tuple[slice, ...] | None:
+def brain_box(image: torch.Tensor | np.ndarray, margin: int = BRAIN_MARGIN) -> tuple[slice, ...] | None:
     """The brain's bounding box plus ``margin`` voxels (clipped to the grid): one slice per spatial axis.
 
     Args:

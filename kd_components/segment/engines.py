@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from kd_components.constants import MODALITIES
 from kd_components.export import export_onnx
-from kd_components.io import atomic_path
+from kd_components.io import USER_CACHE, atomic_path
 from kd_components.segment.errors import EngineError
 from kd_components.segment.quantize import quantized_model
 
@@ -54,8 +54,6 @@ __all__ = [
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 #: Precisions of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
-#: Where exports go when the checkpoint's folder cannot be written.
-USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brats-kd"
 
 
 def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:

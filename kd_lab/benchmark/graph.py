@@ -92,6 +92,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
         args = [*common, "--seed", str(seed), *row.overrides, "--ckpt_dir", str(folder / "models")]
         train_args = [
             *args,
+            *("--preprocessed_dir", str(out / "preprocessed")),  # one store for every row and seed
             *("--data_list_file_path", str(out / "datalist.json")),
             *("--epochs", str(epochs), "--val_interval", str(val_interval)),
         ]
