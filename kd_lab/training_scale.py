@@ -23,7 +23,6 @@ from typing import Any
 import psutil
 import torch
 from monai.bundle import ConfigParser
-from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from kd_components.data.phantoms import make_phantom_dataset
@@ -40,7 +39,6 @@ __all__ = [
     "case_costs",
     "loader_throughput",
     "peak_ram",
-    "peak_ram_in_memory_cache",
     "prepare_cases",
     "step_seconds",
     "subset_datalist",
@@ -72,10 +70,11 @@ def bundle_parser(bundle: str, datalist: Path, store: Path, **overrides: Any) ->
 
 
 def prepare_cases(root: Path, count: int, seed: int = 0) -> Path:
-    """``count`` BraTS-size phantoms under ``root/cases`` and their datalist (5 folds), made once and reused."""
+    """``count`` BraTS-size phantoms under ``root/cases`` and their datalist there (5 folds, paths relative to that
+    folder, as ``brats-kd datalist`` writes them), made once and reused."""
     from kd_components.cli import main as brats_kd
 
-    datalist = root / f"datalist_{count}.json"
+    datalist = root / "cases" / f"datalist_{count}.json"
     if not datalist.exists():
         make_phantom_dataset(root / "cases", count, seed=seed, profile="brats", progress=False)
         status = brats_kd(["datalist", "--dataset-dir", str(root / "cases"), "--output", str(datalist), "--quiet"])
@@ -96,7 +95,11 @@ def subset_datalist(datalist: Path, count: int) -> Path:
 
 
 class TreeMemory:
-    """Peak of the summed resident memory (RSS) of this process and its children, sampled in a thread."""
+    """Peak of the summed proportional set size (PSS) of this process and its children, sampled in a thread.
+
+    PSS counts a page shared by ``n`` processes as ``1/n`` in each, so the forked loader workers, which share the
+    parent's pages (an in-memory cache above all), are not counted twice; the sum is the RAM the tree takes.
+    """
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
@@ -104,15 +107,19 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    @staticmethod
+    def _pss(process: psutil.Process) -> int:
+        try:
+            return int(process.memory_full_info().pss)
+        except (psutil.Error, AttributeError):  # a worker that just ended; no PSS outside Linux
+            try:
+                return int(process.memory_info().rss)
+            except psutil.Error:
+                return 0
+
     def _current(self) -> int:
         me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:  # a worker that just ended
-                pass
-        return total
+        return self._pss(me) + sum(self._pss(child) for child in me.children(recursive=True))
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -254,14 +261,35 @@ class RamPoint:
     seconds: float
 
 
-def peak_ram(datalist: Path, store: Path, workers: int, steps: int) -> RamPoint:
-    """Peak RAM of the teacher's default training over one datalist, with a cold store: one full epoch of its
-    ``train#dataloader`` (every case preprocessed and stored, every sample drawn), a read of every validation
-    case, and ``steps`` real training iterations of ``train#trainer``.
+def _in_memory_cache(parser: ConfigParser) -> None:
+    """Turn a parsed-to-be ``train.json`` into the pipeline before the store: no brain crop, and MONAI's
+    ``CacheDataset(cache_rate=1.0)`` of the whole preprocessed cases (float32, whole grid) for training and
+    validation."""
+    parser["base_transforms"] = [
+        t for t in parser["base_transforms"] if t.get("_target_") != "kd_components.transforms.CropToBraind"
+    ]
+    for section in ("train", "validate"):
+        parser[f"{section}#dataset"] = {
+            "_target_": "CacheDataset",
+            "data": "@train_datalist" if section == "train" else "@val_datalist",
+            "transform": f"@{section}#preprocessing",
+            "cache_rate": 1.0,
+            "num_workers": "@num_workers",
+            "progress": False,
+        }
+
+
+def peak_ram(datalist: Path, store: Path, workers: int, steps: int, in_memory: bool = False) -> RamPoint:
+    """Peak RAM of the teacher's default training over one datalist: building its datasets, one full epoch of its
+    ``train#dataloader`` (with the store, cold: every case preprocessed and written; every sample drawn), a read of
+    every validation case, and ``steps`` real training iterations of ``train#trainer``. ``in_memory``: the same
+    with the pipeline before the store (:func:`_in_memory_cache`).
 
     The networks' sliding-window validation is left out (its memory does not depend on the number of cases).
     """
     parser = bundle_parser("teacher", datalist, store, num_workers=workers)
+    if in_memory:
+        _in_memory_cache(parser)
     start = time.perf_counter()
     with TreeMemory() as memory:
         trainer = parser.get_parsed_content("train#trainer")
@@ -275,24 +303,6 @@ def peak_ram(datalist: Path, store: Path, workers: int, steps: int) -> RamPoint:
     return RamPoint(
         cases=len(json.loads(datalist.read_text())["training"]),
         training_cases=len(parser.get_parsed_content("train_datalist")),
-        peak_gib=memory.peak / GIB,
-        seconds=time.perf_counter() - start,
-    )
-
-
-def peak_ram_in_memory_cache(datalist: Path) -> RamPoint:
-    """Peak RAM of the pipeline before the store: MONAI's ``CacheDataset(cache_rate=1.0)`` of the training cases,
-    uncropped float32, as ``train.json`` declared it; built, then one sample drawn."""
-    parser = bundle_parser("teacher", datalist, datalist.parent / "unused-store")
-    base = [t for t in parser.get_parsed_content("base_transforms") if not isinstance(t, CropToBraind)]
-    items = parser.get_parsed_content("train_datalist")
-    start = time.perf_counter()
-    with TreeMemory() as memory:
-        dataset = CacheDataset(items, Compose(base), cache_rate=1.0, num_workers=2, progress=False)
-        dataset[0]
-    return RamPoint(
-        cases=len(json.loads(datalist.read_text())["training"]),
-        training_cases=len(items),
         peak_gib=memory.peak / GIB,
         seconds=time.perf_counter() - start,
     )
@@ -341,10 +351,11 @@ def gpu_training_busy(datalist: Path, store: Path, workers: int, iterations: int
     return (statistics.median(busy) if busy else float("nan")), seconds
 
 
-def epoch_hours(step_s: float, training_cases: int, loader_samples_per_s: float, samples_per_step: int) -> float:
-    """Hours of one epoch (one iteration per training case, as ``train.json``'s loader draws them): the slower of
-    the network and the loader sets the pace."""
-    per_step = max(step_s, samples_per_step / loader_samples_per_s)
+def epoch_hours(step_s: float, training_cases: int, loader_s: float, overlapped: bool) -> float:
+    """Hours of one epoch (one iteration per training case, as ``train.json``'s loader draws them) from the seconds
+    of a training step and of loading its batch: the slower of the two sets the pace when loader workers load the
+    next batch during the step (``overlapped``), their sum when the main process loads it (0 workers)."""
+    per_step = max(step_s, loader_s) if overlapped else step_s + loader_s
     return training_cases * per_step / 3600
 
 
