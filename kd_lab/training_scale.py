@@ -84,12 +84,14 @@ def prepare_cases(root: Path, count: int, seed: int = 0) -> Path:
 
 
 def subset_datalist(datalist: Path, count: int) -> Path:
-    """A datalist of the first ``count`` labelled cases of ``datalist`` (their folds kept), beside it."""
+    """A datalist of the first ``count`` labelled cases of ``datalist``, beside it, in 5 folds of their own
+    (``i % 5``: every fold, fold 0 included, has cases)."""
     data = json.loads(datalist.read_text())
     subset = datalist.with_name(f"datalist_first{count}.json")
     training = sorted(data["training"], key=lambda e: str(e.get("case_id", e["label"])))[:count]
     if len(training) < count:
         raise ValueError(f"{datalist} holds {len(training)} labelled cases, fewer than {count}")
+    training = [{**entry, "fold": index % 5} for index, entry in enumerate(training)]
     subset.write_text(json.dumps({**data, "training": training, "testing": []}, indent=1))
     return subset
 

@@ -18,6 +18,7 @@ import datetime
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def _hours(value: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    for store_dir in args.work.glob("store*"):  # this script's own stores: every measurement starts cold
+        shutil.rmtree(store_dir)
     load_before = os.getloadavg()
     full = prepare_cases(args.work, max(args.cases))
     store = args.work / "store"

@@ -168,3 +168,17 @@ def test_bundles_share_one_store_of_cropped_cases(phantom_data: dict[str, Path],
     assert student_set.cache_path(student_set.data[0]) == written[0]  # the student reads the teacher's file
     mtime = os.stat(written[0]).st_mtime_ns
     assert torch.equal(student_set[0]["image"], case["image"]) and os.stat(written[0]).st_mtime_ns == mtime
+
+
+def test_values_that_do_not_fit_the_compact_dtypes_are_stored_as_computed(tmp_path: Path) -> None:
+    def unusual(item: dict[str, Any]) -> dict[str, Any]:
+        image = torch.full((4, 3, 3, 3), 1.0e6)  # raw intensities, beyond float16's 65504
+        label = torch.full((3, 3, 3, 3), 0.5)  # soft labels, not 0/1
+        return {**item, "image": MetaTensor(image), "label": MetaTensor(label)}
+
+    items = [{"case_id": "BraTS-GLI-00004-000"}]
+    dataset = PreprocessedDataset(items, [Lambdad(keys="case_id", func=str), unusual], tmp_path, cache_n_trans=2)
+    case = dataset[0]
+    stored = torch.load(dataset.cache_path(items[0]), weights_only=True)["case"]
+    assert stored["image"]["tensor"].dtype == torch.float32 and stored["label"]["tensor"].dtype == torch.float32
+    assert float(case["image"].max()) == 1.0e6 and float(case["label"].max()) == 0.5

@@ -6,7 +6,7 @@ about 300 GB. :class:`PreprocessedDataset` is MONAI's ``PersistentDataset`` (the
 ``cache_n_trans`` transforms, as in ``CacheNTransDataset``) with three changes:
 
 - **compact files**: each case is cropped to the brain (``kd_components.transforms.CropToBraind``, in the bundles'
-  ``base_transforms``) and written with its images as float16 and its label channels as uint8, about 45 MB per
+  ``base_transforms``) and written with its images as float16 and its label channels as uint8, about 48 MB per
   1 mm case instead of 250; it is read back as float32 and carries its affine and case id (a plain dict of
   tensors, loadable with ``torch.load(weights_only=True)``, which MONAI's pickled MetaTensors are not, so its own
   cache would be recomputed on every read);
@@ -131,8 +131,13 @@ def _pack(value: Any, dtype: str | None) -> Any:
     if dtype is not None:
         target = getattr(torch, dtype)
         candidate = stored.to(target)
-        # integer storage only where it is exact (a label channel of 0/1); float16 rounds an image by < 0.05 %
-        if target.is_floating_point or torch.equal(candidate.to(stored.dtype), stored):
+        # float16 rounds a normalised image by < 0.05 % but would turn values beyond 65504 into inf; integer
+        # storage only where it is exact (a label channel of 0/1); otherwise the tensor is kept as computed
+        if target.is_floating_point:
+            fits = bool(torch.isfinite(candidate).all()) or not bool(torch.isfinite(stored).all())
+        else:
+            fits = torch.equal(candidate.to(stored.dtype), stored)
+        if fits:
             stored = candidate
     meta = {}
     if isinstance(value, MetaTensor):
