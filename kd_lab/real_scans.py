@@ -14,10 +14,10 @@ For each network (a :class:`ModelSpec`: weights, bundle, optional config overlay
    own ``inference.json`` + overlay with ``python -m monai.bundle run``, as the main job's prediction stages do;
 2. **score** each label map against the case's ``-seg`` file with the project's evaluation
    (:func:`~kd_components.evaluation.folder.load_case_pair`, :func:`~kd_components.evaluation.lesions.
-   score_label_maps`): per case and region (TC, WT, ET) the global Dice, the lesion-wise Dice as the project
-   reports it (mean over matched lesions, ``brats-evaluation``'s ``lesionwise_dsc_mean``), the lesion-wise Dice in
-   the BraTS 2023 ranking's counting (false-positive and missed lesions count 0:
-   :func:`~kd_components.evaluation.tuning.detection_weighted_dice`), TP / FP / FN lesions and the predicted and
+   score_label_maps`): per case and region (TC, WT, ET) the global Dice, the lesion-wise Dice in the BraTS 2023
+   ranking's counting (false-positive and missed lesions count 0: ``RegionScores.ranking_lesion_dice``), the mean
+   over matched lesions (``brats-evaluation``'s ``lesionwise_dsc_mean``: ``RegionScores.matched_lesion_dice``),
+   TP / FP / FN lesions and the predicted and
    reference volumes in mL; means over the cases per region and over TC / WT / ET;
 3. **draw** one PNG per network: a row per case (t1c, t2f, reference, prediction) through the axial slice with the
    most reference tumour, in the label colours of :mod:`kd_components.data.preview`;
@@ -45,7 +45,6 @@ from kd_components.data.brats import BratsCase, find_cases
 from kd_components.data.preview import draw_overlay, find_volume, legend_handles, load_lps, show_gray
 from kd_components.evaluation.folder import EvaluationError, evaluate_missing, find_prediction, load_case_pair
 from kd_components.evaluation.lesions import RegionScores, region_masks, score_label_maps
-from kd_components.evaluation.tuning import detection_weighted_dice
 from kd_components.geometry import GEOMETRY_FILE, GEOMETRY_KEYS, read_training_geometry
 from kd_components.io import atomic_path, save_figure_atomic, save_json_atomic
 from kd_lab.measure import cpu_description
@@ -81,7 +80,7 @@ MEASUREMENT_HEADING = "## 6. Measured on real scans"
 #: Column headers of the per-case table: (header, :class:`CaseMeasurement` value name, format).
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("Dice", "dice", ".3f"),
-    ("lesion Dice (matched)", "lesion_dice", ".3f"),
+    ("lesion Dice (matched)", "matched_lesion_dice", ".3f"),
     ("lesion Dice (2023 ranking)", "ranking_lesion_dice", ".3f"),
     ("TP / FP / FN", "lesions", ""),
     ("predicted mL", "pred_ml", ".1f"),
@@ -129,18 +128,18 @@ class CaseMeasurement:
     segmented: bool = True
 
     def values(self, region: str) -> dict[str, float]:
-        """The table's numbers of one region: ``dice``, ``lesion_dice``, ``ranking_lesion_dice``, ``tp``, ``fp``,
-        ``fn``, ``hd95``, ``lesion_hd95``, ``pred_ml``, ``ref_ml``."""
+        """The table's numbers of one region: ``dice``, ``matched_lesion_dice``, ``ranking_lesion_dice``, ``tp``,
+        ``fp``, ``fn``, ``hd95``, ``ranking_lesion_hd95``, ``pred_ml``, ``ref_ml``."""
         score = self.scores[region]
         return {
             "dice": score.dice,
-            "lesion_dice": score.lesion_dice,
-            "ranking_lesion_dice": detection_weighted_dice(score),
+            "matched_lesion_dice": score.matched_lesion_dice,
+            "ranking_lesion_dice": score.ranking_lesion_dice,
             "tp": score.tp,
             "fp": score.fp,
             "fn": score.fn,
             "hd95": score.hd95,
-            "lesion_hd95": score.lesion_hd95,
+            "ranking_lesion_hd95": score.ranking_lesion_hd95,
             "pred_ml": self.pred_ml[region],
             "ref_ml": self.ref_ml[region],
         }
@@ -437,7 +436,8 @@ def case_table(measured: Mapping[str, CaseMeasurement]) -> str:
         cells = [_cell(means[region], k, f) for _, k, f in _COLUMNS]
         lines.append("| " + " | ".join([f"**mean of {len(cases)}**", region, *cells]) + " |")
     overall = {
-        k: float(np.mean([means[r][k] for r in REGIONS])) for k in ("dice", "lesion_dice", "ranking_lesion_dice")
+        k: float(np.mean([means[r][k] for r in REGIONS]))
+        for k in ("dice", "matched_lesion_dice", "ranking_lesion_dice")
     }
     cells = [_cell(overall, k, f) if k in overall else "" for _, k, f in _COLUMNS]
     lines.append("| " + " | ".join(["**mean**", "TC / WT / ET", *cells]) + " |")
@@ -482,11 +482,11 @@ def render_measurement_section(
         "Means over the cases:",
         mean_table(results),
         "Columns: *Dice* is the global Dice of the region (BraTS's rule for a region absent from the reference: 1 "
-        "if the prediction has none either, else 0). *lesion Dice (matched)* is the project's lesion-wise Dice "
-        "(`RegionScores.lesion_dice`, `brats-evaluation`'s `lesionwise_dsc_mean`): the mean over matched lesions "
-        "only, blind to false-positive and missed lesions. *lesion Dice (2023 ranking)* counts every unmatched "
+        "if the prediction has none either, else 0). *lesion Dice (matched)* "
+        "(`RegionScores.matched_lesion_dice`, `brats-evaluation`'s `lesionwise_dsc_mean`) is the mean over matched "
+        "lesions only, blind to false-positive and missed lesions. *lesion Dice (2023 ranking)* counts every unmatched "
         "lesion as 0, as the BraTS 2023 ranking did (sum of the matched lesions' Dice over TP + FP + FN, "
-        "`detection_weighted_dice`), on the project's lesion matching (26-connected components, any overlap "
+        "`RegionScores.ranking_lesion_dice`), on the project's lesion matching (26-connected components, any overlap "
         "matches; without the 2023 script's reference-lesion dilation and minimum lesion size). TP / FP / FN are "
         "lesion counts (sums in the mean rows); volumes in mL.",
     ]

@@ -40,7 +40,7 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
     *((f"Dice {r}", f"val_dice_{r.lower()}") for r in REGIONS),
     ("mean Dice", "val_mean_dice"),
     *((f"HD95 {r} (mm)", f"val_hd95_{r.lower()}") for r in REGIONS),
-    *((f"lesion Dice {r}", f"lesion_dice_{r.lower()}") for r in REGIONS),
+    *((f"lesion Dice {r} (2023 ranking)", f"ranking_lesion_dice_{r.lower()}") for r in REGIONS),
 )
 
 

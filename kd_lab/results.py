@@ -226,7 +226,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "that region in its ground truth is left out of that region's mean.",
         *_comparison(rows),
         *challenge_sections(rows),
-        *_comparison(rows, "brats_lesion_dice_mean", "mean lesion-wise Dice"),
+        *_comparison(rows, "brats_ranking_lesion_dice_mean", "mean lesion-wise Dice, 2023 ranking form"),
         *postprocessing_section(rows),
         *probe_section(rows, settings.get("probe_cases", 0)),
         *branch_sections(rows, settings, figures.get("scale_weights")),

@@ -34,7 +34,7 @@ __all__ = [
 #: The metrics of the comparison tables: (``per_case`` key, header, digits).
 _METRICS: tuple[tuple[str, str, int], ...] = (
     ("val_mean_dice", "mean Dice", 3),
-    ("brats_lesion_dice_mean", "mean lesion Dice", 3),
+    ("brats_ranking_lesion_dice_mean", "mean lesion Dice (2023 ranking)", 3),
 )
 _SCALES = tuple(f"1/{scale}" for scale in FUSED_FEATURE_SCALES)
 

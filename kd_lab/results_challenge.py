@@ -25,7 +25,7 @@ def _cell(row: Mapping[str, Any], metric: str, digits: int, which: str = "mean",
 
 def challenge_sections(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The BraTS challenge metrics of every row as the network outputs them (no post-processing)."""
-    scored = [r for r in rows.values() if "brats_lesion_dice_mean" in r.get("statistics", {})]
+    scored = [r for r in rows.values() if "brats_ranking_lesion_dice_mean" in r.get("statistics", {})]
     if not scored:
         return []
     lines = [
@@ -33,20 +33,24 @@ def challenge_sections(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "Scored as the BraTS 2023 evaluation scores (panoptica, the official GLI configuration; "
         "`docs/evaluation.md`): a region empty in the reference scores Dice 1 if the prediction is empty too, "
         f"else 0 (and HD95 0 or {MISSED_REGION_HD_MM} mm), so every case counts in every region. *Lesion-wise*: "
-        "each connected component is a lesion, matched to the reference's by Dice, the mean over matched lesions "
-        "(`lesionwise_dsc_mean`, `lesionwise_hd95_mean`). *FP lesions WT*: predicted whole-tumour components that "
-        "match no reference lesion, per case. The predictions as the network outputs them; the bundles' "
-        "post-processing is the next section.",
+        "each connected component is a lesion, matched to the reference's by Dice; as the BraTS 2023 ranking "
+        f"counts, every false-positive or missed lesion scores Dice 0 and HD95 {MISSED_REGION_HD_MM} mm (sum over "
+        "TP + FP + FN). *Matched-lesion Dice*: the mean over matched lesions only (`lesionwise_dsc_mean`), blind "
+        "to false-positive and missed lesions. *FP lesions WT*: predicted whole-tumour components that match no "
+        "reference lesion, per case. The predictions as the network outputs them; the bundles' post-processing is "
+        "the next section.",
         "| row | Dice TC | Dice WT | Dice ET | mean Dice | lesion Dice TC | lesion Dice WT | lesion Dice ET | "
-        "mean lesion Dice | lesion HD95 TC (mm) | lesion HD95 WT (mm) | lesion HD95 ET (mm) | FP lesions WT |",
-        "|---|" + "---:|" * 12,
+        "mean lesion Dice | lesion HD95 TC (mm) | lesion HD95 WT (mm) | lesion HD95 ET (mm) | "
+        "mean matched-lesion Dice | FP lesions WT |",
+        "|---|" + "---:|" * 13,
     ]
     for row in scored:
         cells = [
             row["label"],
             *(_cell(row, f"brats_dice_{r}", 3) for r in [*_REGIONS, "mean"]),
-            *(_cell(row, f"brats_lesion_dice_{r}", 3) for r in [*_REGIONS, "mean"]),
-            *(_cell(row, f"brats_lesion_hd95_{r}", 1) for r in _REGIONS),
+            *(_cell(row, f"brats_ranking_lesion_dice_{r}", 3) for r in [*_REGIONS, "mean"]),
+            *(_cell(row, f"brats_ranking_lesion_hd95_{r}", 1) for r in _REGIONS),
+            _cell(row, "brats_matched_lesion_dice_mean", 3),
             _cell(row, "brats_fp_wt", 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -55,7 +59,7 @@ def challenge_sections(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def postprocessing_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """What each bundle's post-processing (its ``inference.json`` thresholds) changes, paired per seed and case."""
-    scored = [r for r in rows.values() if "post_brats_lesion_dice_mean" in r.get("statistics", {})]
+    scored = [r for r in rows.values() if "post_brats_ranking_lesion_dice_mean" in r.get("statistics", {})]
     if not scored:
         return []
     lines = [
@@ -73,8 +77,8 @@ def postprocessing_section(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
         cells = [row["label"]]
         for metric, digits in (
             ("brats_dice_mean", 3),
-            ("brats_lesion_dice_mean", 3),
-            ("brats_lesion_hd95_wt", 1),
+            ("brats_ranking_lesion_dice_mean", 3),
+            ("brats_ranking_lesion_hd95_wt", 1),
             ("brats_fp_wt", 1),
         ):
             cells += [

@@ -255,7 +255,8 @@ def _write_evaluation(folder: Path, values: np.ndarray) -> None:
 
 
 def _write_brats_scores(folder: Path, lesion_dice: float) -> None:
-    """``brats_metrics.csv`` (lesion Dice ``lesion_dice`` in TC and WT, 0 in ET, two false-positive WT lesions) and
+    """``brats_metrics.csv`` (matched-lesion Dice ``lesion_dice`` in TC and WT, 0 in ET, two false-positive WT
+    lesions) and
     ``brats_metrics_post.csv`` (the same without the false positives), as CaseScoresWriter writes them."""
     for filename, fp in (("brats_metrics.csv", 2), ("brats_metrics_post.csv", 0)):
         scores = {r: RegionScores(0.7, 5.0, 0.5, lesion_dice, 5.0, 0.5, 1, fp, 0) for r in ("TC", "WT")}
@@ -286,12 +287,14 @@ def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path)
     rows = collect_results(settings)
     assert [p["healthy_wt_ml_mean"] for p in rows["soft"]["probe"]] == [1.0, 2.0]
     # BraTS scores: per case and region from brats_metrics.csv, the mean over the regions, the post-processed ones
-    assert rows["soft"]["per_case"]["brats_lesion_dice_wt"][1] == pytest.approx([0.6] * len(_CASES))
-    assert rows["soft"]["per_case"]["brats_lesion_dice_mean"][0] == pytest.approx([(0.5 + 0.5 + 0.0) / 3] * 4)
+    assert rows["soft"]["per_case"]["brats_matched_lesion_dice_wt"][1] == pytest.approx([0.6] * len(_CASES))
+    # the ranking form counts the two false-positive WT lesions: 0.6 x 1 / (1 + 2)
+    assert rows["soft"]["per_case"]["brats_ranking_lesion_dice_wt"][1] == pytest.approx([0.2] * len(_CASES))
+    assert rows["soft"]["per_case"]["brats_matched_lesion_dice_mean"][0] == pytest.approx([(0.5 + 0.5 + 0.0) / 3] * 4)
     assert rows["soft"]["per_case"]["post_brats_fp_wt"][0] == [0.0] * len(_CASES)
     effect = rows["soft"]["statistics"]["post_brats_fp_wt"]["postprocessing_effect"]
     assert effect["estimate"] == pytest.approx(-2.0)
-    assert rows["soft"]["statistics"]["brats_lesion_dice_et"]["difference"]["estimate"] == pytest.approx(0.0)
+    assert rows["soft"]["statistics"]["brats_ranking_lesion_dice_et"]["difference"]["estimate"] == pytest.approx(0.0)
     assert list(rows) == ["teacher", "labels_only", "soft"]
     soft = rows["soft"]
     assert soft["per_case"]["cases"] == _CASES and soft["teacher_seeds"] == [0, 0]
@@ -327,7 +330,8 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page
     # BraTS challenge metrics, the lesion-wise comparison, the post-processing effect, the false-positive probe
-    assert "## BraTS challenge metrics" in page and "## Against the label-only student (mean lesion-wise Dice;" in page
+    assert "## BraTS challenge metrics" in page
+    assert "## Against the label-only student (mean lesion-wise Dice, 2023 ranking form;" in page
     assert "| student student | 0.750 [0.750, 0.750] | +0.050 [+0.050, +0.050] |" in page
     assert "| student student | 15.0 (10.0-20.0) | 30.0 | 0.700 (0.700-0.700) |" in page
     assert "| teacher demo | 10.0 | 30.0 | 0.800 |" in page

@@ -34,30 +34,36 @@ def mask(*boxes: tuple[slice, ...]) -> np.ndarray:
 def test_two_lesions_one_missed() -> None:
     scores = score_region(mask(A), mask(A, B))
     assert (scores.tp, scores.fp, scores.fn) == (1, 0, 1)
-    # the lesion-wise means are over matched lesions (brats-evaluation's lesionwise_dsc_mean): the found one is exact
-    assert scores.lesion_dice == pytest.approx(1.0)
-    assert scores.lesion_hd95 == pytest.approx(0.0)
+    # the matched-lesion means (brats-evaluation's lesionwise_dsc_mean) see only the found one, which is exact
+    assert scores.matched_lesion_dice == pytest.approx(1.0)
+    assert scores.matched_lesion_hd95 == pytest.approx(0.0)
+    # the 2023 ranking counts the missed one: Dice (1 + 0) / 2, HD95 (0 + 373.13) / 2
+    assert scores.ranking_lesion_dice == pytest.approx(0.5)
+    assert scores.ranking_lesion_hd95 == pytest.approx(MISSED_REGION_HD_MM / 2)
     assert scores.dice == pytest.approx(2 * 64 / (64 + 128))  # global: half the tumour found
 
 
 def test_one_false_positive_lesion() -> None:
     scores = score_region(mask(A, B), mask(A))
     assert (scores.tp, scores.fp, scores.fn) == (1, 1, 0)
-    assert scores.lesion_dice == pytest.approx(1.0)
+    assert scores.matched_lesion_dice == pytest.approx(1.0)  # blind to the false-positive lesion
+    assert (scores.ranking_lesion_dice, scores.ranking_lesion_hd95) == (0.5, pytest.approx(MISSED_REGION_HD_MM / 2))
     assert scores.dice == pytest.approx(2 * 64 / (128 + 64))
 
 
 def test_empty_reference_and_empty_prediction_scores_one() -> None:
     scores = score_region(mask(), mask())
     assert (scores.dice, scores.hd95, scores.nsd) == (1.0, 0.0, 1.0)
-    assert (scores.lesion_dice, scores.lesion_hd95) == (1.0, 0.0)
+    assert (scores.matched_lesion_dice, scores.matched_lesion_hd95) == (1.0, 0.0)
+    assert (scores.ranking_lesion_dice, scores.ranking_lesion_hd95) == (1.0, 0.0)
     assert (scores.tp, scores.fp, scores.fn) == (0, 0, 0)
 
 
 def test_empty_reference_with_a_prediction_scores_zero() -> None:
     scores = score_region(mask(B), mask())
     assert (scores.dice, scores.hd95, scores.nsd) == (0.0, MISSED_REGION_HD_MM, 0.0)
-    assert (scores.lesion_dice, scores.lesion_hd95) == (0.0, MISSED_REGION_HD_MM)
+    assert (scores.matched_lesion_dice, scores.matched_lesion_hd95) == (0.0, MISSED_REGION_HD_MM)
+    assert (scores.ranking_lesion_dice, scores.ranking_lesion_hd95) == (0.0, MISSED_REGION_HD_MM)
     assert (scores.tp, scores.fp, scores.fn) == (0, 1, 0)
 
 
@@ -65,17 +71,18 @@ def test_missed_region_gets_the_grid_diagonal_as_hd95() -> None:
     scores = score_region(mask(), mask(A, B))
     assert (
         scores.hd95
-        == scores.lesion_hd95
+        == scores.matched_lesion_hd95
+        == scores.ranking_lesion_hd95
         == MISSED_REGION_HD_MM
         == pytest.approx(math.sqrt(240**2 * 2 + 155**2), abs=0.01)
     )
-    assert (scores.dice, scores.lesion_dice, scores.fn) == (0.0, 0.0, 2)
+    assert (scores.dice, scores.matched_lesion_dice, scores.ranking_lesion_dice, scores.fn) == (0.0, 0.0, 0.0, 2)
 
 
 def test_prediction_not_touching_the_reference_is_missed() -> None:
     scores = score_region(mask(B), mask(A))
     assert (scores.tp, scores.fp, scores.fn) == (0, 1, 1)
-    assert scores.hd95 == scores.lesion_hd95 == MISSED_REGION_HD_MM
+    assert scores.hd95 == scores.matched_lesion_hd95 == scores.ranking_lesion_hd95 == MISSED_REGION_HD_MM
 
 
 @pytest.mark.parametrize("spacing", [1.0, 2.0])
@@ -83,9 +90,9 @@ def test_hd95_is_in_millimetres(spacing: float) -> None:
     # a lesion shifted by one voxel: a quarter of its surface one voxel away, so HD95 is one voxel
     shifted = (slice(3, 7), slice(2, 6), slice(2, 6))
     scores = score_region(mask(shifted), mask(A), spacing=(spacing,) * 3)
-    assert scores.lesion_hd95 == pytest.approx(spacing)
+    assert scores.matched_lesion_hd95 == scores.ranking_lesion_hd95 == pytest.approx(spacing)  # one lesion, matched
     assert scores.hd95 == pytest.approx(spacing)
-    assert scores.lesion_dice == pytest.approx(2 * 48 / 128)
+    assert scores.matched_lesion_dice == scores.ranking_lesion_dice == pytest.approx(2 * 48 / 128)
 
 
 def test_label_maps_are_scored_per_region_with_either_et_label() -> None:
@@ -98,7 +105,7 @@ def test_label_maps_are_scored_per_region_with_either_et_label() -> None:
     assert list(scores) == ["TC", "WT", "ET", "NETC", "SNFH"]
     assert (scores["ET"].dice, scores["ET"].fp) == (1.0, 0)
     assert (scores["TC"].tp, scores["TC"].fp) == (1, 1)
-    assert (scores["NETC"].dice, scores["NETC"].lesion_dice, scores["NETC"].fp) == (0.0, 0.0, 1)  # empty reference
+    assert (scores["NETC"].dice, scores["NETC"].ranking_lesion_dice, scores["NETC"].fp) == (0.0, 0.0, 1)  # no reference
     legacy = score_label_maps(np.where(pred == 3, 4, pred), np.where(ref == 3, 4, ref), et_label=4)
     assert legacy == scores
 
@@ -120,11 +127,19 @@ def test_ignite_metric_reports_means_details_and_a_case_table(tmp_path: Path) ->
     writer.attach(engine)
     engine.run(batches, max_epochs=1)
     metrics = engine.state.metrics
-    assert set(metrics) == {f"lesion_{m}_{r}" for m in ("dice", "hd95") for r in ("tc", "wt", "et")}
-    assert metrics["lesion_dice_tc"] == pytest.approx(1.0)
-    assert metrics["lesion_dice_et"] == pytest.approx(0.5)  # 1 (both empty) and 0 (false positive)
-    assert metrics["lesion_hd95_et"] == pytest.approx(MISSED_REGION_HD_MM / 2)
-    assert engine.state.metric_details["lesion_dice_et"].flatten().tolist() == [1.0, 0.0]
+    assert set(metrics) == {
+        f"{form}_lesion_{m}_{r}"
+        for form in ("ranking", "matched")
+        for m in ("dice", "hd95")
+        for r in ("tc", "wt", "et")
+    }
+    assert metrics["ranking_lesion_dice_tc"] == pytest.approx(1.0)
+    assert metrics["ranking_lesion_dice_et"] == pytest.approx(0.5)  # 1 (both empty) and 0 (false positive)
+    assert metrics["ranking_lesion_hd95_et"] == pytest.approx(MISSED_REGION_HD_MM / 2)
+    # WT: case 1 found one lesion and missed one (ranking 0.5), case 2 found its lesion (1.0); matched: 1.0 and 1.0
+    assert metrics["ranking_lesion_dice_wt"] == pytest.approx(0.75)
+    assert metrics["matched_lesion_dice_wt"] == pytest.approx(1.0)
+    assert engine.state.metric_details["ranking_lesion_dice_et"].flatten().tolist() == [1.0, 0.0]
     rows = list(csv.DictReader((tmp_path / "brats_metrics.csv").open()))
     assert len(rows) == 2
     assert (rows[0]["tp_wt"], rows[0]["fn_wt"], rows[1]["fp_et"]) == ("1", "1", "1")
@@ -149,8 +164,9 @@ def test_ignite_metric_scores_the_post_processed_prediction_under_its_own_names(
     writer.attach(engine)
     engine.run([([case[0]], [case[1]])], max_epochs=1)
     metrics = engine.state.metrics
-    assert metrics["lesion_dice_wt"] == pytest.approx(1.0)  # the mean over matched lesions ignores the false one
-    assert metrics["lesion_dice_wt_post"] == pytest.approx(1.0)
+    assert metrics["matched_lesion_dice_wt"] == pytest.approx(1.0)  # the mean over matched lesions ignores the FP
+    assert metrics["ranking_lesion_dice_wt"] == pytest.approx(0.5)  # the ranking counts it
+    assert metrics["ranking_lesion_dice_wt_post"] == pytest.approx(1.0)  # gone after post-processing
     rows = list(csv.DictReader((tmp_path / "brats_metrics_post.csv").open()))
     assert (rows[0]["fp_wt"], rows[0]["fp_tc"], rows[0]["dice_wt"]) == ("0", "0", "1.0")
     assert raw.rows[0]["fp_wt"] == 1 and raw.rows[0]["dice_wt"] < 1.0
@@ -193,7 +209,8 @@ def test_evaluate_command_scores_good_cases_and_names_bad_ones(
     assert "BraTS-SYN-00005-000: ambiguous: 2 predictions" in err and "note:" not in err  # neither file "unmatched"
     rows = list(csv.DictReader((tmp_path / "out" / "brats_metrics.csv").open()))
     assert [r["case_id"] for r in rows] == ["BraTS-SYN-00000-000", "BraTS-SYN-00001-000"]
-    assert float(rows[0]["lesion_dice_tc"]) == 1.0 and float(rows[0]["dice_et"]) == 1.0  # ET empty in both
+    assert float(rows[0]["ranking_lesion_dice_tc"]) == 1.0 and float(rows[0]["dice_et"]) == 1.0  # ET empty in both
+    assert float(rows[0]["matched_lesion_dice_tc"]) == 1.0
     assert float(rows[1]["dice_tc"]) == 0.0 and float(rows[1]["hd95_tc"]) == MISSED_REGION_HD_MM
     assert float(rows[1]["dice_et"]) == 1.0  # ET absent from the reference: an empty prediction is right
     summary = list(csv.DictReader((tmp_path / "out" / "brats_summary.csv").open()))

@@ -160,19 +160,19 @@ def test_scores_volumes_and_the_ranking_form_of_lesion_dice(tmp_path: Path) -> N
     assert perfect.values("WT") == pytest.approx(
         {
             "dice": 1.0,
-            "lesion_dice": 1.0,
+            "matched_lesion_dice": 1.0,
             "ranking_lesion_dice": 1.0,
             "tp": 1,
             "fp": 0,
             "fn": 0,
             "hd95": 0.0,
-            "lesion_hd95": 0.0,
+            "ranking_lesion_hd95": 0.0,
             "pred_ml": wt_ml,
             "ref_ml": wt_ml,
         }
     )
     # the false positive: matched-lesion Dice stays 1, the 2023 ranking form counts it as 0 -> 1 / 2
-    assert fp.values("WT")["lesion_dice"] == pytest.approx(1.0)
+    assert fp.values("WT")["matched_lesion_dice"] == pytest.approx(1.0)
     assert fp.values("WT")["ranking_lesion_dice"] == pytest.approx(0.5)
     assert fp.values("WT")["fp"] == 1 and fp.values("WT")["dice"] < 1.0
     assert fp.values("ET")["ranking_lesion_dice"] == pytest.approx(1.0)

@@ -11,10 +11,16 @@ rebuilt here with panoptica's own classes (Apache-2.0).
 
 Rules, per case and region (the numbers are :class:`RegionScores`):
 
-- **lesion-wise Dice / HD95 / NSD**: the mean over matched lesions (panoptica's ``sq_dsc`` / ``sq_hd95`` /
-  ``sq_nsd``, which the official evaluator reports as ``lesionwise_dsc_mean`` / ``lesionwise_hd95_mean``). Missed
-  lesions (FN) and false-positive lesions (FP) are counted in ``tp``/``fp``/``fn``, not in these means. With no
-  matched lesion at all: Dice 0, NSD 0, HD95 :data:`~kd_components.constants.MISSED_REGION_HD_MM`.
+- **lesion-wise Dice / HD95 as the BraTS 2023 ranking counts them** (``ranking_lesion_dice``,
+  ``ranking_lesion_hd95``, the headline): every lesion counts, matched or not. Dice is the sum of the matched
+  lesions' Dice over TP + FP + FN (a false-positive or missed lesion scores 0); HD95 the sum of the matched lesions'
+  HD95 plus :data:`~kd_components.constants.MISSED_REGION_HD_MM` per false-positive or missed lesion, over TP + FP +
+  FN (the 2023 challenge's ``LesionWise_Score_Dice`` / ``LesionWise_Score_HD95``).
+- **matched-lesion Dice / HD95 / NSD** (``matched_lesion_dice``, ...): the mean over matched lesions only
+  (panoptica's ``sq_dsc`` / ``sq_hd95`` / ``sq_nsd``, which ``brats-evaluation``'s GLI parser reports as
+  ``lesionwise_dsc_mean`` / ``lesionwise_hd95_mean``). It cannot see a false-positive or a missed lesion (those are
+  counted in ``tp``/``fp``/``fn`` only). With no matched lesion at all: Dice 0, NSD 0, HD95
+  :data:`~kd_components.constants.MISSED_REGION_HD_MM`.
 - **global Dice / HD95 / NSD** of the whole region. A prediction that does not overlap the reference at all scores
   Dice 0, NSD 0, HD95 :data:`~kd_components.constants.MISSED_REGION_HD_MM` (panoptica's zero-overlap rule, infinity,
   written as the grid diagonal like the official parser does).
@@ -37,7 +43,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +84,33 @@ class RegionScores:
 
     Attributes:
         dice, hd95, nsd: global Dice, HD95 (mm) and normalised surface Dice of the whole region.
-        lesion_dice, lesion_hd95, lesion_nsd: means over the matched lesions.
+        ranking_lesion_dice, ranking_lesion_hd95: lesion-wise Dice and HD95 (mm) as the BraTS 2023 ranking counts
+            them, every false-positive and missed lesion scoring 0 / the missed-region distance (computed here).
+        matched_lesion_dice, matched_lesion_hd95, matched_lesion_nsd: means over the matched lesions only.
         tp, fp, fn: lesions matched, predicted lesions without a match, reference lesions without a match.
     """
 
     dice: float
     hd95: float
     nsd: float
-    lesion_dice: float
-    lesion_hd95: float
-    lesion_nsd: float
+    ranking_lesion_dice: float = field(init=False)
+    ranking_lesion_hd95: float = field(init=False)
+    matched_lesion_dice: float
+    matched_lesion_hd95: float
+    matched_lesion_nsd: float
     tp: int
     fp: int
     fn: int
+
+    def __post_init__(self) -> None:
+        lesions = self.tp + self.fp + self.fn
+        if self.tp == 0:  # nothing matched: the matched values are BraTS's empty-region rule (1 / 0) or a miss
+            dice, hd95 = self.matched_lesion_dice, self.matched_lesion_hd95
+        else:
+            dice = self.matched_lesion_dice * self.tp / lesions
+            hd95 = (self.matched_lesion_hd95 * self.tp + MISSED_REGION_HD_MM * (self.fp + self.fn)) / lesions
+        object.__setattr__(self, "ranking_lesion_dice", float(dice))
+        object.__setattr__(self, "ranking_lesion_hd95", float(hd95))
 
     def as_dict(self) -> dict[str, float | int]:
         """The fields by name."""
@@ -191,7 +211,9 @@ def score_region(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (
         raise ValueError(f"prediction and reference differ in shape: {pred.shape} vs {ref.shape}")
     pred_empty, ref_empty = not pred.any(), not ref.any()
     if pred_empty and ref_empty:
-        return RegionScores(**_BOTH_EMPTY, **{f"lesion_{k}": v for k, v in _BOTH_EMPTY.items()}, tp=0, fp=0, fn=0)
+        return RegionScores(
+            **_BOTH_EMPTY, **{f"matched_lesion_{k}": v for k, v in _BOTH_EMPTY.items()}, tp=0, fp=0, fn=0
+        )
     spacing = tuple(float(s) for s in spacing)
     result = _evaluator().evaluate(
         pred.astype(np.uint8), ref.astype(np.uint8), voxelspacing=spacing, verbose=False, log_times=False
@@ -207,7 +229,7 @@ def score_region(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (
             "nsd": float(region.sq_nsd),
         }
     whole = dict(_NOTHING_MATCHED) if pred_empty or ref_empty else _global_scores(pred, ref, spacing)
-    return RegionScores(**whole, **{f"lesion_{k}": v for k, v in lesion.items()}, tp=tp, fp=fp, fn=fn)
+    return RegionScores(**whole, **{f"matched_lesion_{k}": v for k, v in lesion.items()}, tp=tp, fp=fp, fn=fn)
 
 
 def region_masks(
@@ -253,8 +275,9 @@ def mean_scores(cases: Sequence[Mapping[str, RegionScores]]) -> dict[str, dict[s
 
 
 def case_row(case_id: str, scores: Mapping[str, RegionScores]) -> dict[str, Any]:
-    """One CSV row: ``case_id``, then per region (lower case) ``dice_tc, hd95_tc, nsd_tc, lesion_dice_tc,
-    lesion_hd95_tc, lesion_nsd_tc, tp_tc, fp_tc, fn_tc``, ...; floats rounded to 6 decimals."""
+    """One CSV row: ``case_id``, then per region (lower case) ``dice_tc, hd95_tc, nsd_tc, ranking_lesion_dice_tc,
+    ranking_lesion_hd95_tc, matched_lesion_dice_tc, matched_lesion_hd95_tc, matched_lesion_nsd_tc, tp_tc, fp_tc,
+    fn_tc``, ...; floats rounded to 6 decimals."""
     row: dict[str, Any] = {"case_id": case_id}
     for region, score in scores.items():
         for key, value in score.as_dict().items():

@@ -3,13 +3,14 @@
 The label maps a network made of the validation fold's cases, with its post-processing off, are post-processed with
 candidate thresholds and scored with the BraTS metrics (:mod:`kd_components.evaluation.lesions`). One threshold at a
 time, outermost region first (the WT, TC and ET minimum component volumes, then the ET -> NETC volume), the value
-with the best objective is kept, ties going to the lower mean lesion-wise HD95 and then to the smaller threshold
-(the smallest change). Each threshold is chosen with the ones before it fixed.
+with the best objective is kept, ties going to the lower mean lesion-wise HD95 (ranking form) and then to the smaller
+threshold (the smallest change). Each threshold is chosen with the ones before it fixed.
 
-The objective is the lesion-wise Dice that also counts the lesions not matched, as the BraTS 2023 ranking did: per
-case and region the sum of the matched lesions' Dice over TP + FP + FN (1 for a region empty in both maps), averaged
-over the cases and TC, WT, ET. The reported lesion-wise Dice (the mean over matched lesions, ``brats-evaluation``'s)
-cannot see a false-positive lesion next to a found one, which is exactly what removing small components corrects.
+The objective is the lesion-wise Dice that also counts the lesions not matched, as the BraTS 2023 ranking did
+(:attr:`RegionScores.ranking_lesion_dice`: per case and region the sum of the matched lesions' Dice over TP + FP +
+FN, 1 for a region empty in both maps), averaged over the cases and TC, WT, ET. The mean over matched lesions
+(``brats-evaluation``'s ``lesionwise_dsc_mean``) cannot see a false-positive lesion next to a found one, which is
+exactly what removing small components corrects.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ __all__ = [
     "TuningResult",
     "choose_postprocessing",
     "comparison_table",
-    "detection_weighted_dice",
 ]
 
 #: Candidate minimum component volumes (mm³) for each region.
@@ -58,7 +58,7 @@ class TuningResult:
     Attributes:
         settings: the chosen :class:`PostprocessSettings`.
         before, after: region -> score -> mean over cases (TP, FP, FN: sums), without and with the chosen settings.
-        trials: one entry per candidate tried: ``{"setting", "value", "objective", "lesion_hd95"}``.
+        trials: one entry per candidate tried: ``{"setting", "value", "objective", "ranking_lesion_hd95"}``.
     """
 
     settings: PostprocessSettings
@@ -97,18 +97,10 @@ class _Scorer:
         return out
 
 
-def detection_weighted_dice(score: RegionScores) -> float:
-    """Sum of the matched lesions' Dice over TP + FP + FN (each unmatched lesion counts 0); the lesion-wise Dice
-    itself where nothing was matched (1 for a region empty in both maps, else 0)."""
-    if score.tp == 0:
-        return score.lesion_dice
-    return score.lesion_dice * score.tp / (score.tp + score.fp + score.fn)
-
-
 def _objective(scores: Sequence[Mapping[str, RegionScores]]) -> tuple[float, float]:
-    """(mean :func:`detection_weighted_dice`, mean lesion-wise HD95) over the cases and TC, WT, ET."""
-    dice = float(np.mean([detection_weighted_dice(s[r]) for s in scores for r in REGIONS]))
-    hd95 = float(np.mean([s[r].lesion_hd95 for s in scores for r in REGIONS]))
+    """(mean ranking-form lesion-wise Dice, mean ranking-form lesion-wise HD95) over the cases and TC, WT, ET."""
+    dice = float(np.mean([s[r].ranking_lesion_dice for s in scores for r in REGIONS]))
+    hd95 = float(np.mean([s[r].ranking_lesion_hd95 for s in scores for r in REGIONS]))
     return dice, hd95
 
 
@@ -135,7 +127,7 @@ def choose_postprocessing(
             trial = PostprocessSettings(trial_sizes, value if setting == "et_to_netc" else et_volume)
             dice, hd95 = _objective(score(trial))
             name = "et_to_netc_mm3" if setting == "et_to_netc" else f"min_mm3_{setting}"
-            trials.append({"setting": name, "value": value, "objective": dice, "lesion_hd95": hd95})
+            trials.append({"setting": name, "value": value, "objective": dice, "ranking_lesion_hd95": hd95})
             # rounded so that float noise does not pick a larger threshold; ties keep the smaller value
             if best is None or (round(dice, 6), -round(hd95, 4)) > (round(best[0], 6), -round(best[1], 4)):
                 best = (dice, hd95, value)

@@ -1,16 +1,19 @@
 """BraTS challenge metrics (:mod:`kd_components.evaluation.lesions`) as an Ignite metric of ``evaluate.json``.
 
 :class:`LesionWiseMetrics` scores each case's region channels ``[TC, WT, ET]`` with the official evaluator's
-rules and puts the means over cases of lesion-wise Dice and HD95 into ``engine.state.metrics`` as
-``lesion_dice_tc`` ... ``lesion_hd95_et`` (so MONAI's ``MetricsSaver`` writes them into ``metrics.csv`` beside the
-MONAI rows, and their per-case values as ``lesion_dice_tc_raw.csv`` ...). :class:`CaseScoresWriter` writes every
-score of every case (global Dice / HD95 / NSD, lesion-wise Dice / HD95 / NSD, lesion TP / FP / FN per region) to one
-CSV beside them.
+rules and puts the means over cases of lesion-wise Dice and HD95 into ``engine.state.metrics``: as the BraTS 2023
+ranking counts them (every false-positive and missed lesion scoring 0 / 373 mm), ``ranking_lesion_dice_tc`` ...
+``ranking_lesion_hd95_et``, and over matched lesions only, ``matched_lesion_dice_tc`` ... (so MONAI's
+``MetricsSaver`` writes them into ``metrics.csv`` beside the MONAI rows, and their per-case values as
+``ranking_lesion_dice_tc_raw.csv`` ...). :class:`CaseScoresWriter` writes every score of every case (global Dice /
+HD95 / NSD, both forms of lesion-wise Dice and HD95, matched-lesion NSD, lesion TP / FP / FN per region) to one CSV
+beside them.
 
 With ``postprocess`` (a :class:`~kd_components.postprocess.PostprocessSettings`: in ``evaluate.json`` the bundle's
 thresholds, those of its ``inference.json``) the prediction is post-processed as ``inference.json`` does
 (:func:`~kd_components.postprocess.postprocess_regions`) before it is scored, and the results are named with
-``suffix`` (``lesion_dice_tc_post`` ...): one evaluation measures the network with and without its post-processing.
+``suffix`` (``ranking_lesion_dice_tc_post`` ...): one evaluation measures the network with and without its
+post-processing.
 """
 
 from __future__ import annotations
@@ -38,15 +41,21 @@ __all__ = ["CaseScoresWriter", "LesionWiseMetrics"]
 #: The fields of :class:`RegionScores`, in the order they are buffered.
 _FIELDS: tuple[str, ...] = tuple(RegionScores.__dataclass_fields__)
 #: The means that go into ``metrics.csv``: (metric name prefix, field).
-_REPORTED: tuple[tuple[str, str], ...] = (("lesion_dice", "lesion_dice"), ("lesion_hd95", "lesion_hd95"))
+_REPORTED: tuple[tuple[str, str], ...] = tuple(
+    (name, name)
+    for name in ("ranking_lesion_dice", "ranking_lesion_hd95", "matched_lesion_dice", "matched_lesion_hd95")
+)
+#: The fields :class:`RegionScores` is built from (the ranking forms are computed from them).
+_INIT_FIELDS: tuple[str, ...] = tuple(k for k, f in RegionScores.__dataclass_fields__.items() if f.init)
 
 
 class LesionWiseMetrics(Metric):
     """Lesion-wise Dice and HD95 per region, BraTS's way, as one Ignite metric with several results.
 
     Declared once under ``validate#additional_metrics`` (any name), it sets ``engine.state.metrics`` entries
-    ``lesion_dice_<region>`` and ``lesion_hd95_<region>`` (means over cases; every case has a value: empty regions
-    follow BraTS's rule), and their per-case values in ``engine.state.metric_details`` for ``MetricsSaver``.
+    ``ranking_lesion_dice_<region>``, ``ranking_lesion_hd95_<region>``, ``matched_lesion_dice_<region>`` and
+    ``matched_lesion_hd95_<region>`` (means over cases; every case has a value: empty regions follow BraTS's rule),
+    and their per-case values in ``engine.state.metric_details`` for ``MetricsSaver``.
     :attr:`rows` holds every score of every case for :class:`CaseScoresWriter`.
 
     Args:
@@ -111,8 +120,8 @@ class LesionWiseMetrics(Metric):
         return torch.as_tensor(buffer), ids
 
     def compute(self) -> dict[str, float]:
-        """Means over cases: ``{"lesion_dice_tc<suffix>": ..., ..., "lesion_hd95_et<suffix>": ...}``; fills
-        :attr:`rows`."""
+        """Means over cases: ``{"ranking_lesion_dice_tc<suffix>": ..., "matched_lesion_hd95_et<suffix>": ...}``;
+        fills :attr:`rows`."""
         data, ids = self._gathered()
         self.rows = [
             case_row(case, {r: _region_scores(data[c, i]) for i, r in enumerate(self.regions)})
@@ -137,9 +146,8 @@ class LesionWiseMetrics(Metric):
 
 def _region_scores(values: torch.Tensor) -> RegionScores:
     """Buffered floats ``(len(_FIELDS),)`` back to :class:`RegionScores` (the lesion counts are integers)."""
-    return RegionScores(
-        **{k: int(v) if k in ("tp", "fp", "fn") else float(v) for k, v in zip(_FIELDS, values.tolist(), strict=True)}
-    )
+    values = dict(zip(_FIELDS, values.tolist(), strict=True))
+    return RegionScores(**{k: int(values[k]) if k in ("tp", "fp", "fn") else float(values[k]) for k in _INIT_FIELDS})
 
 
 class CaseScoresWriter:

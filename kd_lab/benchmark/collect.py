@@ -55,10 +55,12 @@ METRICS: tuple[str, ...] = (
 #: The BraTS challenge scores read per case from the test stage (:func:`read_brats_scores`): for each prefix
 #: (``""``: as the network outputs it, ``brats_metrics.csv``; ``"post_"``: after the bundle's post-processing,
 #: ``brats_metrics_post.csv``) and each column of :data:`BRATS_COLUMNS`, one key per region
-#: (``brats_dice_tc`` ... ``post_brats_lesion_hd95_et``) and, for Dice, the mean over the regions
-#: (``brats_dice_mean``, ``brats_lesion_dice_mean``, ...). ``fp``: false-positive lesions of the case.
+#: (``brats_dice_tc`` ... ``post_brats_ranking_lesion_hd95_et``) and, for Dice, the mean over the regions
+#: (``brats_dice_mean``, ``brats_ranking_lesion_dice_mean``, ...). ``ranking_lesion_*``: lesion-wise as the BraTS
+#: 2023 ranking counts (false-positive and missed lesions score 0); ``matched_lesion_dice``: the mean over matched
+#: lesions only. ``fp``: false-positive lesions of the case.
 BRATS_FILES: dict[str, str] = {"": "brats_metrics.csv", "post_": "brats_metrics_post.csv"}
-BRATS_COLUMNS: tuple[str, ...] = ("dice", "lesion_dice", "lesion_hd95", "fp")
+BRATS_COLUMNS: tuple[str, ...] = ("dice", "ranking_lesion_dice", "ranking_lesion_hd95", "matched_lesion_dice", "fp")
 BRATS_METRICS: tuple[str, ...] = tuple(
     f"{prefix}brats_{column}_{region}"
     for prefix in BRATS_FILES
