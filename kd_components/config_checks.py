@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -98,6 +100,19 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _folder_to_be(value: Any) -> bool:
+    """A folder, or a path whose nearest existing parent is a folder that can be written (so it can be made);
+    ``""`` (a default elsewhere) passes."""
+    if not isinstance(value, str):
+        return False
+    path = Path(value).expanduser().absolute()
+    if not value or path.is_dir():
+        return True
+    while not path.exists():
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
 def _region_volumes(value: Any) -> bool:
     return (
         isinstance(value, Mapping)
@@ -158,7 +173,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "alpha": (_non_negative_number, "a non-negative number"),
     "beta": (_non_negative_number, "a non-negative number"),
     "temperature": (_positive_number, "a positive number"),
-    "preprocessed_dir": (_text, "a folder (a string; empty: the default store)"),
+    "preprocessed_dir": (_folder_to_be, "a folder, or one that can be made there (empty: the default store)"),
     "sw_overlap": (_fraction, "a number in [0, 1)"),
     "patch_size": (_patch, "a list of three positive integers, e.g. [96, 96, 96]"),
     "pixdim": (_spacing, "a list of three positive voxel sizes in mm, e.g. [1.0, 1.0, 1.0]"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
@@ -52,6 +53,17 @@ def test_check_settings_lists_every_wrong_setting() -> None:
     assert "--batch_size" not in message
     assert "'abc' (str): expected a positive integer" in message
     assert "expected a list of three positive integers" in message
+
+
+def test_store_of_preprocessed_cases_must_be_a_folder_that_can_be(tmp_path: Path) -> None:
+    for good in ("", str(tmp_path), str(tmp_path / "new" / "store")):
+        assert check_settings(preprocessed_dir=good) == {"preprocessed_dir": good}
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    expected = r"--preprocessed_dir .*expected a folder, or one that can be made"
+    for bad in (str(blocker), str(blocker / "store")):
+        with pytest.raises(BundleSettingError, match=expected):
+            check_settings(preprocessed_dir=bad)
 
 
 def test_unknown_settings_pass_unchecked() -> None:

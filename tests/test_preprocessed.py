@@ -182,3 +182,10 @@ def test_values_that_do_not_fit_the_compact_dtypes_are_stored_as_computed(tmp_pa
     stored = torch.load(dataset.cache_path(items[0]), weights_only=True)["case"]
     assert stored["image"]["tensor"].dtype == torch.float32 and stored["label"]["tensor"].dtype == torch.float32
     assert float(case["image"].max()) == 1.0e6 and float(case["label"].max()) == 0.5
+
+
+def test_a_store_that_cannot_be_created_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=f"store of preprocessed cases {blocker / 'store'} cannot be created"):
+        PreprocessedDataset([], [Lambdad(keys="x", func=str)], blocker / "store", cache_n_trans=1)

@@ -161,7 +161,8 @@ class PreprocessedDataset(PersistentDataset):
     Args:
         data: the datalist entries (``{"image": [4 paths], "label": path, ...}``).
         transform: a ``Compose`` (or a sequence of transforms) whose first ``cache_n_trans`` are cached.
-        cache_dir: the folder of this preprocessing (:func:`preprocessed_cache_dir`); created if missing.
+        cache_dir: the folder of this preprocessing (:func:`preprocessed_cache_dir`); created if missing
+            (ValueError naming it when it cannot be; an existing folder that cannot be written is read only).
         cache_n_trans: how many transforms are cached.
         storage_dtypes: how each key is stored (default :data:`STORAGE_DTYPES`); other keys as computed.
     """
@@ -180,11 +181,21 @@ class PreprocessedDataset(PersistentDataset):
             raise ValueError(
                 f"cache_n_trans must be between 0 and the {len(transform.transforms)} transforms, got {cache_n_trans}"
             )
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"the store of preprocessed cases {cache_dir} cannot be created ({error.strerror or error}); "
+                "pass --preprocessed_dir a folder that can be written (or set $BRATS_KD_PREPROCESSED)"
+            ) from error
         super().__init__(data=data, transform=transform, cache_dir=cache_dir, hash_func=case_fingerprint)
         self.cache_n_trans = int(cache_n_trans)
         self.storage_dtypes = dict(STORAGE_DTYPES if storage_dtypes is None else storage_dtypes)
         self._read_only = False
-        clean_stale_temporaries(self.cache_dir)
+        try:
+            clean_stale_temporaries(self.cache_dir)
+        except OSError:  # a read-only store: nothing of ours to clean there
+            pass
 
     def cache_path(self, item: Mapping[str, Any]) -> Path:
         """The file that holds ``item``'s preprocessed case."""
