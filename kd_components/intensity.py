@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
@@ -27,6 +28,7 @@ __all__ = [
     "NormalizeBraind",
     "brain_foreground",
     "normalize_brain",
+    "quantiles",
 ]
 
 #: Thickness (voxels) of the volume's outer shell taken as background.
@@ -49,6 +51,18 @@ def _border(channel: torch.Tensor, width: int) -> torch.Tensor:
     mask = torch.ones_like(channel, dtype=torch.bool)
     mask[tuple(inner)] = False
     return channel[mask]
+
+
+def quantiles(values: torch.Tensor, q: tuple[float, ...]) -> torch.Tensor:
+    """``torch.quantile(values, q)`` (linear interpolation) of a 1D float tensor on the CPU, bit for bit, with the
+    order statistics found by selection (``numpy.partition``) instead of a full sort: several times faster on the
+    million values of a channel."""
+    if values.device.type != "cpu":
+        return torch.quantile(values, torch.tensor(q, dtype=values.dtype, device=values.device))
+    ranks = torch.tensor(q, dtype=values.dtype) * (values.numel() - 1)  # torch.quantile's ranks and weights
+    below, above = ranks.long(), ranks.ceil().long()
+    ordered = np.partition(values.numpy(), sorted({*below.tolist(), *above.tolist()}))
+    return torch.lerp(torch.from_numpy(ordered[below.numpy()]), torch.from_numpy(ordered[above.numpy()]), ranks - below)
 
 
 def brain_foreground(
@@ -76,9 +90,9 @@ def brain_foreground(
         median = values.median()
         spread = 1.4826 * (values - median).abs().median()
         flat = channel.flatten()
-        sample = flat[:: max(1, flat.numel() // 1_000_000)].float()  # torch.quantile takes at most 16M values
+        sample = flat[:: max(1, flat.numel() // 1_000_000)].float()  # about a million values are enough
         sample = sample[torch.isfinite(sample)]
-        low, top = torch.quantile(sample, torch.tensor([BACKGROUND_SHARE, 0.999]))
+        low, top = quantiles(sample, (BACKGROUND_SHARE, 0.999))
         if median > low + 0.05 * (top - low):  # the border is not background (cropped to the brain): BraTS's rule
             mask |= channel != 0
             continue

@@ -36,6 +36,7 @@ from kd_components.transforms import ET_INDEX, TC_INDEX, WT_INDEX, BratsLabelsTo
 __all__ = [
     "BratsPostprocessd",
     "PostprocessSettings",
+    "bounding_box",
     "postprocess_label_map",
     "postprocess_regions",
     "small_components",
@@ -74,6 +75,22 @@ class PostprocessSettings:
         return self.et_to_netc_mm3 == 0 and not any(self.min_component_mm3.values())
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the ``True`` voxels of a 3D ``mask`` (``None`` when there is none), from the mask's
+    projections, each over the part of the grid the earlier ones left: a few times faster than
+    ``ndimage.find_objects`` on a 1 mm BraTS grid."""
+    box: list[slice] = []
+    region = mask
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(region.any(axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        region = region[(*([slice(None)] * axis), box[-1])]
+    return tuple(box)
+
+
 def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     """The voxels of ``mask`` ``(H, W, D)`` that belong to connected components of fewer than ``min_voxels`` voxels.
 
@@ -83,7 +100,7 @@ def small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     out = np.zeros(mask.shape, dtype=bool)
     if min_voxels <= 1 or not mask.any():
         return out
-    (box,) = ndimage.find_objects(mask.astype(np.uint8))  # the bounding box of the voxels labelled 1
+    box = bounding_box(mask)
     components, count = ndimage.label(mask[box], structure=CONNECTIVITY)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     small = sizes < min_voxels
@@ -173,7 +190,12 @@ class BratsPostprocessd(MapTransform):
             affine = getattr(pred, "affine", None)
             spacing = affine_to_spacing(affine, r=3).tolist() if affine is not None else (1.0, 1.0, 1.0)
             values = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-            regions, _ = postprocess_regions(values > 0.5, spacing, self.settings)
+            foreground = values > 0.5
+            regions = np.zeros_like(foreground)
+            box = bounding_box(foreground.any(axis=0))
+            if box is not None:  # the rules only remove voxels: run them on the tumour's box, not the whole grid
+                inside = (slice(None), *box)
+                regions[inside], _ = postprocess_regions(foreground[inside], spacing, self.settings)
             if isinstance(pred, torch.Tensor):
                 out = pred.clone()
                 out[...] = torch.as_tensor(regions, device=pred.device).to(pred.dtype)

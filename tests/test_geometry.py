@@ -21,7 +21,7 @@ from kd_components.data.phantoms import make_phantom_dataset
 from kd_components.deploy import read_exported
 from kd_components.geometry import GEOMETRY_FILE, read_training_geometry, write_training_geometry
 from kd_components.handlers.metrics import label_map_dice
-from kd_components.intensity import brain_foreground, normalize_brain
+from kd_components.intensity import BACKGROUND_SHARE, brain_foreground, normalize_brain, quantiles
 from kd_components.networks.student import build_student
 from kd_components.segment import Segmentation, Segmenter
 from tests.conftest import REPO_ROOT, fit_student_to_case, run_checked
@@ -144,6 +144,16 @@ def test_normalize_brain_is_monais_on_clean_scans_and_ignores_the_background_oth
     nan[1, 10, 10, 10] = np.nan
     normalised = normalize_brain(nan)
     assert torch.isnan(normalised[1, 10, 10, 10]) and torch.isfinite(normalised[0]).all()  # left for the checks
+
+
+def test_quantiles_are_torch_quantile_bit_for_bit() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 1000, 12_345, 1_000_001):
+        for scale in (1e-3, 1.0, 1e4):
+            values = torch.randn(n, generator=gen) * scale
+            for data in (values, values.round(), values[::3]):
+                q = (BACKGROUND_SHARE, 0.999)
+                assert torch.equal(quantiles(data, q), torch.quantile(data, torch.tensor(q))), (n, scale)
 
 
 def test_the_training_grid_travels_with_the_weights(phantom: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from kd_components.postprocess import (
     CONNECTIVITY,
     BratsPostprocessd,
     PostprocessSettings,
+    bounding_box,
     postprocess_label_map,
     postprocess_regions,
     small_components,
@@ -96,6 +97,30 @@ def test_transform_on_raw_regions_equals_the_label_map_rule() -> None:
     assert not (expected == np.asarray(regions_to_labels(regions))[0]).all()  # something was removed
     unchanged = BratsPostprocessd("pred", **settings, enabled="false")({"pred": pred})["pred"]
     assert torch.equal(unchanged, pred)
+
+
+def test_transform_on_the_tumours_box_gives_the_whole_grids_result() -> None:
+    rng = np.random.default_rng(1)
+    regions = np.zeros((3, 60, 50, 40), dtype=bool)
+    regions[:, 10:30, 5:25, 20:38] = rng.random((3, 20, 20, 18)) > 0.9  # scattered components in one corner
+    regions[:, 12:20, 8:16, 22:30] = True
+    settings = {"min_component_mm3": {"WT": 20, "TC": 10, "ET": 3}, "et_to_netc_mm3": 0}
+    expected, _ = postprocess_regions(regions, (1.0, 1.0, 1.0), PostprocessSettings(**settings))
+    for values in (regions, np.zeros_like(regions)):
+        out = BratsPostprocessd("pred", **settings)({"pred": MetaTensor(torch.as_tensor(values, dtype=torch.uint8))})
+        assert out["pred"].dtype == torch.uint8
+        assert np.array_equal(out["pred"].numpy().astype(bool), expected if values.any() else values)
+    assert not np.array_equal(expected, regions)  # something was removed
+
+
+def test_bounding_box_is_find_objects_box() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        mask = np.zeros(tuple(rng.integers(1, 20, 3)), dtype=bool)
+        for _ in range(rng.integers(0, 4)):
+            mask[tuple(rng.integers(0, s) for s in mask.shape)] = True
+        found = ndimage.find_objects(mask.astype(np.uint8))
+        assert bounding_box(mask) == (found[0] if found else None)
 
 
 def test_regions_keep_nesting_and_changes_are_counted() -> None:

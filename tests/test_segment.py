@@ -6,6 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from kd_components.segment import (
 from kd_components.segment.engines import EngineError, build_engine
 from kd_components.segment.inputs import open_case
 from kd_components.segment.report import tumour_centre, write_case_report
-from tests.conftest import PHANTOM_PIXDIM
+from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT
 
 pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
 
@@ -127,6 +131,50 @@ def test_bad_cases_are_skipped_and_named_and_the_others_written(
     assert "BraTS-GLI-00005-000: BraTS-GLI-00005-000-t2w.nii.gz" in err and "affine" in err
     assert [p.name for p in out.glob("*.nii.gz")] == ["BraTS-GLI-00001-000.nii.gz"]
     assert [r["case_id"] for r in csv.DictReader((out / "volumes.csv").open())] == ["BraTS-GLI-00001-000"]
+
+
+def test_watch_segments_cases_as_they_arrive_and_stops_on_sigterm(
+    phantom_data: dict[str, Path], student_ckpt: Path, tmp_path: Path
+) -> None:
+    data = phantom_data["data"]
+    cases = sorted(p for p in data.iterdir() if p.is_dir())[:2]
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    shutil.copytree(cases[0], inbox / cases[0].name)
+    (inbox / "notes").mkdir()
+    (inbox / "notes" / "scan.nii.gz").write_bytes(b"")  # a folder that is not a case: reported, not fatal
+    command = [sys.executable, "-m", "kd_components.cli", "segment", str(inbox), "-o", str(out), "--watch", "0.2"]
+    command += ["--ckpt", str(student_ckpt), "--cache-dir", str(tmp_path / "cache"), "--engine", "onnxruntime"]
+    command += ["--no-progress", "--no-plausibility-check"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        first, second = (out / f"{c.name}.nii.gz" for c in cases)
+        _wait_for(first, process)
+        partial = inbox / cases[1].name
+        partial.mkdir()
+        for modality in MODALITIES[:2]:  # half a case: waited for, not reported as missing modalities yet
+            shutil.copy(cases[1] / case_file_name(cases[1].name, modality), partial)
+        time.sleep(1.0)
+        assert not second.exists()
+        for modality in MODALITIES[2:]:
+            shutil.copy(cases[1] / case_file_name(cases[1].name, modality), partial)
+        _wait_for(second, process)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err  # the folder that is not a case
+    assert "stopped watching" in err and "2 case(s) written" in err and "notes" in err
+    rows = list(csv.DictReader((out / "volumes.csv").open()))
+    assert sorted(r["case_id"] for r in rows) == [c.name for c in cases]
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``path`` exists (the watching ``process`` still running)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"{path} not written in {timeout} s"
+        time.sleep(0.1)
 
 
 def test_usage_errors_say_what_is_missing(

@@ -19,7 +19,12 @@ from kd_components.commands import add_et_label_argument
 from kd_components.constants import MODALITIES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from monai.data import MetaTensor
+
     from kd_components.data.brats import BratsCase
+    from kd_components.segment import Segmentation, Segmenter
 
 __all__ = ["add_arguments", "overrides", "run"]
 
@@ -59,22 +64,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment scans that do not look like a whole brain with the modalities in their places (default: refuse)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=5.0,
+        metavar="SECONDS",
+        help="keep running and segment the cases that arrive in the input folders, polling every SECONDS (default "
+        "5); each case once its files stop changing; Ctrl-C or SIGTERM stops",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``brats-kd segment``; the exit status."""
-    from tqdm import tqdm
-
     from kd_components.checkpoints.state import CheckpointError
-    from kd_components.data.brats import validate_case
     from kd_components.deploy import ExportedModelError
-    from kd_components.handlers.region_volumes import update_volume_table
     from kd_components.io import OutputDirError, check_output_dir
-    from kd_components.segment import CaseFailed, EngineError, Segmenter, resolve_inputs
+    from kd_components.segment import EngineError, Segmenter, resolve_inputs
 
     files = {m: getattr(args, m) for m in MODALITIES}
+    if args.watch is not None and (any(files.values()) or not args.inputs or args.watch <= 0):
+        print("error: --watch takes input folders (not --t1c ... --t2f) and a positive interval", file=sys.stderr)
+        return 2
     found = resolve_inputs(args.inputs, files, args.case_id, output_dir=args.output)
-    if not found.cases and not found.problems:
+    present = [c for c in found.cases if not c.problems]  # int8 calibrates on them, also when watching
+    if args.watch is not None:
+        found.cases = []  # the watch takes every case, those already there included, once its files are settled
+    if not found.cases and not found.problems and args.watch is None:
         print("error: nothing to segment: give case folders, folders of cases or --t1c ... --t2f", file=sys.stderr)
         return 2
     failed = [str(p) for p in found.problems]
@@ -85,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             ready.append(case)
         else:
             failed.append(f"{case.case_id}: {problem}")
-    if not ready:
+    if not ready and args.watch is None:
         return _report(failed, 0, args.output)
     try:
         check_output_dir(args.output)
@@ -99,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             et_label=args.et_label,
             cache_dir=args.cache_dir,
             threads=args.threads,
-            calibration_cases=ready if args.precision == "int8" else (),
+            calibration_cases=(ready or present) if args.precision == "int8" else (),
             calibration_count=args.calibration_cases,
             plausibility=not args.no_plausibility_check,
             overrides=overrides(args),
@@ -113,29 +129,134 @@ def run(args: argparse.Namespace) -> int:
         f"{segmenter.precision}, crop {'on' if segmenter.crop else 'off'}, overlap {segmenter.overlap}",
         file=sys.stderr,
     )
-    rows = []
-    progress = tqdm(ready, desc="segment", unit="case", disable=args.no_progress, file=sys.stderr)
-    for case in progress:
+    if args.watch is not None:
+        return _watch(segmenter, args)
+    rows = _segment_cases(segmenter, ready, args, failed)
+    return _report(failed, len(rows), args.output)
+
+
+def _watch(segmenter: Segmenter, args: argparse.Namespace) -> int:
+    """``--watch``: segment the cases of the input folders as they arrive (:class:`FolderWatch`) until SIGINT or
+    SIGTERM, which end the case in work (its label map and row are written) and stop; a second signal stops at
+    once. Then the report of every case written or not."""
+    import signal
+    import threading
+
+    from kd_components.segment.watch import FolderWatch
+
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    watch = FolderWatch(args.inputs, args.output)
+    failed: list[str] = []
+    written = 0
+    print(f"watching {', '.join(map(str, args.inputs))} every {args.watch:g} s (Ctrl-C stops)", file=sys.stderr)
+    try:
+        while not stopping.is_set():
+            cases, problems = watch.poll()
+            for line in problems:
+                print(f"not segmented: {line}", file=sys.stderr)
+            failed += problems
+            if cases:
+                now: list[str] = []
+                written += len(_segment_cases(segmenter, cases, args, now, stop=stopping.is_set))
+                for line in now:
+                    print(f"not segmented: {line}", file=sys.stderr)
+                failed += now
+            stopping.wait(args.watch)
+        print("stopped watching", file=sys.stderr)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _report(failed, written, args.output)
+
+
+def _segment_cases(
+    segmenter: Segmenter,
+    ready: list[BratsCase],
+    args: argparse.Namespace,
+    failed: list[str],
+    stop: Callable[[], bool] = lambda: False,
+) -> list[dict]:
+    """Segment ``ready`` in order, the next case read (:meth:`Segmenter.load`) while the network runs on this one and
+    the label map of the last one is written meanwhile (:func:`~kd_components.segment.pipeline.prefetch`); the volume
+    table's rows of the cases written. A case that fails is added to ``failed`` and the others go on; once ``stop()``
+    is true no further case is begun.
+
+    A row's ``seconds`` are the case's own stages (check and read, network, post-processing, write): what the case
+    takes alone, without the overlap with its neighbours.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from kd_components.data.brats import validate_case
+    from kd_components.handlers.region_volumes import update_volume_table
+    from kd_components.segment import CaseFailed
+    from kd_components.segment.pipeline import prefetch
+
+    def read(case: BratsCase) -> tuple[MetaTensor, float]:
         start = time.perf_counter()
         report = validate_case(case, et_label=args.et_label, headers_only=True)  # voxels: checked once loaded
-        image_problems = [p for p in report.problems if p.file is None or p.file != getattr(case.label, "name", None)]
-        if image_problems:  # a faulty reference segmentation in the folder does not stop inference
-            failed += [str(p) for p in image_problems]
-            continue
+        label = getattr(case.label, "name", None)
+        problems = [str(p) for p in report.problems if p.file is None or p.file != label]
+        if problems:  # a faulty reference segmentation in the folder does not stop inference
+            raise CaseFailed("\n".join(problems))
+        return segmenter.load(case), time.perf_counter() - start
+
+    def write(segmentation: Segmentation) -> tuple[Path, dict]:
+        start = time.perf_counter()
+        path = segmenter.write(segmentation, args.output)
+        seconds = sum(segmentation.seconds.values()) + time.perf_counter() - start
+        row = {"case_id": segmentation.case_id, **segmentation.volumes, "seconds": round(seconds, 3)}
+        update_volume_table([row], args.output)  # the folder's table: earlier runs' cases kept, safe in parallel
+        return path, row
+
+    rows: list[dict] = []
+
+    def written(case_id: str, future: Future) -> None:
         try:
-            segmentation = segmenter.segment(case)
-            path = segmenter.write(segmentation, args.output)
-            row = {"case_id": case.case_id, **segmentation.volumes, "seconds": round(time.perf_counter() - start, 3)}
-            update_volume_table([row], args.output)  # the folder's table: earlier runs' cases kept, safe in parallel
+            path, row = future.result()
         except CaseFailed as err:
             failed.append(str(err))
-            continue
+            return
         except OSError as err:  # a full disk or a folder made read-only during the run: the next cases are tried
-            failed.append(f"{case.case_id}: cannot write to {args.output} ({err.strerror or err})")
-            continue
+            failed.append(f"{case_id}: cannot write to {args.output} ({err.strerror or err})")
+            return
         rows.append(row)
-        progress.write(f"{case.case_id}: {path} ({segmentation.volumes['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
-    return _report(failed, len(rows), args.output)
+        progress.write(f"{case_id}: {path} ({row['WT_ml']:.1f} mL whole tumour)", file=sys.stderr)
+
+    progress = tqdm(total=len(ready), desc="segment", unit="case", disable=args.no_progress, file=sys.stderr)
+    last: tuple[str, Future] | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as writer:
+        for outcome in prefetch(ready, read):
+            if stop():
+                break
+            case = outcome.item
+            try:
+                if outcome.error is not None:
+                    raise outcome.error
+                image, seconds = outcome.value
+                names = [case.images[m].name for m in MODALITIES]
+                segmentation = segmenter.segment_image(case.case_id, image, names)
+                segmentation.seconds = {"read": seconds, **segmentation.seconds}
+            except CaseFailed as err:
+                failed.append(str(err))
+                progress.update()
+                continue
+            if last is not None:
+                written(*last)
+            last = (case.case_id, writer.submit(write, segmentation))
+            progress.update()
+        if last is not None:
+            written(*last)
+    progress.close()
+    return rows
 
 
 def _output_problems(cases: list[BratsCase], output: Path) -> list[tuple[BratsCase, str | None]]:

@@ -52,6 +52,8 @@ __all__ = [
 
 #: Engine names of ``--engine`` (``auto``: OpenVINO on a CPU where it is installed, else PyTorch).
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+#: OpenVINO's cache of compiled models, a folder beside the ONNX exports (:class:`OpenVINOEngine`'s ``cache_dir``).
+OPENVINO_CACHE = "openvino_cache"
 #: Precisions of ``--precision``.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 
@@ -174,16 +176,24 @@ class OpenVINOEngine:
         precision: ``fp32``, ``bf16`` or ``int8`` (an int8 model comes quantized: see :func:`quantize_int8`; its
             remaining float layers run in f32).
         threads: CPU threads (``INFERENCE_NUM_THREADS``); ``None``: OpenVINO's default (all cores).
+        cache_dir: OpenVINO's model cache (``CACHE_DIR``): the compiled model is kept there and the next process
+            that compiles the same model with the same settings loads it instead (``None``: no cache).
     """
 
     name = "openvino"
 
-    def __init__(self, model: Any, precision: str = "fp32", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        precision: str = "fp32",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         import openvino as ov
 
         core = ov.Core()
         if isinstance(model, str | os.PathLike):
-            model = core.read_model(str(model))
+            model = str(model)  # compiled from the file: with a cache, a cached model is not even read
         if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise EngineError("this CPU has no bf16 support that OpenVINO uses (OPTIMIZATION_CAPABILITIES lacks BF16)")
         config: dict[str, Any] = {
@@ -192,6 +202,8 @@ class OpenVINOEngine:
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
@@ -280,8 +292,9 @@ def build_engine(
     onnx_path = cached_export(network, ckpt, roi_size, cache_dir, log)
     if name == "onnxruntime":
         return OnnxRuntimeEngine(onnx_path, precision, threads)
+    compiled_cache = onnx_path.parent / OPENVINO_CACHE if _writable(onnx_path.parent / OPENVINO_CACHE) else None
     if precision == "int8":
         if calibration is None:
             raise EngineError("int8 needs calibration cases (the segment command passes the first cases given)")
-        return OpenVINOEngine(quantized_model(onnx_path, calibration, log), "int8", threads)
-    return OpenVINOEngine(onnx_path, precision, threads)
+        return OpenVINOEngine(quantized_model(onnx_path, calibration, log), "int8", threads, compiled_cache)
+    return OpenVINOEngine(onnx_path, precision, threads, compiled_cache)
