@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kd_components.io import atomic_path, save_json_atomic
@@ -34,6 +35,7 @@ from kd_lab.inference_benchmark import (
 )
 from kd_lab.measure import count_flops, cpu_description, run_in_fresh_process
 from kd_lab.results import markdown_blocks
+from kd_lab.segment_speed import case_latency, folder_run, path_agreement, startup
 
 #: End-to-end runs: (engine, precision, crop, overlap; None: the bundle's).
 E2E = (("openvino", "fp32", True, None), ("openvino", "bf16", True, None), ("openvino", "int8", True, None))
@@ -45,10 +47,15 @@ AGREEMENT += (("onnxruntime", "fp32", True, None), ("openvino", "fp32", True, No
 AGREEMENT += (("openvino", "int8", True, None), ("openvino", "fp32", True, 0.25), ("openvino", "int8", True, 0.25))
 
 
+#: Real cases for the path agreement, where the shared folder holds them (never copied, never needed).
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "real_dev"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=["student", "segresnet16", "demo", "default"])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (after one warm-up)")
+    parser.add_argument("--skip-networks", action="store_true", help="leave out the per-patch table (a quick check)")
     parser.add_argument(
         "--volume-budget", type=float, default=15.0, help="seconds: a whole-volume run expected longer is not run"
     )
@@ -56,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt", type=Path, help="trained student weights (end-to-end runs and agreement)")
     parser.add_argument("--test-data", type=Path, help="labelled phantoms for the agreement table (needs --ckpt)")
     parser.add_argument("--test-cases", type=int, default=12, help="how many of --test-data's cases (the last ones)")
+    parser.add_argument("--ckpt-1mm", type=Path, help="a student trained at 1 mm (its training_geometry.json beside)")
+    parser.add_argument("--folder-cases", type=int, default=20, help="cases of the folder run")
+    parser.add_argument(
+        "--real-dir", type=Path, default=REAL_DIR, help="real cases for the path agreement (skipped where absent)"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/inference"))
     parser.add_argument("--output", type=Path, default=Path("docs/inference.md"))
     parser.add_argument("--notes", type=Path, help="Markdown appended as the page's Notes (interpretation of a run)")
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"roi": roi, "overlap": overlap, "shape": list(volume.shape), "rows": [], "errors": []}
     results["flop_rate"] = flop_rate(args.repeats)
     print(f"[reference] {results['flop_rate']}")
-    for cfg in default_configs(args.networks):
+    for cfg in [] if args.skip_networks else default_configs(args.networks):
         print(f"[{cfg.network}] {cfg.label} ...", flush=True)
         try:
             row = run_in_fresh_process(
@@ -112,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {results['end_to_end'][-1]}")
         save_json_atomic(results, out / "results.json")
+    students = {"2 mm": args.ckpt or volume.random_ckpt, **({"1 mm": args.ckpt_1mm} if args.ckpt_1mm else {})}
+    results["segment"] = segment_speed(students, case.directory, args, out / "segment", results["errors"])
+    save_json_atomic(results, out / "results.json")
     if args.ckpt and args.test_data:
         cases = [c for c in discover_cases(args.test_data) if c.label is not None][-args.test_cases :]
         print(f"[agreement] {len(cases)} labelled cases of {args.test_data}", flush=True)
@@ -134,6 +149,39 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(render(results, notes))
     print(f"wrote {args.output} (raw numbers: {out / 'results.json'})")
     return 0
+
+
+def segment_speed(
+    students: dict[str, Path], case_dir: Path, args: argparse.Namespace, work: Path, errors: list[str]
+) -> dict[str, Any]:
+    """One case stage by stage (this path and the path before), a folder, the start-up, and the label maps'
+    agreement with the path before, for each student (kd_lab/segment_speed.py)."""
+    from kd_components.data.brats import discover_cases
+
+    work.mkdir(parents=True, exist_ok=True)
+    agreement_sets = {}
+    if args.test_data:
+        labelled = [c for c in discover_cases(args.test_data) if c.label is not None][-args.test_cases :]
+        agreement_sets[f"{len(labelled)} BraTS-size phantoms"] = [str(c.directory) for c in labelled]
+    if args.real_dir and args.real_dir.is_dir():
+        agreement_sets[f"{args.real_dir.name} (real)"] = [str(c.directory) for c in discover_cases(args.real_dir)]
+    else:
+        errors.append(f"path agreement on real scans: {args.real_dir} is not there")
+    found: dict[str, Any] = {}
+    for name, ckpt in students.items():
+        print(f"[segment] {name} student ({ckpt}) ...", flush=True)
+        row: dict[str, Any] = {"ckpt": str(ckpt)}
+        for path in ("this", "before"):
+            row[path] = run_in_fresh_process(case_latency, str(ckpt), str(case_dir), args.repeats, path == "before")
+            print(f"  one case, {path}: {row[path]['total_s']:.2f} s", flush=True)
+        row["startup"] = startup(ckpt, case_dir, work, args.repeats)
+        row["folder"] = folder_run(ckpt, case_dir, args.folder_cases, work, args.repeats)
+        print(f"  start-up {row['startup']['startup_s']:.1f} s, folder {row['folder']['wall_s']:.1f} s", flush=True)
+        row["agreement"] = {
+            label: run_in_fresh_process(path_agreement, str(ckpt), dirs) for label, dirs in agreement_sets.items()
+        }
+        found[name] = row
+    return found
 
 
 def _version(module: str) -> str:
@@ -198,6 +246,7 @@ def render(results: dict[str, Any], notes: str = "") -> str:
                 f"{e['overlap'] if e['overlap'] is not None else results['overlap']} | {e['case_s']:.2f} | "
                 f"{e['first_case_s']:.2f} | {e['command_s']:.1f} | {e['peak_rss_gib']:.2f} |"
             )
+    lines += render_segment(results.get("segment") or {}, results["shape"])
     if results.get("agreement"):
         lines += [
             f"## Agreement with PyTorch float32 ({results['agreement_cases']} held-out labelled phantoms, trained "
@@ -222,6 +271,65 @@ def render(results: dict[str, Any], notes: str = "") -> str:
     if notes:
         lines += ["## Notes", notes.strip()]
     return "\n\n".join(markdown_blocks(lines)) + "\n"
+
+
+def render_segment(students: dict[str, Any], shape: list[int]) -> list[str]:
+    """The sections of one case, a folder, the start-up and the path agreement (empty without measurements)."""
+    if not students:
+        return []
+    size = " x ".join(map(str, shape[1:]))
+    lines = [
+        f"## `brats-kd segment`: one case ({size}), a folder, the start-up",
+        "*One case*: a segmenter built once segments and writes the case again and again (medians of the runs "
+        "after a warm-up): the latency of a case in a process already running (`--watch`, the Deploy app), without "
+        "the start-up. *read*: the four NIfTI files read and preprocessed (orientation, resampling to the "
+        "student's grid, normalisation); *post*: the inversion onto the input's grid, post-processing, the label "
+        "map and volumes; *before*: the same segmenter on the path before the fast reading and inversion "
+        "(MONAI's `NibabelReader`, `Spacingd` in float64, `Invertd` + `AsDiscreted` over the whole grid; "
+        "`kd_lab/segment_speed.py`).",
+        "| student (grid) | engine | path | read (s) | network (s) | post (s) | write (s) | one case (s) | "
+        "before / this |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in students.items():
+        for path in ("this", "before"):
+            r = row[path]
+            ratio = f"{row['before']['total_s'] / row['this']['total_s']:.1f}x" if path == "this" else ""
+            lines.append(
+                f"| {name} | {r['engine']} | {path} | {r['read_s']:.3f} | {r['network_s']:.3f} | "
+                f"{r['postprocess_s']:.3f} | {r['write_s']:.3f} | {r['total_s']:.3f} | {ratio} |"
+            )
+    lines += [
+        "*Folder*: `brats-kd segment DIR -o OUT` on copies of the case under new ids, the whole command's wall time "
+        "(median of the runs) with Python's start-up, the imports and the engine's load; *sum of cases*: the sum of "
+        "the seconds it records per case (each case's own stages), more than the wall time where reading, network "
+        "and writing of neighbouring cases overlap. *Start-up*: the command on one case, its wall time minus the "
+        "seconds it records for the case.",
+        "| student (grid) | cases | folder, wall (s) | per case in the folder (s) | sum of cases (s) | "
+        "one-case command (s) | start-up (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in students.items():
+        f, s = row["folder"], row["startup"]
+        lines.append(
+            f"| {name} | {f['cases']} | {f['wall_s']:.1f} | {(f['wall_s'] - s['startup_s']) / f['cases']:.2f} | "
+            f"{f['case_sum_s']:.1f} | {s['wall_s']:.1f} | {s['startup_s']:.1f} |"
+        )
+    lines += [
+        "## Label maps against the path before",
+        "Dice per region between the label maps of this path and of the path before, same weights and cases: "
+        "mean and lowest over the cases; *voxels*: the most voxels that differ in a case.",
+        "| student (grid) | cases | Dice TC / WT / ET, mean | lowest | voxels |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, row in students.items():
+        for label, cases in row["agreement"].items():
+            dice = np.array([c["dice"] for c in cases])
+            lines.append(
+                f"| {name} | {label} | {' / '.join(f'{d:.4f}' for d in dice.mean(axis=0))} | {dice.min():.4f} | "
+                f"{max(c['differing_voxels'] for c in cases)} |"
+            )
+    return lines
 
 
 if __name__ == "__main__":

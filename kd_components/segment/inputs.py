@@ -12,6 +12,7 @@ from monai.transforms import LoadImage
 
 from kd_components.constants import MODALITIES, match_case_id
 from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases, validate_case
+from kd_components.niftiio import ParallelNibabelReader
 from kd_components.segment.segmenter import CaseFailed, root_cause
 from kd_components.writers import case_id_from_path
 
@@ -145,13 +146,16 @@ def open_case(folder: str | os.PathLike[str]) -> BratsCase:
 
 
 def read_case_image(case: BratsCase) -> MetaTensor:
-    """The case's four modalities as the bundles' ``LoadImaged(ensure_channel_first=True)`` reads them:
+    """The case's four modalities as the bundles' ``LoadImaged`` reads them (:class:`ParallelNibabelReader`):
     ``(4, H, W, D)`` float32, channels ``[t1c, t1n, t2w, t2f]``, with the scan's affine.
 
     Raises:
         CaseFailed: a file cannot be read (the message names the case and the reader's error).
     """
     try:
-        return LoadImage(image_only=True, ensure_channel_first=True)([str(case.images[m]) for m in MODALITIES])
+        reader = ParallelNibabelReader()  # the bundles' reader (inference.json): the four files at once
+        return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(
+            [str(case.images[m]) for m in MODALITIES]
+        )
     except Exception as err:  # MONAI wraps reader errors; the innermost one names the file
         raise CaseFailed(f"{case.case_id}: cannot be read ({root_cause(err)})") from err
