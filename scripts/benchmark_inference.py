@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (after one warm-up)")
     parser.add_argument("--skip-networks", action="store_true", help="leave out the per-patch table (a quick check)")
     parser.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="keep what OUTPUT_DIR/results.json holds (of an interrupted run on this machine) and measure the rest",
+    )
+    parser.add_argument(
         "--volume-budget", type=float, default=15.0, help="seconds: a whole-volume run expected longer is not run"
     )
     parser.add_argument("--e2e-cases", type=int, default=6, help="BraTS-size cases per end-to-end run")
@@ -97,9 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(exist_ok=True)
 
     results: dict[str, Any] = {"roi": roi, "overlap": overlap, "shape": list(volume.shape), "rows": [], "errors": []}
-    results["flop_rate"] = flop_rate(args.repeats)
+    earlier = json.loads((out / "results.json").read_text()) if args.resume and (out / "results.json").exists() else {}
+    for key in ("rows", "flop_rate", "end_to_end", "segment", "agreement", "agreement_cases"):
+        if key in earlier:
+            results[key] = earlier[key]
+    if "flop_rate" not in results:
+        results["flop_rate"] = flop_rate(args.repeats)
     print(f"[reference] {results['flop_rate']}")
+    done = {(r["network"], r["engine"], r["precision"]) for r in results["rows"]}
     for cfg in [] if args.skip_networks else default_configs(args.networks):
+        if (cfg.network, cfg.engine, cfg.precision) in done:
+            continue
         print(f"[{cfg.network}] {cfg.label} ...", flush=True)
         try:
             row = run_in_fresh_process(
@@ -113,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"].append(row)
         print(f"  {row['patch_s']:.3f} s/patch, volume crop {row['volume_crop_s']}, full {row['volume_full_s']}")
         save_json_atomic(results, out / "results.json")
-    results["end_to_end"] = []
+    results.setdefault("end_to_end", [])
+    measured = {(e["engine"], e["precision"], e["crop"], e["overlap"]) for e in results["end_to_end"]}
     for engine, precision, crop, overlap in E2E:
+        if (engine, precision, crop, overlap) in measured:
+            continue
         print(f"[end to end] {engine} {precision} crop={crop} overlap={overlap} ...", flush=True)
         try:
             run = end_to_end(case.directory, args.e2e_cases, engine, precision, ckpt, crop, out / "e2e", overlap)
@@ -125,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {results['end_to_end'][-1]}")
         save_json_atomic(results, out / "results.json")
     students = {"2 mm": args.ckpt or volume.random_ckpt, **({"1 mm": args.ckpt_1mm} if args.ckpt_1mm else {})}
-    results["segment"] = segment_speed(students, case.directory, args, out / "segment", results["errors"])
+    results["segment"] = segment_speed(
+        students, case.directory, args, out / "segment", results["errors"], results.get("segment") or {}, out
+    )
     save_json_atomic(results, out / "results.json")
-    if args.ckpt and args.test_data:
+    if args.ckpt and args.test_data and "agreement" not in results:
         cases = [c for c in discover_cases(args.test_data) if c.label is not None][-args.test_cases :]
         print(f"[agreement] {len(cases)} labelled cases of {args.test_data}", flush=True)
         results["agreement"] = engine_agreement(cases, args.ckpt, AGREEMENT, cache)
@@ -152,10 +171,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def segment_speed(
-    students: dict[str, Path], case_dir: Path, args: argparse.Namespace, work: Path, errors: list[str]
+    students: dict[str, Path],
+    case_dir: Path,
+    args: argparse.Namespace,
+    work: Path,
+    errors: list[str],
+    found: dict[str, Any],
+    out: Path,
 ) -> dict[str, Any]:
     """One case stage by stage (this path and the path before), a folder, the start-up, and the label maps'
-    agreement with the path before, for each student (kd_lab/segment_speed.py)."""
+    agreement with the path before, for each student (kd_lab/segment_speed.py); what ``found`` holds (an earlier
+    run's) is kept, and every part is saved in ``out/results.json``'s ``segment`` as soon as it is measured."""
     from kd_components.data.brats import discover_cases
 
     work.mkdir(parents=True, exist_ok=True)
@@ -167,21 +193,33 @@ def segment_speed(
         agreement_sets[f"{args.real_dir.name} (real)"] = [str(c.directory) for c in discover_cases(args.real_dir)]
     else:
         errors.append(f"path agreement on real scans: {args.real_dir} is not there")
-    found: dict[str, Any] = {}
     for name, ckpt in students.items():
         print(f"[segment] {name} student ({ckpt}) ...", flush=True)
-        row: dict[str, Any] = {"ckpt": str(ckpt)}
+        row = found.setdefault(name, {"ckpt": str(ckpt)})
         for path in ("this", "before"):
-            row[path] = run_in_fresh_process(case_latency, str(ckpt), str(case_dir), args.repeats, path == "before")
+            if path not in row:
+                row[path] = run_in_fresh_process(case_latency, str(ckpt), str(case_dir), args.repeats, path == "before")
             print(f"  one case, {path}: {row[path]['total_s']:.2f} s", flush=True)
-        row["startup"] = startup(ckpt, case_dir, work, args.repeats)
-        row["folder"] = folder_run(ckpt, case_dir, args.folder_cases, work, args.repeats)
+        if "startup" not in row:
+            row["startup"] = startup(ckpt, case_dir, work, args.repeats)
+        if "folder" not in row:
+            row["folder"] = folder_run(ckpt, case_dir, args.folder_cases, work, args.repeats)
         print(f"  start-up {row['startup']['startup_s']:.1f} s, folder {row['folder']['wall_s']:.1f} s", flush=True)
-        row["agreement"] = {
-            label: run_in_fresh_process(path_agreement, str(ckpt), dirs) for label, dirs in agreement_sets.items()
-        }
-        found[name] = row
+        _save_part(out, "segment", found)
+        if "agreement" not in row:
+            row["agreement"] = {
+                label: run_in_fresh_process(path_agreement, str(ckpt), dirs) for label, dirs in agreement_sets.items()
+            }
+        _save_part(out, "segment", found)
     return found
+
+
+def _save_part(out: Path, key: str, value: Any) -> None:
+    """``out/results.json`` with ``key`` set to ``value`` (the rest as it is), so an interrupted run keeps it."""
+    path = out / "results.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved[key] = value
+    save_json_atomic(saved, path)
 
 
 def _version(module: str) -> str:

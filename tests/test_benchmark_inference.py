@@ -110,3 +110,21 @@ def test_deploy_timing_goes_between_the_markers_of_its_page_and_nowhere_else() -
     assert replace_section(page, section) == f"# Title\nbefore\n{section}\nafter\n"
     with pytest.raises(ValueError, match="has no generated part"):
         replace_section("# Title\n", section)
+
+
+def test_segment_sections_give_the_ratio_to_the_path_before_and_the_start_up() -> None:
+    one = {"engine": "openvino fp32", "read_s": 0.3, "network_s": 0.1, "postprocess_s": 0.1, "write_s": 0.05}
+    student = {
+        "this": {**one, "total_s": 0.6},
+        "before": {**one, "read_s": 0.9, "postprocess_s": 1.0, "total_s": 2.1},
+        "startup": {"wall_s": 9.6, "case_s": 0.6, "startup_s": 9.0},
+        "folder": {"cases": 20, "wall_s": 21.0, "case_sum_s": 13.0, "walls": [21.0]},
+        "agreement": {
+            "3 real": [{"dice": [1.0, 0.999, 1.0], "differing_voxels": 4}, {"dice": [1.0] * 3, "differing_voxels": 0}]
+        },
+    }
+    page = "\n".join(script.render_segment({"2 mm": student}, [4, 240, 240, 155]))
+    assert "| 2 mm | openvino fp32 | this | 0.300 | 0.100 | 0.100 | 0.050 | 0.600 | 3.5x |" in page
+    assert "| 2 mm | 20 | 21.0 | 0.60 | 13.0 | 9.6 | 9.0 |" in page  # (21.0 - 9.0) / 20 per case in the folder
+    assert "| 2 mm | 3 real | 1.0000 / 0.9995 / 1.0000 | 0.9990 | 4 |" in page
+    assert script.render_segment({}, [4, 1, 1, 1]) == []

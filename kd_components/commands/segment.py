@@ -4,7 +4,9 @@ Each INPUT is a case folder (named by its case id), or a folder searched for cas
 --t2f give one case as four files. Writes OUT/<case_id>.nii.gz (BraTS labels on the input's grid) and
 OUT/volumes.csv / volumes.json (mL per case), each atomically and after every case. A case that cannot be
 segmented is skipped and named; the others are written; the exit status is then 1 (2 for a usage error: no
-inputs, a bundle or checkpoint that does not exist).
+inputs, a bundle or checkpoint that does not exist). The cases of a folder overlap: the next one is read while the
+network runs on this one. ``--watch`` keeps the process and its network and segments the cases that arrive in the
+input folders (:mod:`kd_components.segment.watch`).
 """
 
 from __future__ import annotations
