@@ -41,6 +41,7 @@ import torch
 
 from kd_components.constants import MODALITIES
 from kd_lab.measure import GIB, peak_rss_gib
+from kd_lab.segment_speed import copy_case
 
 __all__ = [
     "EngineConfig",
@@ -225,14 +226,7 @@ def end_to_end(
     records (median over the copies after the first), the command's wall time and its peak memory."""
     work = Path(work_dir or tempfile.mkdtemp(prefix="brats-kd-e2e-"))
     data, out = work / "data", work / f"out-{engine}-{precision}-{'crop' if crop else 'full'}-{overlap}"
-    source_id = case_dir.name
-    for i in range(copies):
-        cid = f"BraTS-SYN-{90000 + i:05d}-000"
-        folder = data / cid
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            for modality in MODALITIES:
-                shutil.copy(case_dir / f"{source_id}-{modality}.nii.gz", folder / f"{cid}-{modality}.nii.gz")
+    copy_case(case_dir, data, copies)
     command = [sys.executable, "-m", "kd_components.cli", "segment", str(data), "-o", str(out), "--no-progress"]
     command += ["--engine", engine, "--precision", precision] + (["--ckpt", str(ckpt)] if ckpt else [])
     command += ([] if crop else ["--no-crop"]) + ([] if overlap is None else ["--sw-overlap", str(overlap)])
