@@ -35,10 +35,9 @@ def prefetch(items: Iterable[T], work: Callable[[T], R], ahead: int = 1) -> Iter
     holds; the outcomes in the items' order. An exception of ``work`` is returned with its item, not raised
     (``KeyboardInterrupt`` and the like propagate). Closing the iterator early waits for the item in work."""
     pending: deque[tuple[T, Future[R]]] = deque()
-    source = iter(items)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
         try:
-            for item in source:
+            for item in items:
                 pending.append((item, pool.submit(work, item)))
                 if len(pending) > ahead:
                     yield _outcome(*pending.popleft())

@@ -69,11 +69,9 @@ class FolderWatch:
                 problems += [str(p) for p in case.problems if f"{key}:{p}" not in self._reported]
                 self._reported.update(f"{key}:{p}" for p in case.problems)
                 continue
-            if (self.output / f"{key}.nii.gz").exists():
-                self._tried[key] = signature
-                continue
             self._tried[key] = signature
-            ready.append(case)
+            if not (self.output / f"{key}.nii.gz").exists():
+                ready.append(case)
         for problem in found.problems:
             text = str(problem)
             current[text] = ()
