@@ -13,7 +13,6 @@ What is measured per application run (a new process each time, as a MAP runs one
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import statistics
@@ -27,7 +26,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from kd_components.geometry import GEOMETRY_FILE
 from kd_components.handlers.metrics import label_map_dice
 from kd_components.io import replace_between
 
@@ -57,17 +55,14 @@ _DONE = re.compile(r"done: set up in (?P<setup>[\d.]+) s, segmented in (?P<segme
 
 
 def export_model(ckpt: Path, models_dir: Path, bundle: Path) -> Path:
-    """``models_dir/model.ts`` from ``ckpt`` with ``monai.bundle ckpt_export`` (the bundle's metadata.json and
-    inference.json embedded, and the ``training_geometry.json`` beside ``ckpt`` where there is one), as
-    docs/deploy.md says."""
+    """``models_dir/model.ts`` from ``ckpt`` with ``brats-kd export --format torchscript`` (MONAI's ``ckpt_export``
+    with the bundle's metadata.json and inference.json embedded, and the ``training_geometry.json`` beside
+    ``ckpt``), as docs/deploy.md says."""
     models_dir.mkdir(parents=True, exist_ok=True)
     model = (models_dir / "model.ts").resolve()
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(model)]
-    command += ["--ckpt_file", str(ckpt.resolve()), "--meta_file", "configs/metadata.json"]
-    geometry = ckpt.resolve().parent / GEOMETRY_FILE  # embedded as docs/deploy.md says: the grid it was trained at
-    configs = ["configs/inference.json", *([str(geometry)] if geometry.is_file() else [])]
-    command += ["--config_file", json.dumps(configs)]
-    result = subprocess.run(command, cwd=bundle, capture_output=True, text=True)
+    command = [sys.executable, "-m", "kd_components.cli", "export", "--format", "torchscript", "--bundle", str(bundle)]
+    command += ["--ckpt", str(ckpt.resolve()), "--output", str(model)]
+    result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
     return model

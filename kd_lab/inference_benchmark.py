@@ -23,12 +23,7 @@ What is measured, all in one run on this machine:
 
 from __future__ import annotations
 
-import csv
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,8 +35,8 @@ import numpy as np
 import torch
 
 from kd_components.constants import MODALITIES
-from kd_lab.measure import GIB, peak_rss_gib
-from kd_lab.segment_speed import copy_case
+from kd_lab.measure import peak_rss_gib
+from kd_lab.segment_speed import copy_case, segment_command
 
 __all__ = [
     "EngineConfig",
@@ -227,19 +222,10 @@ def end_to_end(
     work = Path(work_dir or tempfile.mkdtemp(prefix="brats-kd-e2e-"))
     data, out = work / "data", work / f"out-{engine}-{precision}-{'crop' if crop else 'full'}-{overlap}"
     copy_case(case_dir, data, copies)
-    command = [sys.executable, "-m", "kd_components.cli", "segment", str(data), "-o", str(out), "--no-progress"]
-    command += ["--engine", engine, "--precision", precision] + (["--ckpt", str(ckpt)] if ckpt else [])
-    command += ([] if crop else ["--no-crop"]) + ([] if overlap is None else ["--sw-overlap", str(overlap)])
-    if out.exists():
-        shutil.rmtree(out)
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"brats-kd segment failed ({' '.join(command)}):\n{stderr[-2000:]}")
-    seconds = [float(row["seconds"]) for row in csv.DictReader((out / "volumes.csv").open())]
+    options = ["--engine", engine, "--precision", precision] + (["--ckpt", str(ckpt)] if ckpt else [])
+    options += ([] if crop else ["--no-crop"]) + ([] if overlap is None else ["--sw-overlap", str(overlap)])
+    run = segment_command(data, out, options)
+    seconds = run["case_seconds"]
     return {
         "engine": engine,
         "precision": precision,
@@ -247,9 +233,9 @@ def end_to_end(
         "overlap": overlap,
         "case_s": statistics.median(seconds[1:] if len(seconds) > 1 else seconds),
         "first_case_s": seconds[0],
-        "command_s": wall,
+        "command_s": run["wall_s"],
         "cases": len(seconds),
-        "peak_rss_gib": usage.ru_maxrss * 1024 / GIB,
+        "peak_rss_gib": run["peak_rss_gib"],
     }
 
 

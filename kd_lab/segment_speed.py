@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,8 +37,17 @@ from typing import Any
 import numpy as np
 
 from kd_components.constants import MODALITIES
+from kd_lab.measure import GIB
 
-__all__ = ["case_latency", "copy_case", "folder_run", "path_agreement", "startup", "use_reference_path"]
+__all__ = [
+    "case_latency",
+    "copy_case",
+    "folder_run",
+    "path_agreement",
+    "segment_command",
+    "startup",
+    "use_reference_path",
+]
 
 #: The stages of one case, in order (``Segmentation.seconds`` plus the write).
 STAGES = ("read", "network", "postprocess", "write")
@@ -124,26 +134,31 @@ def copy_case(case_dir: Path, folder: Path, copies: int) -> Path:
     return folder
 
 
-def _segment_command(data: Path, out: Path, ckpt: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """``brats-kd segment data -o out --ckpt ckpt``: wall time and the per-case seconds of its volume table."""
+def segment_command(data: Path, out: Path, options: Sequence[str] = ()) -> dict[str, Any]:
+    """``brats-kd segment data -o out OPTIONS`` in a new process (``out`` emptied first): its wall time, the
+    per-case seconds of its volume table and its peak resident memory; RuntimeError with its output's end if it
+    fails."""
     if out.exists():
         shutil.rmtree(out)
     command = [sys.executable, "-m", "kd_components.cli", "segment", str(data), "-o", str(out), "--no-progress"]
-    command += ["--ckpt", str(ckpt), *extra]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"brats-kd segment failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
+    command += list(options)
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a long log cannot block the process
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            raise RuntimeError(f"brats-kd segment failed ({' '.join(command)}):\n{log.read()[-2000:]}")
     seconds = [float(row["seconds"]) for row in csv.DictReader((out / "volumes.csv").open())]
-    return {"wall_s": wall, "case_seconds": seconds}
+    return {"wall_s": wall, "case_seconds": seconds, "peak_rss_gib": usage.ru_maxrss * 1024 / GIB}
 
 
 def folder_run(ckpt: Path, case_dir: Path, copies: int, work: Path, repeats: int) -> dict[str, Any]:
     """``brats-kd segment`` on a folder of ``copies`` copies of the case, ``repeats`` times: median wall time
     (start-up included), median sum of the per-case seconds, and every run's wall time."""
     data = copy_case(case_dir, work / f"folder{copies}", copies)
-    runs = [_segment_command(data, work / "out-folder", ckpt) for _ in range(repeats)]
+    runs = [segment_command(data, work / "out-folder", ["--ckpt", str(ckpt)]) for _ in range(repeats)]
     return {
         "cases": copies,
         "wall_s": statistics.median(r["wall_s"] for r in runs),
@@ -156,7 +171,7 @@ def startup(ckpt: Path, case_dir: Path, work: Path, repeats: int) -> dict[str, A
     """``brats-kd segment`` on one case, ``repeats`` times: median wall time, median seconds it records for the
     case, and the median of their difference (the start-up: Python, the imports, the engine's load)."""
     data = copy_case(case_dir, work / "folder1", 1)
-    runs = [_segment_command(data, work / "out-one", ckpt) for _ in range(repeats)]
+    runs = [segment_command(data, work / "out-one", ["--ckpt", str(ckpt)]) for _ in range(repeats)]
     return {
         "wall_s": statistics.median(r["wall_s"] for r in runs),
         "case_s": statistics.median(r["case_seconds"][0] for r in runs),
