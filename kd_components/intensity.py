@@ -20,6 +20,9 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform
 from monai.utils import TransformBackends, convert_to_tensor
 
+from kd_components.postprocess import bounding_box
+from kd_components.transforms import all_finite
+
 __all__ = [
     "BACKGROUND_MADS",
     "BACKGROUND_SHARE",
@@ -46,11 +49,28 @@ MIN_CONTRAST = 1e-3
 
 
 def _border(channel: torch.Tensor, width: int) -> torch.Tensor:
-    """The voxels of the outer shell ``width`` voxels thick of a 3D ``channel`` (all of it when it is thinner)."""
-    inner = [slice(width, size - width) if size > 2 * width else slice(0, 0) for size in channel.shape]
-    mask = torch.ones_like(channel, dtype=torch.bool)
-    mask[tuple(inner)] = False
-    return channel[mask]
+    """The voxels of the outer shell ``width`` voxels thick of a 3D ``channel`` (all of it when it is thinner), as
+    its six faces (each voxel once; in no particular order)."""
+    if any(size <= 2 * width for size in channel.shape):
+        return channel.flatten()
+    inner = slice(width, -width)
+    faces = (
+        channel[:width],
+        channel[-width:],
+        channel[inner, :width],
+        channel[inner, -width:],
+        channel[inner, inner, :width],
+        channel[inner, inner, -width:],
+    )
+    return torch.cat([face.flatten() for face in faces])
+
+
+def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask]`` (the same values in the same order), by NumPy on the CPU: several times faster than
+    torch's boolean indexing there."""
+    if values.device.type != "cpu":
+        return values[mask]
+    return torch.from_numpy(values.numpy()[mask.numpy()])
 
 
 def quantiles(values: torch.Tensor, q: tuple[float, ...]) -> torch.Tensor:
@@ -91,7 +111,8 @@ def brain_foreground(
         spread = 1.4826 * (values - median).abs().median()
         flat = channel.flatten()
         sample = flat[:: max(1, flat.numel() // 1_000_000)].float()  # about a million values are enough
-        sample = sample[torch.isfinite(sample)]
+        if not all_finite(sample):
+            sample = sample[torch.isfinite(sample)]
         low, top = quantiles(sample, (BACKGROUND_SHARE, 0.999))
         if median > low + 0.05 * (top - low):  # the border is not background (cropped to the brain): BraTS's rule
             mask |= channel != 0
@@ -109,12 +130,19 @@ def normalize_brain(image: NdarrayOrTensor) -> torch.Tensor:
     data = convert_to_tensor(image, dtype=torch.float32, track_meta=False)
     mask = brain_foreground(data)
     out = torch.zeros_like(data)
-    for c, channel in enumerate(data):
-        values = channel[mask]
-        std = values.std(unbiased=False)
-        out[c][mask] = (values - values.mean()) / std if std > 0 else 0.0
-        bad = ~torch.isfinite(channel)
-        out[c][bad] = channel[bad]  # kept: the value checks after preprocessing refuse the scan by name
+    # the brain's bounding box: outside it every output voxel is 0 (on the CPU; a GPU tensor takes the whole grid)
+    box = bounding_box(mask.numpy()) if mask.device.type == "cpu" else tuple(slice(None) for _ in mask.shape)
+    if box is not None:
+        inner = mask[box]
+        for c, channel in enumerate(data):
+            region = channel[box]
+            values = _masked(region, inner)  # the brain's voxels in the order of channel[mask]: same mean and std
+            std = values.std(unbiased=False)
+            if std > 0:
+                out[c][box] = torch.where(inner, (region - values.mean()) / std, 0.0)
+    if not all_finite(data):
+        bad = ~torch.isfinite(data)
+        out[bad] = data[bad]  # kept: the value checks after preprocessing refuse the scan by name
     return out
 
 

@@ -71,6 +71,12 @@ def invert_thresholded(
     grid (``network_affine``) resampled (trilinear in ``dtype``, as ``Invertd`` with ``nearest_interp=False``) onto
     the grid of ``shape`` and ``affine`` and thresholded (``>= threshold``, as ``AsDiscreted``), interpolating only
     the box that can hold a voxel at or above the threshold (module docstring)."""
+    to_input = np.linalg.solve(np.asarray(affine, dtype=np.float64), np.asarray(network_affine, dtype=np.float64))
+    axes = _voxel_permutation(to_input, probabilities.shape[1:], shape)
+    if axes is not None:  # the grids' voxels coincide: interpolation reads each voxel alone (Invertd copies too)
+        order, flips = axes
+        thresholded = (probabilities >= threshold).to(torch.uint8).permute(0, *(k + 1 for k in order))
+        return thresholded.flip([a + 1 for a in flips]).contiguous() if flips else thresholded.contiguous()
     channels = probabilities.shape[0]
     out = torch.zeros((channels, *(int(s) for s in shape)), dtype=torch.uint8)
     box = bounding_box((probabilities >= threshold).any(dim=0).numpy())
@@ -82,7 +88,6 @@ def invert_thresholded(
     src_low = np.maximum(low - 2, 0)
     src_high = np.minimum(high + 2, net_shape - 1)
     # input voxels that map into [low - 1, high + 1] (the box's corners mapped back to the input's voxels)
-    to_input = np.linalg.solve(np.asarray(affine, dtype=np.float64), np.asarray(network_affine, dtype=np.float64))
     corners = np.array([[*c, 1.0] for c in itertools.product(*zip(low - 1, high + 1, strict=True))])
     mapped = (to_input @ corners.T)[:3]
     dst_low = np.maximum(np.floor(mapped.min(axis=1)).astype(int), 0)
@@ -104,6 +109,31 @@ def invert_thresholded(
         torch.as_tensor(resampled.as_tensor() if isinstance(resampled, MetaTensor) else resampled) >= threshold
     ).to(torch.uint8)
     return out
+
+
+def _voxel_permutation(
+    to_input: np.ndarray, network_shape: Sequence[int], shape: Sequence[int], tolerance: float = 1e-4
+) -> tuple[list[int], list[int]] | None:
+    """Where the network's grid is the input's with its axes permuted and flipped (``to_input``, the ``(4, 4)`` map
+    from network to input voxel indices, a signed permutation whose image is the input's whole grid): for each input
+    axis the network axis it comes from, and the input axes that run backwards; ``None`` otherwise."""
+    linear, translation = to_input[:3, :3], to_input[:3, 3]
+    signs = np.round(linear)
+    if not np.allclose(linear, signs, atol=tolerance) or not np.array_equal(np.abs(signs).sum(axis=1), np.ones(3)):
+        return None
+    order = [int(np.flatnonzero(row)[0]) for row in signs]
+    if sorted(order) != [0, 1, 2]:
+        return None
+    flips = []
+    for axis, source in enumerate(order):
+        if int(network_shape[source]) != int(shape[axis]):
+            return None
+        start = 0.0 if signs[axis, source] > 0 else float(shape[axis] - 1)  # where network voxel 0 lands
+        if abs(translation[axis] - start) > tolerance:
+            return None
+        if signs[axis, source] < 0:
+            flips.append(axis)
+    return order, flips
 
 
 class InvertThresholdd(MapTransform):

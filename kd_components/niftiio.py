@@ -64,17 +64,30 @@ def read_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image | nib.Nifti2Imag
         return nib.Nifti2Image.from_bytes(raw)
 
 
-def voxels(img: nib.Nifti1Image | nib.Nifti2Image, dtype: Any = np.float32) -> np.ndarray:
+def voxels(
+    img: nib.Nifti1Image | nib.Nifti2Image, dtype: Any = np.float32, out: np.ndarray | None = None
+) -> np.ndarray:
     """The image's voxels as nibabel gives them (``np.asanyarray(img.dataobj)``: the header's scale factors
-    applied), cast to ``dtype``, in one pass where the voxels are in memory and unscaled (no intermediate copy)."""
+    applied), cast to ``dtype``, in one pass where the voxels are in memory and unscaled (no intermediate copy).
+    With ``out`` (an array of the image's shape), the voxels are written into it (in its memory order) and it is
+    returned."""
     proxy = img.dataobj  # after loading, the scale factors live in the proxy (the header's are reset)
     in_memory = isinstance(proxy, nib.arrayproxy.ArrayProxy) and hasattr(proxy.file_like, "getbuffer")
     if in_memory and float(proxy.slope) == 1.0 and float(proxy.inter) == 0.0:
         fileobj = proxy.file_like
         count = int(np.prod(proxy.shape))
         raw = np.frombuffer(fileobj.getbuffer(), dtype=proxy.dtype, count=count, offset=int(proxy.offset))
-        return raw.reshape(proxy.shape, order=proxy.order).astype(dtype)  # a copy: the buffer is not ours
-    return np.asanyarray(proxy).astype(dtype, copy=False)
+        array = raw.reshape(proxy.shape, order=proxy.order)
+        if out is None:
+            return array.astype(dtype)  # a copy: the buffer is not ours
+    else:
+        array = np.asanyarray(proxy)
+        if out is None:
+            return array.astype(dtype, copy=False)
+    if out.shape != array.shape:
+        raise ValueError(f"the image's shape {array.shape} is not the output's {out.shape}")
+    np.copyto(out, array, casting="unsafe")
+    return out
 
 
 class ParallelNibabelReader(NibabelReader):
@@ -90,26 +103,49 @@ class ParallelNibabelReader(NibabelReader):
         super().__init__(*args, **kwargs)
         self.dtype = np.dtype(dtype)
         self._arrays: dict[int, np.ndarray] = {}
+        self._stacked: np.ndarray | None = None
 
-    def _load(self, name: str | os.PathLike[str]) -> tuple[nib.Nifti1Image, np.ndarray]:
+    def _open(self, name: str | os.PathLike[str]) -> nib.Nifti1Image | nib.Nifti2Image:
         try:
-            img = correct_nifti_header_if_necessary(read_nifti(name))
-            return img, voxels(img, self.dtype)
+            return correct_nifti_header_if_necessary(read_nifti(name))
         except Exception as err:  # name the file: a message about one of several files must say which
             raise ValueError(f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
 
+    def _voxels(self, img: Any, name: str | os.PathLike[str], out: np.ndarray | None) -> np.ndarray:
+        try:
+            return voxels(img, self.dtype, out)
+        except Exception as err:
+            raise ValueError(f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
+
     def read(self, data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: Any) -> Any:
-        """The images of ``data`` (one file or a list), their voxels already in memory."""
+        """The images of ``data`` (one file or a list), their voxels already in memory.
+
+        The files of a list with one shape are cast into one C-ordered array ``(files, *shape)``, one thread per
+        file (NumPy's stacking of the images then copies contiguous memory, and LoadImage's own
+        ``ascontiguousarray`` nothing)."""
         filenames = ensure_tuple(data)
         self.filenames = filenames
-        if len(filenames) == 1:
-            loaded = [self._load(filenames[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=len(filenames), thread_name_prefix="nifti") as pool:
-                loaded = list(pool.map(self._load, filenames))
-        self._arrays = {id(img): array for img, array in loaded}
-        images = [img for img, _ in loaded]
+        with ThreadPoolExecutor(max_workers=len(filenames), thread_name_prefix="nifti") as pool:
+            images = list(pool.map(self._open, filenames))
+            outs: Sequence[np.ndarray | None] = [None] * len(images)
+            self._stacked = None
+            if len(images) > 1 and len({img.shape for img in images}) == 1 and len(images[0].shape) == 3:
+                self._stacked = np.empty((len(images), *images[0].shape), dtype=self.dtype)
+                outs = list(self._stacked)
+            arrays = list(pool.map(self._voxels, images, filenames, outs))
+        self._arrays = {id(img): array for img, array in zip(images, arrays, strict=True)}
         return images if len(filenames) > 1 else images[0]
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """``NibabelReader.get_data``: the stacked voxels ``(files, H, W, D)`` and the first image's metadata. For
+        3D files of one shape the voxels are already stacked (:meth:`read`): ``NibabelReader`` builds the
+        metadata on one-voxel views of them, so that its stacking copies nothing."""
+        stacked, self._stacked = self._stacked, None
+        if stacked is None:
+            return super().get_data(img)
+        self._arrays = {key: array[:1, :1, :1] for key, array in self._arrays.items()}
+        _, meta = super().get_data(img)
+        return stacked, meta
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         array = self._arrays.pop(id(img), None)

@@ -14,6 +14,7 @@ them (a 4 in BraTS-2023 data would otherwise vanish from every region).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -173,8 +174,9 @@ def brain_mask(image: NdarrayOrTensor, channel_dim: int = 0) -> NdarrayOrTensor:
     Returns:
         the image's shape with one channel: ``(1, H, W, D)`` or ``(B, 1, H, W, D)``.
     """
-    if isinstance(image, torch.Tensor):
-        return (image != 0).any(dim=channel_dim, keepdim=True).to(torch.uint8)
+    if isinstance(image, torch.Tensor):  # an OR of the channels: a few times faster than .any(dim) on the CPU
+        mask = functools.reduce(torch.logical_or, (channel != 0 for channel in image.unbind(channel_dim)))
+        return mask.unsqueeze(channel_dim).to(torch.uint8)
     return np.any(np.asarray(image) != 0, axis=channel_dim, keepdims=True).astype(np.uint8)
 
 
@@ -277,6 +279,15 @@ class CaseIdToMetad(MapTransform):
         return d
 
 
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether every value of ``values`` is finite, by one fast reduction: its minimum and maximum are finite (a NaN
+    propagates into both, an infinity is one of them); several times faster than ``torch.isfinite(values).all()``."""
+    if values.numel() == 0:
+        return True
+    low, high = torch.aminmax(values)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
+
+
 class DropNonFinited(MapTransform):
     """Drop a prediction whose values are not all finite, so that no label map or volume is made from it.
 
@@ -298,6 +309,8 @@ class DropNonFinited(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             values = torch.as_tensor(d[key])
+            if all_finite(values):
+                continue
             bad = int((~torch.isfinite(values)).sum())
             if bad:
                 d.pop(key)
@@ -322,6 +335,7 @@ __all__ = [
     "DropNonFinited",
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
+    "all_finite",
     "brain_mask",
     "regions_to_labels",
     "unknown_label_values",

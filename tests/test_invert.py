@@ -11,9 +11,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Compose, CropForegroundd, Invertd, LoadImaged, Orientationd, Spacingd
 
-from kd_components.invert import InvertThresholdd, input_grid
+from kd_components.invert import InvertThresholdd, _voxel_permutation, input_grid
 from kd_components.niftiio import ParallelNibabelReader
 
+PERMUTED = np.array([[0.0, -1.0, 0.0, 30.0], [0.0, 0.0, 1.0, -12.0], [1.0, 0.0, 0.0, 4.0], [0, 0, 0, 1]])
 OBLIQUE = np.array([[0.0, 1.1, 0.1, -40.0], [-0.9, 0.0, 0.15, 60.0], [0.05, 0.1, 2.4, -20.0], [0, 0, 0, 1]])
 
 
@@ -75,6 +76,9 @@ def _both(preprocessing: Compose, image: MetaTensor, pred: MetaTensor) -> tuple[
         (OBLIQUE, (2.0, 2.0, 2.0), "LPS", torch.float64),
         (np.diag([1.0, 1.0, 1.0, 1.0]), (1.3, 0.8, 2.2), "RAS", torch.float32),
         (np.diag([-1.2, 0.9, 3.0, 1.0]), (1.0, 1.0, 1.0), "PLI", torch.float64),
+        # at the network's voxel size: the grids' voxels coincide (flipped, permuted), nothing is interpolated
+        (np.diag([1.0, 1.0, 1.0, 1.0]), (1.0, 1.0, 1.0), "LPS", torch.float32),
+        (PERMUTED, (1.0, 1.0, 1.0), "LPS", torch.float32),
     ],
 )
 def test_same_regions_as_invertd_then_asdiscreted(
@@ -92,6 +96,16 @@ def test_same_regions_as_invertd_then_asdiscreted(
         assert torch.equal(new.as_tensor(), old.as_tensor().to(torch.uint8)), (blobs, seed)
         assert np.allclose(new.affine, old.affine) and np.allclose(new.affine, affine)
         assert (int(new.sum()) > 0) == (blobs > 0)
+
+
+@pytest.mark.parametrize(("affine", "pixdim", "coincide"), [(PERMUTED, 1.0, True), (OBLIQUE, 2.0, False)])
+def test_grids_whose_voxels_coincide_are_only_flipped_and_permuted(
+    tmp_path: Path, affine: np.ndarray, pixdim: float, coincide: bool
+) -> None:
+    image = _preprocessing((pixdim,) * 3, "LPS")({"image": _case(tmp_path, affine)})["image"]
+    shape, original, _ = input_grid(image)
+    to_input = np.linalg.solve(original, np.asarray(image.affine, dtype=np.float64))
+    assert (_voxel_permutation(to_input, image.shape[1:], shape) is not None) == coincide
 
 
 def test_a_preprocessing_with_another_spatial_transform_falls_back_to_invertd(tmp_path: Path) -> None:

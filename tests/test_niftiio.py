@@ -41,14 +41,16 @@ def four_files(tmp_path: Path) -> list[Path]:
 def test_reader_gives_monai_nibabel_readers_arrays_affines_and_metadata(four_files: list[Path]) -> None:
     files = [str(f) for f in four_files]
     expected = LoadImage(image_only=True, ensure_channel_first=True, reader="NibabelReader")(files)
-    got = LoadImage(image_only=True, ensure_channel_first=True, reader=ParallelNibabelReader())(files)
+    reader = ParallelNibabelReader()
+    got = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(files)
     assert got.dtype == expected.dtype == torch.float32
+    assert got.is_contiguous()  # cast into one C-ordered array: LoadImage copies nothing more
     assert got.shape == expected.shape == (4, 17, 13, 9)
     assert torch.equal(got.as_tensor(), expected.as_tensor())
     assert torch.allclose(got.affine, expected.affine)
     for key in ("original_affine", "spatial_shape", "pixdim", "filename_or_obj", "original_channel_dim"):
         assert np.array_equal(np.asarray(got.meta[key]), np.asarray(expected.meta[key])), key
-    one = LoadImage(image_only=True, ensure_channel_first=True, reader=ParallelNibabelReader())(files[1])
+    one = LoadImage(image_only=True, ensure_channel_first=True, reader=reader)(files[1])  # the same reader again
     assert torch.equal(one[0], expected[1])  # the scale factor applied, as nibabel does
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
-from monai.transforms.utils import generate_spatial_bounding_box
 
+from kd_components.postprocess import bounding_box
 from kd_components.transforms import BRAIN_MARGIN, brain_mask
 
 __all__ = ["brain_box", "window_count", "window_starts"]
@@ -50,10 +50,10 @@ def brain_box(image: torch.Tensor | np.ndarray, margin: int = BRAIN_MARGIN) -> t
     Returns:
         the box, or ``None`` when the image has no non-zero voxel.
     """
-    mask = brain_mask(image)
-    if not bool(mask.any()):
+    mask = np.asarray(brain_mask(image)[0])
+    box = bounding_box(mask)
+    if box is None:
         return None
-    lows, highs = generate_spatial_bounding_box(mask, margin=margin)
     return tuple(
-        slice(max(0, int(lo)), min(int(hi), size)) for lo, hi, size in zip(lows, highs, image.shape[1:], strict=True)
+        slice(max(0, s.start - margin), min(s.stop + margin, size)) for s, size in zip(box, mask.shape, strict=True)
     )

@@ -34,6 +34,7 @@ from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import save_nifti_atomic
 from kd_components.segment.crop import brain_box
 from kd_components.segment.engines import EngineError, build_engine, resolve_device, resolve_engine
+from kd_components.transforms import all_finite
 
 __all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle"]
 
@@ -290,9 +291,10 @@ class Segmenter:
         places (:func:`~kd_components.data.plausibility.plausibility_problems`; the voxel volume from the image's
         affine when it has one), else :class:`CaseFailed` naming the case and the channel's file in ``names``."""
         for channel, name in zip(image, names, strict=True):
-            if not bool(torch.isfinite(channel).all()):
+            if not all_finite(channel):
                 raise CaseFailed(f"{case_id}: {name}: non-finite voxels (NaN/Inf) in the scan")
-            if not bool(channel.amax() > channel.amin()):
+            low, high = torch.aminmax(channel)
+            if not bool(high > low):
                 raise CaseFailed(f"{case_id}: {name}: constant scan (all voxels equal): no image contrast")
         if plausibility:
             problems = plausibility_problems(image, getattr(image, "affine", None), names)
