@@ -1,8 +1,8 @@
 """BraTS brain-tumour segmentation as a MONAI Deploy application.
 
-    python deploy/app.py -i <case folder> -o <output folder> -m <model.ts or models folder>
+    python deploy/app.py -i <case folder, or a folder of case folders> -o <output folder> -m <model.ts or models folder>
 
-reads one BraTS case folder (``<case>-t1c``, ``-t1n``, ``-t2w``, ``-t2f`` ``.nii.gz``), segments it with an
+reads a BraTS case folder (``<case>-t1c``, ``-t1n``, ``-t2w``, ``-t2f`` ``.nii.gz``), segments it with an
 exported bundle (``python -m monai.bundle ckpt_export ...``: a TorchScript network with ``metadata.json`` and
 ``inference.json`` embedded) and writes ``<case>.nii.gz`` (BraTS 2023 labels on the input's grid),
 ``<case>-volumes.json`` and ``<case>-slices.png``.
@@ -15,8 +15,12 @@ The engine is chosen with the environment variable ``BRATS_KD_ENGINE`` (in a MAP
   the sliding window over the brain's bounding box); the ONNX export is cached in ``BRATS_KD_CACHE`` (default:
   beside the model file, else the user's cache).
 
-Exit status 0 when the case is written; 2 with one line naming the file when the case, the model or the output
-folder cannot be used (nothing is written then).
+Given a folder of case folders, it segments them one after the other in one process (the model is loaded and
+the engine compiled once): a case that cannot be used is named and left out, and the others are written.
+
+Exit status 0 when every case is written; 1 when a case of a folder of cases was left out (one line ``error: ...``
+each); 2 with one line naming the file when the case, the model or the output folder cannot be used (nothing is
+written then).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from brats_operators import (
     LabelMapWriterOperator,
     OpenVINOSegmentationOperator,
 )
+from holoscan.schedulers import EventBasedScheduler
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, IOType
 from monai.deploy.operators.monai_bundle_inference_operator import (
@@ -44,16 +49,18 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 from kd_components.deploy import ExportedModelError, find_model_file, read_exported
 from kd_components.io import OutputDirError
 from kd_components.segment import CaseFailed, EngineError
+from kd_components.segment.inputs import open_cases
 
 #: Values of ``BRATS_KD_ENGINE``.
 APP_ENGINES = ("torchscript", "openvino")
 
 
 class BratsSegmentationApp(Application):
-    """Loader -> engine -> label-map writer and report writer, for one case."""
+    """Loader -> engine -> label-map writer and report writer, for each case of the input folder."""
 
     name = "brats-kd-segmentation"
     composed_at: float | None = None  #: perf_counter when the graph was made (models loaded, engine compiled)
+    loader: BratsCaseLoaderOperator | None = None  #: the source, whose ``failed`` lists the cases left out
     description = "BraTS 2023 tumour sub-regions (NETC, SNFH, ET) from t1c, t1n, t2w and t2f with a distilled student"
 
     def compose(self) -> None:
@@ -67,9 +74,9 @@ class BratsSegmentationApp(Application):
         configs = ["inference", *(["training_geometry"] if exported.geometry else [])]
         context.update({"model": str(model_file)})  # the SDK's model loader takes a file, or a folder per model
         output = Path(context.output_path)
-        loader = BratsCaseLoaderOperator(
-            self, CountCondition(self, 1), input_folder=Path(context.input_path), name="case_loader"
-        )
+        batch = open_cases(Path(context.input_path))  # one case folder or a folder of them, checked before loading
+        loader = BratsCaseLoaderOperator(self, CountCondition(self, len(batch.cases)), batch=batch, name="case_loader")
+        self.loader = loader
         if engine == "openvino":
             cache = os.environ.get("BRATS_KD_CACHE")
             precision = os.environ.get("BRATS_KD_PRECISION", "fp32")
@@ -92,11 +99,14 @@ class BratsSegmentationApp(Application):
         self.add_flow(infer, writer, {("pred", "pred")})
         self.add_flow(loader, report, {("background", "background")})
         self.add_flow(infer, report, {("pred", "pred")})
+        if len(batch.cases) > 1:  # the next case is read while this one's outputs are written, as brats-kd segment does
+            self.scheduler(EventBasedScheduler(self, worker_thread_number=2, name="event_based_scheduler"))
         self.composed_at = time.perf_counter()
 
 
 def main() -> int:
-    """Run the application; the exit status (2, with the reason, for input that cannot be used)."""
+    """Run the application; the exit status: 0 when every case is written, 1 when a case of a folder of cases was
+    left out (each named on a line ``error: ...``), 2 with the reason for input that cannot be used at all."""
     app = BratsSegmentationApp()
     start = time.perf_counter()
     try:
@@ -106,11 +116,17 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     composed = (app.composed_at or start) - start
+    segmented = time.perf_counter() - start - composed
+    failed = app.loader.failed if app.loader is not None else []
+    cases = app.loader.emitted if app.loader is not None else 1
+    for problem in failed:
+        print(f"error: {problem}", file=sys.stderr)
     print(
-        f"done: set up in {composed:.2f} s, segmented in {time.perf_counter() - start - composed:.2f} s",
+        f"done: set up in {composed:.2f} s, segmented in {segmented:.2f} s ({cases} case(s), "
+        f"{segmented / max(cases, 1):.2f} s per case; {len(failed)} left out)",
         file=sys.stderr,
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ from monai.data import MetaTensor
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
 from kd_components.constants import ET_LABEL, MODALITIES
+from kd_components.data.brats import BratsCase
 from kd_components.handlers.region_volumes import region_volumes_ml
 from kd_components.io import check_output_dir, save_nifti_atomic
-from kd_components.segment import EngineError, Segmentation, Segmenter
-from kd_components.segment.inputs import open_case, read_case_image
+from kd_components.segment import CaseFailed, EngineError, Segmentation, Segmenter
+from kd_components.segment.inputs import CaseBatch, read_case_image
 from kd_components.segment.report import write_case_report
 
 __all__ = [
@@ -50,42 +51,79 @@ def label_map_of(pred: Image) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
 
 class BratsCaseLoaderOperator(Operator):
-    """Source: one BraTS case folder -> ``image``, an Image ``(4, H, W, D)`` float32, channels
-    ``[t1c, t1n, t2w, t2f]``, with ``affine``, ``original_affine``, ``spacing``, ``case_id`` and ``filenames`` in
-    its metadata, and ``background``, a copy of its t2f ``(H, W, D)`` for the report (the SDK's bundle operator
-    normalises the array it receives in place). The folder is checked when the operator is made (the application
-    fails before any model is loaded); ``kd_components.segment.CaseFailed`` names the case and the file.
+    """Source: the BraTS cases of the input folder, one per call -> ``image``, an Image ``(4, H, W, D)`` float32,
+    channels ``[t1c, t1n, t2w, t2f]``, with ``affine``, ``original_affine``, ``spacing``, ``case_id`` and
+    ``filenames`` in its metadata, and ``background``, a copy of its t2f ``(H, W, D)`` for the report (the SDK's
+    bundle operator normalises the array it receives in place).
+
+    ``batch`` holds the cases of the input folder, one case folder or a folder of case folders
+    (``kd_components.segment.inputs.open_cases``, which the app calls before any model is loaded, so that input
+    that cannot be used fails first). A case whose voxels fail the checks is named in :attr:`failed`, as are
+    ``batch``'s problems; in a folder of cases it is left out (the app's exit status is then 1) and the others are
+    segmented in the same process: the model is loaded, and the engine compiled, once. A single case's failure
+    is the application's error (``kd_components.segment.CaseFailed``, naming the case and the file). Give the
+    operator a ``CountCondition`` of :attr:`count` calls.
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, input_folder: Path, **kwargs: Any) -> None:
-        self.case = open_case(input_folder)
+    def __init__(self, fragment: Fragment, *args: Any, batch: CaseBatch, **kwargs: Any) -> None:
+        self.cases = batch.cases
+        self.failed: list[str] = list(batch.problems)
+        for problem in self.failed:
+            logger.error("%s", problem)
+        self._next = 0
+        self.emitted = 0  #: cases read and handed on
         super().__init__(fragment, *args, **kwargs)
+
+    @property
+    def count(self) -> int:
+        """How many cases the operator emits at most (one per call)."""
+        return len(self.cases)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output("image")
         spec.output("background")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        # the next case that can be read and passes the checks: in a folder of cases, one that fails is named and
+        # left out; a single case's failure is the application's error
+        while self._next < len(self.cases):
+            case = self.cases[self._next]
+            self._next += 1
+            try:
+                image, meta = self._read(case)
+            except CaseFailed as err:
+                if len(self.cases) == 1:
+                    raise
+                self.failed.append(str(err))
+                logger.error("%s", err)
+                continue
+            array = np.ascontiguousarray(image.numpy())
+            op_output.emit(Image(array, metadata=meta), "image")
+            op_output.emit(Image(array[MODALITIES.index("t2f")].copy(), metadata=dict(meta)), "background")
+            self.emitted += 1
+            return
+
+    @staticmethod
+    def _read(case: BratsCase) -> tuple[MetaTensor, dict[str, Any]]:
+        """The case's image ``(4, H, W, D)`` as read, checked, and the metadata the operators pass on."""
         start = time.perf_counter()
-        image = read_case_image(self.case)
-        names = [self.case.images[m].name for m in MODALITIES]
+        image = read_case_image(case)
+        names = [case.images[m].name for m in MODALITIES]
         # either engine would fail later on bad values, and less clearly; an implausible case (not a whole brain, a
         # modality in another's place) would be segmented wrongly without a word: both are refused, the latter unless
         # BRATS_KD_PLAUSIBILITY=off
         plausibility = os.environ.get("BRATS_KD_PLAUSIBILITY", "on").strip().lower() not in ("off", "0", "false", "no")
-        Segmenter.check_values(self.case.case_id, image, names, plausibility)
+        Segmenter.check_values(case.case_id, image, names, plausibility)
         affine = np.asarray(image.affine, dtype=np.float64)
         meta = {
             "affine": affine,
             "original_affine": affine.copy(),
             "spacing": np.linalg.norm(affine[:3, :3], axis=0),
-            "case_id": self.case.case_id,
+            "case_id": case.case_id,
             "filenames": names,
         }
-        array = np.ascontiguousarray(image.numpy())
-        op_output.emit(Image(array, metadata=meta), "image")
-        op_output.emit(Image(array[MODALITIES.index("t2f")].copy(), metadata=dict(meta)), "background")
-        logger.info(f"{self.case.case_id}: read {tuple(image.shape)} in {time.perf_counter() - start:.2f} s")
+        logger.info(f"{case.case_id}: read {tuple(image.shape)} in {time.perf_counter() - start:.2f} s")
+        return image, meta
 
 
 class OpenVINOSegmentationOperator(Operator):
@@ -129,7 +167,7 @@ class OpenVINOSegmentationOperator(Operator):
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         received = op_input.receive("image")
         meta = received.metadata()
-        array = np.array(received.asnumpy(), dtype=np.float32)  # a copy: the message is shared with other receivers
+        array = np.asarray(received.asnumpy(), dtype=np.float32)  # only this operator receives it; it is not changed
         image = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(meta["affine"]))
         segmenter = self.segmenter
         segmentation = segmenter.segment_image(meta["case_id"], segmenter.preprocess(image), meta["filenames"])
@@ -170,8 +208,11 @@ class CaseReportOperator(Operator):
         spec.input("pred")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        background = np.asarray(op_input.receive("background").asnumpy())
+        received = op_input.receive("background")
         labels, affine, meta = label_map_of(op_input.receive("pred"))
+        if received.metadata().get("case_id") != meta["case_id"]:  # the two ports' messages come case by case
+            raise RuntimeError(f"report: t2f of {received.metadata().get('case_id')} with labels of {meta['case_id']}")
+        background = np.asarray(received.asnumpy())
         segmentation = Segmentation(meta["case_id"], labels, affine, region_volumes_ml(labels, affine, ET_LABEL))
         paths = write_case_report(segmentation, background, self.output_folder, self.engine)
         logger.info(f"{meta['case_id']}: report {paths['volumes']} and {paths['slices']}")

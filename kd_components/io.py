@@ -141,7 +141,7 @@ def save_figure_atomic(figure: Figure, path: str | os.PathLike[str], dpi: int = 
     """Write a matplotlib ``figure`` as PNG to ``path`` atomically; return the path."""
     output = Path(path)
     with atomic_path(output) as tmp:
-        figure.savefig(tmp, dpi=dpi, format="png")
+        figure.savefig(tmp, dpi=dpi, format="png", pil_kwargs={"compress_level": 1})  # a little larger, 3x faster
     return output
 
 

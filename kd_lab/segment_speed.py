@@ -88,16 +88,19 @@ def use_reference_path(segmenter: Any) -> None:
     segmenter.postprocessing = Compose(post)
 
 
-def case_latency(ckpt: str, case_dir: str, repeats: int, reference: bool = False) -> dict[str, Any]:
-    """One case segmented and written ``repeats`` times after a warm-up by one segmenter (defaults: the engine of
-    ``--engine auto``, fp32): the median seconds per stage and in all, and the runs' totals. ``reference``: the
-    path before (:func:`use_reference_path`). Run it in a fresh process (``run_in_fresh_process``)."""
+def case_latency(
+    ckpt: str, case_dir: str, repeats: int, reference: bool = False, precision: str = "fp32"
+) -> dict[str, Any]:
+    """One case segmented and written ``repeats`` times after a warm-up by one segmenter (the engine of
+    ``--engine auto`` at ``precision``): the median seconds per stage and in all, and the runs' totals.
+    ``reference``: the path before (:func:`use_reference_path`). Run it in a fresh process
+    (``run_in_fresh_process``)."""
     import tempfile
 
     from kd_components.data.brats import case_from_directory
     from kd_components.segment import Segmenter
 
-    segmenter = Segmenter(ckpt=ckpt, log=lambda line: None)
+    segmenter = Segmenter(ckpt=ckpt, log=lambda line: None, precision=precision)
     if reference:
         use_reference_path(segmenter)
     case = case_from_directory(Path(case_dir))
@@ -154,11 +157,13 @@ def segment_command(data: Path, out: Path, options: Sequence[str] = ()) -> dict[
     return {"wall_s": wall, "case_seconds": seconds, "peak_rss_gib": usage.ru_maxrss * 1024 / GIB}
 
 
-def folder_run(ckpt: Path, case_dir: Path, copies: int, work: Path, repeats: int) -> dict[str, Any]:
-    """``brats-kd segment`` on a folder of ``copies`` copies of the case, ``repeats`` times: median wall time
-    (start-up included), median sum of the per-case seconds, and every run's wall time."""
+def folder_run(
+    ckpt: Path, case_dir: Path, copies: int, work: Path, repeats: int, options: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``brats-kd segment`` (with ``options``) on a folder of ``copies`` copies of the case, ``repeats`` times:
+    median wall time (start-up included), median sum of the per-case seconds, and every run's wall time."""
     data = copy_case(case_dir, work / f"folder{copies}", copies)
-    runs = [segment_command(data, work / "out-folder", ["--ckpt", str(ckpt)]) for _ in range(repeats)]
+    runs = [segment_command(data, work / "out-folder", ["--ckpt", str(ckpt), *options]) for _ in range(repeats)]
     return {
         "cases": copies,
         "wall_s": statistics.median(r["wall_s"] for r in runs),
@@ -167,11 +172,12 @@ def folder_run(ckpt: Path, case_dir: Path, copies: int, work: Path, repeats: int
     }
 
 
-def startup(ckpt: Path, case_dir: Path, work: Path, repeats: int) -> dict[str, Any]:
-    """``brats-kd segment`` on one case, ``repeats`` times: median wall time, median seconds it records for the
-    case, and the median of their difference (the start-up: Python, the imports, the engine's load)."""
+def startup(ckpt: Path, case_dir: Path, work: Path, repeats: int, options: Sequence[str] = ()) -> dict[str, Any]:
+    """``brats-kd segment`` (with ``options``) on one case, ``repeats`` times: median wall time, median seconds it
+    records for the case, and the median of their difference (the start-up: Python, the imports, the engine's
+    load)."""
     data = copy_case(case_dir, work / "folder1", 1)
-    runs = [segment_command(data, work / "out-one", ["--ckpt", str(ckpt)]) for _ in range(repeats)]
+    runs = [segment_command(data, work / "out-one", ["--ckpt", str(ckpt), *options]) for _ in range(repeats)]
     return {
         "wall_s": statistics.median(r["wall_s"] for r in runs),
         "case_s": statistics.median(r["case_seconds"][0] for r in runs),
@@ -179,15 +185,15 @@ def startup(ckpt: Path, case_dir: Path, work: Path, repeats: int) -> dict[str, A
     }
 
 
-def path_agreement(ckpt: str, case_dirs: Sequence[str]) -> list[dict[str, Any]]:
-    """Per case: Dice per region [TC, WT, ET] between this path's label map and the path before's (1.0 where
-    both are empty), and their whole-tumour volumes."""
+def path_agreement(ckpt: str, case_dirs: Sequence[str], precision: str = "fp32") -> list[dict[str, Any]]:
+    """Per case: Dice per region [TC, WT, ET] between this path's label map (the network at ``precision``) and the
+    path before's (float32), 1.0 where both are empty, and their whole-tumour volumes."""
     from kd_components.data.brats import case_from_directory
     from kd_components.handlers.metrics import label_map_dice
     from kd_components.segment import Segmenter
 
     # the plausibility checks are the same on both paths: a case they refuse would only leave the comparison
-    new = Segmenter(ckpt=ckpt, log=lambda line: None, plausibility=False)
+    new = Segmenter(ckpt=ckpt, log=lambda line: None, plausibility=False, precision=precision)
     old = Segmenter(ckpt=ckpt, log=lambda line: None, plausibility=False)
     use_reference_path(old)
     rows = []

@@ -30,13 +30,20 @@ from kd_lab.deploy_benchmark import (
     run_app,
     summarise,
 )
-from kd_lab.inference_benchmark import end_to_end, prepare_volume
+from kd_lab.inference_benchmark import prepare_volume
 from kd_lab.measure import cpu_description
+from kd_lab.segment_speed import copy_case, folder_run, startup
 
-#: `brats-kd segment` settings timed beside the application: label -> (engine, precision, crop).
-SEGMENT_CONFIGS = {
-    "torch fp32, whole grid (what the bundle operator runs)": ("torch", "fp32", False),
-    "openvino fp32, brain crop (what the openvino engine runs)": ("openvino", "fp32", True),
+#: `brats-kd segment` settings timed beside the application: label -> (its options, the application row it matches).
+SEGMENT_CONFIGS: dict[str, tuple[list[str], str]] = {
+    "torch fp32, whole grid (what the bundle operator runs)": (
+        ["--engine", "torch", "--precision", "fp32", "--no-crop"],
+        "torchscript (default)",
+    ),
+    "openvino fp32, brain crop (what the openvino engine runs)": (
+        ["--engine", "openvino", "--precision", "fp32"],
+        "openvino fp32",
+    ),
 }
 
 
@@ -44,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="student weights (default: random, seeded)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting, after one warm-up run")
+    parser.add_argument("--folder-cases", type=int, default=10, help="copies of the case in the folder runs")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/deploy"))
     parser.add_argument("--page", type=Path, default=Path("docs/deploy.md"), help="the page whose timing part to write")
     parser.add_argument("--render-from", type=Path, help="write the page's part from a saved results.json")
@@ -60,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.ckpt or volume.random_ckpt
     model = export_model(ckpt, out / "models", default_bundle())
     case = volume.case.directory
-    results: dict[str, Any] = {"shape": list(volume.shape), "repeats": args.repeats, "app": {}, "segment": {}}
+    folder = copy_case(case, out / f"folder{args.folder_cases}", args.folder_cases)
+    results: dict[str, Any] = {
+        "shape": list(volume.shape),
+        "repeats": args.repeats,
+        "folder_cases": args.folder_cases,
+        "app": {},
+        "app_folder": {},
+        "segment": {},
+    }
     reference = None
     for label, settings in APP_CONFIGS:
         env = {**os.environ, "BRATS_KD_CACHE": str(out / "cache"), **settings}
@@ -71,11 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_app(case, out / "app", model, env) for _ in range(args.repeats)]
         reference = runs[0]["labels"] if reference is None else reference
         results["app"][label] = summarise(runs, reference)
-        print(f"  {results['app'][label]}", flush=True)
-    for label, (engine, precision, crop) in SEGMENT_CONFIGS.items():
+        folder_runs = [run_app(folder, out / "app-folder", model, env) for _ in range(args.repeats)]
+        results["app_folder"][label] = summarise(folder_runs, None)
+        print(f"  {results['app'][label]}\n  folder: {results['app_folder'][label]}", flush=True)
+    for label, (options, app_label) in SEGMENT_CONFIGS.items():
         print(f"[segment] {label} ...", flush=True)
-        run = end_to_end(case, args.repeats + 1, engine, precision, ckpt, crop, out / "segment")
-        results["segment"][label] = {"case_s": run["case_s"], "command_s": run["command_s"]}
+        one = startup(ckpt, case, out / "segment", args.repeats, options)
+        many = folder_run(ckpt, case, args.folder_cases, out / "segment", args.repeats, options)
+        results["segment"][label] = {
+            "app": app_label,
+            "case_s": one["case_s"],
+            "startup_s": one["startup_s"],
+            "folder_wall_s": many["wall_s"],
+            "folder_per_case_s": (many["wall_s"] - one["startup_s"]) / args.folder_cases,
+        }
         print(f"  {results['segment'][label]}", flush=True)
     results["load"] = [load_before, os.getloadavg()]
     results["environment"] = {

@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {results['end_to_end'][-1]}")
         save_json_atomic(results, out / "results.json")
-    students = {"2 mm": args.ckpt or volume.random_ckpt, **({"1 mm": args.ckpt_1mm} if args.ckpt_1mm else {})}
+    students = {"2 mm": (args.ckpt or volume.random_ckpt, "fp32")}
+    if args.ckpt_1mm:  # the 1 mm student in float32 and, where the network dominates, in bfloat16
+        students.update({"1 mm": (args.ckpt_1mm, "fp32"), "1 mm, bf16": (args.ckpt_1mm, "bf16")})
     results["segment"] = segment_speed(
         students, case.directory, args, out / "segment", results["errors"], results.get("segment") or {}, out
     )
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def segment_speed(
-    students: dict[str, Path],
+    students: dict[str, tuple[Path, str]],
     case_dir: Path,
     args: argparse.Namespace,
     work: Path,
@@ -180,8 +182,9 @@ def segment_speed(
     out: Path,
 ) -> dict[str, Any]:
     """One case stage by stage (this path and the path before), a folder, the start-up, and the label maps'
-    agreement with the path before, for each student (kd_lab/segment_speed.py); what ``found`` holds (an earlier
-    run's) is kept, and every part is saved in ``out/results.json``'s ``segment`` as soon as it is measured."""
+    agreement with the path before, for each student (name -> weights and precision; kd_lab/segment_speed.py). The
+    path before runs in float32, as it did. What ``found`` holds (an earlier run's) is kept, and every part is saved
+    in ``out/results.json``'s ``segment`` as soon as it is measured."""
     from kd_components.data.brats import discover_cases
 
     work.mkdir(parents=True, exist_ok=True)
@@ -193,22 +196,27 @@ def segment_speed(
         agreement_sets[f"{args.real_dir.name} (real)"] = [str(c.directory) for c in discover_cases(args.real_dir)]
     else:
         errors.append(f"path agreement on real scans: {args.real_dir} is not there")
-    for name, ckpt in students.items():
-        print(f"[segment] {name} student ({ckpt}) ...", flush=True)
-        row = found.setdefault(name, {"ckpt": str(ckpt)})
+    for name, (ckpt, precision) in students.items():
+        print(f"[segment] {name} student ({ckpt}, {precision}) ...", flush=True)
+        row = found.setdefault(name, {"ckpt": str(ckpt), "precision": precision})
         for path in ("this", "before"):
             if path not in row:
-                row[path] = run_in_fresh_process(case_latency, str(ckpt), str(case_dir), args.repeats, path == "before")
+                before = path == "before"
+                row[path] = run_in_fresh_process(
+                    case_latency, str(ckpt), str(case_dir), args.repeats, before, "fp32" if before else precision
+                )
             print(f"  one case, {path}: {row[path]['total_s']:.2f} s", flush=True)
+        options = ["--precision", precision]
         if "startup" not in row:
-            row["startup"] = startup(ckpt, case_dir, work, args.repeats)
+            row["startup"] = startup(ckpt, case_dir, work, args.repeats, options)
         if "folder" not in row:
-            row["folder"] = folder_run(ckpt, case_dir, args.folder_cases, work, args.repeats)
+            row["folder"] = folder_run(ckpt, case_dir, args.folder_cases, work, args.repeats, options)
         print(f"  start-up {row['startup']['startup_s']:.1f} s, folder {row['folder']['wall_s']:.1f} s", flush=True)
         _save_part(out, "segment", found)
         if "agreement" not in row:
             row["agreement"] = {
-                label: run_in_fresh_process(path_agreement, str(ckpt), dirs) for label, dirs in agreement_sets.items()
+                label: run_in_fresh_process(path_agreement, str(ckpt), dirs, precision)
+                for label, dirs in agreement_sets.items()
             }
         _save_part(out, "segment", found)
     return found
@@ -322,9 +330,9 @@ def render_segment(students: dict[str, Any], shape: list[int]) -> list[str]:
         "after a warm-up): the latency of a case in a process already running (`--watch`, the Deploy app), without "
         "the start-up. *read*: the four NIfTI files read and preprocessed (orientation, resampling to the "
         "student's grid, normalisation); *post*: the inversion onto the input's grid, post-processing, the label "
-        "map and volumes; *before*: the same segmenter on the path before the fast reading and inversion "
-        "(MONAI's `NibabelReader`, `Spacingd` in float64, `Invertd` + `AsDiscreted` over the whole grid; "
-        "`kd_lab/segment_speed.py`).",
+        "map and volumes; *before*: the same segmenter in float32 on the path before the fast reading and "
+        "inversion (MONAI's `NibabelReader`, `Spacingd` in float64, `Invertd` + `AsDiscreted` over the whole grid; "
+        "`kd_lab/segment_speed.py`; its normalisation and checks are today's, which give the same values faster).",
         "| student (grid) | engine | path | read (s) | network (s) | post (s) | write (s) | one case (s) | "
         "before / this |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
@@ -355,7 +363,8 @@ def render_segment(students: dict[str, Any], shape: list[int]) -> list[str]:
         )
     lines += [
         "## Label maps against the path before",
-        "Dice per region between the label maps of this path and of the path before, same weights and cases: "
+        "Dice per region between the label maps of this path (at the row's precision) and of the path before "
+        "(float32), same weights and cases: "
         "mean and lowest over the cases; *voxels*: the most voxels that differ in a case.",
         "| student (grid) | cases | Dice TC / WT / ET, mean | lowest | voxels |",
         "|---|---|---:|---:|---:|",

@@ -89,10 +89,11 @@ def test_measure_config_times_one_network_and_reuses_its_export(tmp_path: Path) 
 def test_deploy_timing_goes_between_the_markers_of_its_page_and_nowhere_else() -> None:
     from kd_lab.deploy_benchmark import SECTION_END, SECTION_START, render_section, replace_section
 
-    app = {"command_s": 12.0, "setup_s": 0.4, "segment_s": 4.0, "runs": 3}
+    app = {"command_s": 12.0, "setup_s": 0.4, "segment_s": 4.0, "per_case_s": 4.0, "runs": 3}
     results = {
         "shape": [4, 240, 240, 155],
         "repeats": 3,
+        "folder_cases": 10,
         "first_export_s": 5.0,
         "load": [[0.1, 0.1, 0.1], [0.2, 0.2, 0.2]],
         "environment": {"command": "python scripts/benchmark_deploy.py", "date": "d", "cpu": "c", "weights": "w"},
@@ -100,12 +101,26 @@ def test_deploy_timing_goes_between_the_markers_of_its_page_and_nowhere_else() -
             "torchscript (default)": {**app, "segment_s": 8.0, "dice_vs_reference": [1.0, 1.0, 1.0]},
             "openvino fp32": {**app, "dice_vs_reference": [0.95, 0.98, 0.96]},
         },
-        "segment": {"openvino fp32, brain crop": {"case_s": 2.6, "command_s": 19.5}},
+        "app_folder": {
+            "torchscript (default)": {**app, "per_case_s": 1.5, "dice_vs_reference": None},
+            "openvino fp32": {**app, "per_case_s": 0.9, "dice_vs_reference": None},
+        },
+        "segment": {
+            "openvino fp32, brain crop": {
+                "app": "openvino fp32",
+                "case_s": 2.0,
+                "startup_s": 7.5,
+                "folder_wall_s": 15.0,
+                "folder_per_case_s": 0.75,
+            }
+        },
     }
     section = render_section(results)
     assert section.startswith(SECTION_START) and section.endswith(SECTION_END)
-    assert "| torchscript (default) | 12.0 | 0.4 | 8.00 |  |" in section  # no agreement of the reference with itself
-    assert "| openvino fp32 | 12.0 | 0.4 | 4.00 | 0.9500 / 0.9800 / 0.9600 |" in section
+    # no agreement of the reference with itself
+    assert "| torchscript (default) | 12.0 | 0.4 | 8.00 | 1.50 |  |" in section
+    assert "| openvino fp32 | 12.0 | 0.4 | 4.00 | 0.90 | 0.9500 / 0.9800 / 0.9600 |" in section
+    assert "| openvino fp32, brain crop | 2.00 | 7.5 | 0.75 | 2.00 | 1.20 |" in section  # the app over segment
     page = f"# Title\nbefore\n{SECTION_START}\nold numbers\n{SECTION_END}\nafter\n"
     assert replace_section(page, section) == f"# Title\nbefore\n{section}\nafter\n"
     with pytest.raises(ValueError, match="has no generated part"):

@@ -117,6 +117,46 @@ def test_the_openvino_engine_is_brats_kd_segments_and_agrees_with_the_reference(
     assert min(label_map_dice(labels, reference)) >= 0.9
 
 
+def _copy_case(case: Path, folder: Path, case_id: str) -> Path:
+    """``case`` copied into ``folder`` under the id ``case_id`` (folder and file names)."""
+    copy = folder / case_id
+    copy.mkdir(parents=True)
+    for path in case.iterdir():
+        shutil.copy(path, copy / path.name.replace(case.name, case_id))
+    return copy
+
+
+def test_a_folder_of_cases_runs_in_one_process_and_a_bad_case_is_named_and_left_out(
+    deployed: dict[str, Path], torchscript_run: Path, tmp_path: Path
+) -> None:
+    """Two copies of the case, one with a NaN voxel (refused once read) and one without its t2f (refused before):
+    the two good ones get the single run's label map, the bad ones one error line each, and the exit status is 1."""
+    case, folder = deployed["case"], tmp_path / "cases"
+    good = [_copy_case(case, folder, f"BraTS-SYN-0090{i}-000") for i in (1, 2)]
+    nan_case = _copy_case(case, folder, "BraTS-SYN-00903-000")
+    nan_file = nan_case / case_file_name(nan_case.name, "t1n")
+    scan = nib.load(nan_file)
+    data = np.asarray(scan.dataobj, dtype=np.float32)
+    data[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(data, scan.affine), nan_file)
+    incomplete = _copy_case(case, folder, "BraTS-SYN-00904-000")
+    (incomplete / case_file_name(incomplete.name, "t2f")).unlink()
+    output = tmp_path / "out"
+    result = _run_app(folder, output, deployed["models"])
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, result.stderr[-3000:]
+    assert any(nan_file.name in line for line in errors) and any(
+        case_file_name(incomplete.name, "t2f") in line for line in errors
+    )
+    assert "(2 case(s)" in result.stderr
+    reference = np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj)
+    for copy in good:
+        np.testing.assert_array_equal(np.asarray(nib.load(output / f"{copy.name}.nii.gz").dataobj), reference)
+        assert json.loads((output / f"{copy.name}-volumes.json").read_text())["case_id"] == copy.name
+    assert sorted(p.name for p in output.glob("*.nii.gz")) == sorted(f"{c.name}.nii.gz" for c in good)
+
+
 def _missing_modality(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
     case = tmp / deployed["case"].name
     shutil.copytree(deployed["case"], case)

@@ -16,7 +16,15 @@ from kd_components.niftiio import ParallelNibabelReader
 from kd_components.segment.segmenter import CaseFailed, root_cause
 from kd_components.writers import case_id_from_path
 
-__all__ = ["SegmentInputs", "case_id_problem", "open_case", "read_case_image", "resolve_inputs"]
+__all__ = [
+    "CaseBatch",
+    "SegmentInputs",
+    "case_id_problem",
+    "open_case",
+    "open_cases",
+    "read_case_image",
+    "resolve_inputs",
+]
 
 
 @dataclass
@@ -143,6 +151,38 @@ def open_case(folder: str | os.PathLike[str]) -> BratsCase:
     if problems:
         raise CaseFailed("\n".join(problems))
     return case
+
+
+@dataclass
+class CaseBatch:
+    """The cases of an input folder that can be segmented (:func:`open_cases`), and one line per case or folder
+    that cannot (naming the case and the file)."""
+
+    cases: list[BratsCase] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def open_cases(folder: str | os.PathLike[str]) -> CaseBatch:
+    """The cases of ``folder``: one case folder (checked by :func:`open_case`: any problem is an error), or a folder
+    of case folders, each checked alike; there a case with problems is left out and its problems listed, so that
+    the others are still segmented.
+
+    Raises:
+        CaseFailed: ``folder`` is one case with a problem, or holds no case that can be segmented (every problem
+            found, each naming the case and the file).
+    """
+    found = resolve_inputs([folder])
+    if len(found.cases) == 1 and not found.problems:
+        return CaseBatch([open_case(folder)])
+    batch = CaseBatch(problems=[str(p) for p in found.problems])
+    for case in found.cases:
+        try:
+            batch.cases.append(open_case(case.directory))
+        except CaseFailed as err:
+            batch.problems.append(str(err))
+    if not batch.cases:
+        raise CaseFailed("\n".join(batch.problems) or f"{folder}: holds no BraTS case folder")
+    return batch
 
 
 def read_case_image(case: BratsCase) -> MetaTensor:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy import ndimage
 
 from kd_components.constants import ET_LABEL, LABEL_NAMES, LEGACY_ET_LABEL
 from kd_components.data.preview import draw_overlay, legend_handles, reorient_lps
@@ -27,7 +26,7 @@ def tumour_centre(labels: np.ndarray) -> tuple[int, int, int] | None:
     tumour = np.argwhere(labels > 0)
     if tumour.size == 0:
         return None
-    centre = np.asarray(ndimage.center_of_mass(labels > 0))
+    centre = tumour.mean(axis=0)  # the centre of mass of the tumour voxels
     nearest = tumour[np.argmin(((tumour - centre) ** 2).sum(axis=1))]
     return int(nearest[0]), int(nearest[1]), int(nearest[2])
 
