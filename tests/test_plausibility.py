@@ -47,6 +47,8 @@ def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
     [
         ("t1c", "t2f", "does not look"),  # --t1c given the FLAIR (and --t2f the t1c)
         ("t2w", "t1n", "or --t2w, another modality?"),
+        ("t1c", "t1n", "are --t1c and --t1n swapped?"),  # enhancement below t1n, not above
+        ("t2w", "t2f", "are --t2w and --t2f swapped?"),  # CSF suppressed on "t2w", bright on "t2f"
     ],
 )
 def test_a_modality_in_another_s_place_is_named(
@@ -55,6 +57,20 @@ def test_a_modality_in_another_s_place_is_named(
     image, affine, names = _case(phantom_data)
     problems = plausibility_problems(_swapped(image, first, second), affine, names)
     assert len(problems) == 1 and expected in problems[0]
+
+
+def test_a_tumour_bright_on_t2w_and_on_t1c_is_not_refused(phantom_data: dict[str, Path]) -> None:
+    """A large enhancing tumour among the brightest t2w voxels is bright on t1c too; the t2w check looks at t1n only
+    (a BraTS-size glioma phantom was refused as "t2w does not look T2-weighted")."""
+    image, affine, names = _case(phantom_data)
+    t1c, t1n, t2w = (MODALITIES.index(m) for m in ("t1c", "t1n", "t2w"))
+    brain = np.all(image != 0, axis=0)
+    bright = brain & (image[t2w] >= np.quantile(image[t2w][brain], 0.985))
+    enhanced = image.copy()
+    enhanced[t1c][bright] = np.quantile(image[t1c][brain], 0.999)  # as bright as the brightest t1c voxels
+    assert plausibility_problems(enhanced, affine, names) == []
+    enhanced[t1n][bright] = np.quantile(image[t1n][brain], 0.999)  # on t1n too: not a T2 scan's CSF
+    assert "does not look T2-weighted" in plausibility_problems(enhanced, affine, names)[0]
 
 
 def test_one_file_for_two_modalities_a_slice_and_a_volume_too_large(phantom_data: dict[str, Path]) -> None:

@@ -7,12 +7,19 @@ The contrast checks are rank correlations within the brain, so they hold for any
 
 - t1c and t1n are T1-weighted: their voxels fall where t2w's rise (CSF and oedema bright on T2, dark on T1), a rank
   correlation with t2w below :data:`T1_MAX_CORRELATION`; and the brightest t2w voxels (mostly CSF) are among the
-  darkest of the brain on both T1 scans (their median's percentile rank below :data:`T1_CSF_MAX_RANK`).
+  darkest of the brain on t1n (their median's percentile rank below :data:`T1_CSF_MAX_RANK`). Not on t1c: where a
+  large enhancing tumour is among the brightest t2w voxels, it is bright on t1c too (a BraTS-size glioma phantom
+  was refused so, at a rank of 0.47).
+- t1c and t1n swapped: a contrast agent raises enhancing tumour and vessels on t1c and lowers nothing, so the
+  difference ``t1c - t1n`` (each scaled robustly within the brain) has a longer upper than lower tail; swapped, the
+  lower tail is the longer (:data:`ENHANCEMENT_MIN_TAIL_RATIO`).
+- t2w and t2f swapped: CSF (the darkest voxels of t1n) is bright on t2w and suppressed on FLAIR; swapped, it ranks
+  higher on "t2f" than on "t2w" (:data:`CSF_MIN_T2_RANK_GAP`).
 
-A FLAIR signature was tried and left out: t2f's correlation with t2w ranges from -0.56 (a phantom) to +0.55 (a real
-scan), overlapping the T1 scans', so no threshold separates them without refusing right scans. A FLAIR given as t1c
-is still caught on the real scans (its correlation with t2w, +0.02 to +0.55, is above the T1 threshold); t1c and t1n
-swapped with each other, or t2w with t2f, are not caught.
+A FLAIR signature against the T1 scans was tried and left out: t2f's correlation with t2w ranges from -0.56 (a
+phantom) to +0.55 (a real scan), overlapping the T1 scans', so no threshold separates them without refusing right
+scans. A FLAIR given as t1c is still caught on the real scans (its correlation with t2w, +0.02 to +0.55, is above
+the T1 threshold).
 
 Measured, to set the thresholds, on the three real glioma scans of ``../shared/real_dev`` and on phantoms, as read
 and as the bundle preprocesses them (the same to two decimals): T1 correlations -0.31 to -0.80, T1 CSF ranks 0.02 to
@@ -20,9 +27,17 @@ and as the bundle preprocesses them (the same to two decimals): T1 correlations 
 (tumour, healthy and unseen-seed) and the three real scans pass; t1c and t2f swapped are caught on the three real
 scans and on 12 of the 32 phantoms, whose FLAIR (unlike a real one) can fall where t2w rises. The glioma phantoms
 (randomised contrasts, large enhancing and cystic tumours): the 40 of the main job pass, and a t1c/t2f swap is
-caught on 7 of them (their t2f's rank correlation with t2w is -0.57 to +0.26). Each threshold leaves a margin; a
-user whose scans are right but fail one (an unusual sequence, a brain after a large resection) turns the checks off
-(``brats-kd segment --no-plausibility-check``, the bundle setting ``plausibility_check: false``).
+caught on 7 of them (their t2f's rank correlation with t2w is -0.57 to +0.26).
+
+The swap checks, on the three real scans, 8 BraTS-size glioma phantoms (as read and resampled to 2 mm) and the main
+job's 40 glioma phantoms (2 mm): the tails' ratio is 3.1-4.2 on the real scans and 1.5-4.5 on the phantoms, and
+0.22-0.67 with t1c and t1n swapped; the CSF rank gap is +0.44 to +0.94, and its negative when t2w and t2f are
+swapped. Every case passes as given (and 9 tumour-free phantoms, 2 mm and 1 mm); t1c/t1n, t2w/t2f, t1c/t2w and
+t1n/t2w swaps are caught on all of them; t1c/t2f on the three real scans and 12 of 48 phantoms; t1n/t2f on the real
+scans and 26 of 48 phantoms. A scan without any contrast enhancement (no enhancing tumour, no vessels) would give
+tails of about equal length, above the threshold. Each threshold leaves a margin; a user whose scans are right but
+fail one (an unusual sequence, a brain after a large resection) turns the checks off (``brats-kd segment
+--no-plausibility-check``, the bundle setting ``plausibility_check: false``).
 """
 
 from __future__ import annotations
@@ -37,6 +52,8 @@ from kd_components.constants import MODALITIES
 
 __all__ = [
     "BRAIN_ML_RANGE",
+    "CSF_MIN_T2_RANK_GAP",
+    "ENHANCEMENT_MIN_TAIL_RATIO",
     "T1_CSF_MAX_RANK",
     "T1_MAX_CORRELATION",
     "plausibility_problems",
@@ -48,7 +65,15 @@ BRAIN_ML_RANGE: tuple[float, float] = (400.0, 2600.0)
 T1_MAX_CORRELATION = -0.1
 #: T1-weighted scans: the largest percentile rank (0-1, within the brain) of their median on the brightest t2w voxels.
 T1_CSF_MAX_RANK = 0.35
-#: Voxels sampled for the rank correlations (deterministic), and the share of brightest t2w voxels taken as CSF.
+#: t1c and t1n: the least ratio of the upper to the lower tail of ``t1c - t1n`` (each z-scored robustly within the
+#: brain; its 99.9th percentile over minus its 0.1th): contrast raises enhancing tumour and vessels on t1c and
+#: lowers nothing, so the upper tail is the longer one; swapped, the lower.
+ENHANCEMENT_MIN_TAIL_RATIO = 0.75
+#: t2w and t2f: the least difference of the percentile ranks (0-1, within the brain) of the median of the darkest
+#: t1n voxels (CSF) on t2w and on t2f: CSF is bright on t2w and suppressed on FLAIR; swapped, the difference turns.
+CSF_MIN_T2_RANK_GAP = -0.2
+#: Voxels sampled for the rank statistics (deterministic), and the share of voxels taken as CSF: the brightest on
+#: t2w, the darkest on t1n.
 _SAMPLES = 50_000
 _CSF_SHARE = 0.03
 
@@ -104,11 +129,14 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
     if index.size > _SAMPLES:
         index = np.random.default_rng(0).choice(index, _SAMPLES, replace=False)
     values = {m: data[c].reshape(-1)[index] for c, m in enumerate(MODALITIES)}
+    t2_swap = _t2_swap_problem(values, named)
     t2w = values["t2w"]
     correlation = {m: float(spearmanr(values[m], t2w)[0]) for m in ("t1c", "t1n")}
     csf = t2w >= np.quantile(t2w, 1 - _CSF_SHARE)
     problems = []
     if min(correlation["t1c"], correlation["t1n"]) > T1_MAX_CORRELATION:  # neither T1 scan falls with "t2w"
+        if t2_swap:  # "t2w" is the FLAIR: say so
+            return [t2_swap]
         return [
             f"neither {named['t1c']} nor {named['t1n']} falls where {named['t2w']} rises (rank correlations "
             f"{correlation['t1c']:+.2f}, {correlation['t1n']:+.2f}; T1 scans' are below {T1_MAX_CORRELATION:+.2f} "
@@ -121,13 +149,49 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
                 f"{correlation[t1]:+.2f}, a T1 scan's is below {T1_MAX_CORRELATION:+.2f}): is --{t1}, or --t2w, "
                 "another modality?"
             )
-    for t1 in ("t1c", "t1n"):
-        rank = float((values[t1] < np.median(values[t1][csf])).mean())
-        if rank > T1_CSF_MAX_RANK and not problems:
-            problems.append(
-                f"{named['t2w']} does not look T2-weighted: its brightest voxels (CSF on a T2 scan) are not dark on "
-                f"{named[t1]} (their median is brighter than {rank:.0%} of the brain; CSF's than under "
-                f"{T1_CSF_MAX_RANK:.0%}): is --t2w another modality?"
-            )
-            break
-    return problems
+    rank = _rank(values["t1n"], np.median(values["t1n"][csf]))  # t1n: on t1c, enhancing tumour may be T2-bright
+    if rank > T1_CSF_MAX_RANK and not problems:
+        problems.append(
+            f"{named['t2w']} does not look T2-weighted: its brightest voxels (CSF on a T2 scan) are not dark on "
+            f"{named['t1n']} (their median is brighter than {rank:.0%} of the brain; CSF's than under "
+            f"{T1_CSF_MAX_RANK:.0%}): is --t2w another modality?"
+        )
+    return problems or [p for p in (_t1_swap_problem(values, named), t2_swap) if p]
+
+
+def _rank(values: np.ndarray, value: float) -> float:
+    """The percentile rank (0-1) of ``value`` among ``values``."""
+    return float((values < value).mean())
+
+
+def _robust_z(values: np.ndarray) -> np.ndarray:
+    """``values`` centred on their median and scaled by their interquartile range."""
+    low, median, high = np.percentile(values, (25, 50, 75))
+    return (values - median) / max(float(high - low), 1e-12)
+
+
+def _t1_swap_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str | None:
+    """t1c and t1n swapped: enhancement below, not above (:data:`ENHANCEMENT_MIN_TAIL_RATIO`), on sampled voxels."""
+    difference = _robust_z(values["t1c"]) - _robust_z(values["t1n"])
+    upper, lower = float(np.quantile(difference, 0.999)), -float(np.quantile(difference, 0.001))
+    if upper >= ENHANCEMENT_MIN_TAIL_RATIO * lower:
+        return None
+    return (
+        f"{named['t1c']} and {named['t1n']} look swapped: {named['t1c']} falls below {named['t1n']} where a "
+        f"contrast agent raises it (the tails of their difference: {upper:.1f} above, {lower:.1f} below; a "
+        "post-contrast T1 has the longer one above): are --t1c and --t1n swapped?"
+    )
+
+
+def _t2_swap_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str | None:
+    """t2w and t2f swapped: CSF suppressed on "t2w", bright on "t2f" (:data:`CSF_MIN_T2_RANK_GAP`), on sampled
+    voxels."""
+    csf = values["t1n"] <= np.quantile(values["t1n"], _CSF_SHARE)
+    on_t2w, on_t2f = (_rank(values[m], np.median(values[m][csf])) for m in ("t2w", "t2f"))
+    if on_t2w - on_t2f >= CSF_MIN_T2_RANK_GAP:
+        return None
+    return (
+        f"{named['t2w']} and {named['t2f']} look swapped: CSF (the darkest voxels of {named['t1n']}) is dark on "
+        f"{named['t2w']} (brighter than {on_t2w:.0%} of the brain) and bright on {named['t2f']} ({on_t2f:.0%}); "
+        "T2 shows CSF bright and FLAIR suppresses it: are --t2w and --t2f swapped?"
+    )
