@@ -120,9 +120,9 @@ class ParallelNibabelReader(NibabelReader):
     def read(self, data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: Any) -> Any:
         """The images of ``data`` (one file or a list), their voxels already in memory.
 
-        The files of a list with one shape are cast into one C-ordered array ``(files, *shape)``, one thread per
-        file (NumPy's stacking of the images then copies contiguous memory, and LoadImage's own
-        ``ascontiguousarray`` nothing)."""
+        The 3D files of a list with one shape are cast into one C-ordered array ``(files, *shape)``, one thread per
+        file, which :meth:`get_data` returns as it is (no stacking copy, and LoadImage's own ``ascontiguousarray``
+        copies nothing)."""
         filenames = ensure_tuple(data)
         self.filenames = filenames
         with ThreadPoolExecutor(max_workers=len(filenames), thread_name_prefix="nifti") as pool:

@@ -50,7 +50,8 @@ def brain_box(image: torch.Tensor | np.ndarray, margin: int = BRAIN_MARGIN) -> t
     Returns:
         the box, or ``None`` when the image has no non-zero voxel.
     """
-    mask = np.asarray(brain_mask(image)[0])
+    mask = brain_mask(image)[0]
+    mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     box = bounding_box(mask)
     if box is None:
         return None
