@@ -74,7 +74,8 @@ class BratsSegmentationApp(Application):
         configs = ["inference", *(["training_geometry"] if exported.geometry else [])]
         context.update({"model": str(model_file)})  # the SDK's model loader takes a file, or a folder per model
         output = Path(context.output_path)
-        batch = open_cases(Path(context.input_path))  # one case folder or a folder of them, checked before loading
+        # one case folder or a folder of them (an output folder inside it is not one), checked before loading
+        batch = open_cases(Path(context.input_path), output_dir=output)
         loader = BratsCaseLoaderOperator(self, CountCondition(self, len(batch.cases)), batch=batch, name="case_loader")
         self.loader = loader
         if engine == "openvino":

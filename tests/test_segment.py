@@ -36,7 +36,7 @@ from kd_components.segment import (
     window_count,
 )
 from kd_components.segment.engines import EngineError, build_engine
-from kd_components.segment.inputs import open_case
+from kd_components.segment.inputs import open_case, open_cases
 from kd_components.segment.report import tumour_centre, write_case_report
 from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT
 
@@ -341,6 +341,33 @@ def test_open_case_takes_one_case_and_names_what_is_wrong(make_case: Callable[..
     (tmp_path / "notes").mkdir()
     with pytest.raises(CaseFailed, match="holds no BraTS case folder"):
         open_case(tmp_path / "notes")
+
+
+def test_open_cases_takes_a_folder_of_cases_and_leaves_out_what_is_wrong(
+    make_case: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The Deploy application's input: one case, or a folder of cases whose bad ones are named and left out; an
+    output folder inside the input folder (the label maps of an earlier run) is not named as a folder that is not
+    a case."""
+    root = tmp_path / "data"
+    one = make_case("BraTS-GLI-00001-000", shape=(20, 18, 16), root=root)
+    assert [c.case_id for c in open_cases(one).cases] == ["BraTS-GLI-00001-000"]
+    output = root / "out"
+    output.mkdir()
+    (output / "BraTS-GLI-00001-000.nii.gz").write_bytes((one / case_file_name(one.name, "t1c")).read_bytes())
+    assert open_cases(root, output_dir=output).problems == []  # one case, and the earlier run's output
+    assert "out: not taken as a case" in open_cases(root).problems[0]  # an output folder elsewhere: named
+    incomplete = make_case("BraTS-GLI-00002-000", shape=(20, 18, 16), root=root)
+    (incomplete / case_file_name(incomplete.name, "t2f")).unlink()
+    make_case("BraTS-GLI-00003-000", shape=(20, 18, 16), root=root)
+    batch = open_cases(root, output_dir=output)
+    assert [c.case_id for c in batch.cases] == ["BraTS-GLI-00001-000", "BraTS-GLI-00003-000"]
+    assert len(batch.problems) == 1 and "BraTS-GLI-00002-000-t2f.nii.gz: missing modality 't2f'" in batch.problems[0]
+    with pytest.raises(CaseFailed, match="missing modality 't2f'"):
+        open_cases(incomplete)  # the one case given is wrong: an error
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(CaseFailed, match="holds no BraTS case folder"):
+        open_cases(tmp_path / "notes")
 
 
 def test_check_values_refuses_a_constant_scan_as_read_and_as_normalised() -> None:

@@ -162,18 +162,19 @@ class CaseBatch:
     problems: list[str] = field(default_factory=list)
 
 
-def open_cases(folder: str | os.PathLike[str]) -> CaseBatch:
+def open_cases(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None) -> CaseBatch:
     """The cases of ``folder``: one case folder (checked by :func:`open_case`: any problem is an error), or a folder
     of case folders, each checked alike; there a case with problems is left out and its problems listed, so that
-    the others are still segmented.
+    the others are still segmented. ``output_dir``: where it lies inside ``folder``, it is not named as a folder
+    that is not a case (the label maps of an earlier run), as in :func:`resolve_inputs`.
 
     Raises:
         CaseFailed: ``folder`` is one case with a problem, or holds no case that can be segmented (every problem
             found, each naming the case and the file).
     """
-    found = resolve_inputs([folder])
+    found = resolve_inputs([folder], output_dir=output_dir)
     if len(found.cases) == 1 and not found.problems:
-        return CaseBatch([open_case(folder)])
+        return CaseBatch([open_case(found.cases[0].directory)])
     batch = CaseBatch(problems=[str(p) for p in found.problems])
     for case in found.cases:
         try:
