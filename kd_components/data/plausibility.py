@@ -63,7 +63,7 @@ __all__ = [
 BRAIN_ML_RANGE: tuple[float, float] = (400.0, 2600.0)
 #: T1-weighted scans: the largest rank correlation with t2w within the brain.
 T1_MAX_CORRELATION = -0.1
-#: T1-weighted scans: the largest percentile rank (0-1, within the brain) of their median on the brightest t2w voxels.
+#: t1n: the largest percentile rank (0-1, within the brain) of its median on the brightest t2w voxels (mostly CSF).
 T1_CSF_MAX_RANK = 0.35
 #: t1c and t1n: the least ratio of the upper to the lower tail of ``t1c - t1n`` (each z-scored robustly within the
 #: brain; its 99.9th percentile over minus its 0.1th): contrast raises enhancing tumour and vessels on t1c and
