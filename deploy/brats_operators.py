@@ -62,7 +62,7 @@ class BratsCaseLoaderOperator(Operator):
     ``batch``'s problems; in a folder of cases it is left out (the app's exit status is then 1) and the others are
     segmented in the same process: the model is loaded, and the engine compiled, once. A single case's failure
     is the application's error (``kd_components.segment.CaseFailed``, naming the case and the file). Give the
-    operator a ``CountCondition`` of :attr:`count` calls.
+    operator a ``CountCondition`` of one call per case of ``batch``.
     """
 
     def __init__(self, fragment: Fragment, *args: Any, batch: CaseBatch, **kwargs: Any) -> None:
@@ -73,11 +73,6 @@ class BratsCaseLoaderOperator(Operator):
         self._next = 0
         self.emitted = 0  #: cases read and handed on
         super().__init__(fragment, *args, **kwargs)
-
-    @property
-    def count(self) -> int:
-        """How many cases the operator emits at most (one per call)."""
-        return len(self.cases)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output("image")

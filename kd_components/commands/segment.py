@@ -197,17 +197,15 @@ def _segment_cases(
 
     from tqdm import tqdm
 
-    from kd_components.data.brats import validate_case
     from kd_components.handlers.region_volumes import update_volume_table
     from kd_components.segment import CaseFailed
+    from kd_components.segment.inputs import header_problems
     from kd_components.segment.pipeline import prefetch
 
     def read(case: BratsCase) -> tuple[MetaTensor, float]:
         start = time.perf_counter()
-        report = validate_case(case, et_label=args.et_label, headers_only=True)  # voxels: checked once loaded
-        label = getattr(case.label, "name", None)
-        problems = [str(p) for p in report.problems if p.file is None or p.file != label]
-        if problems:  # a faulty reference segmentation in the folder does not stop inference
+        problems = header_problems(case, args.et_label)
+        if problems:
             raise CaseFailed("\n".join(problems))
         return segmenter.load(case), time.perf_counter() - start
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
-from kd_components.constants import MODALITIES, match_case_id
+from kd_components.constants import ET_LABEL, MODALITIES, match_case_id
 from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases, validate_case
 from kd_components.niftiio import ParallelNibabelReader
 from kd_components.segment.segmenter import CaseFailed, root_cause
@@ -20,6 +20,7 @@ __all__ = [
     "CaseBatch",
     "SegmentInputs",
     "case_id_problem",
+    "header_problems",
     "open_case",
     "open_cases",
     "read_case_image",
@@ -131,23 +132,33 @@ def _inside(root: Path, relative: str, folder: str | os.PathLike[str] | None) ->
     return found == target or target in found.parents
 
 
+def header_problems(case: BratsCase, et_label: int = ET_LABEL) -> list[str]:
+    """What keeps ``case``'s scans from being segmented, found before reading a voxel: its discovery problems (a
+    missing modality, an ambiguous file), else the headers' (files readable, 3D, one shape and affine). A faulty
+    reference segmentation in the folder is left aside: it does not stop inference."""
+    if case.problems:
+        return [str(p) for p in case.problems]
+    report = validate_case(case, et_label=et_label, headers_only=True)  # the voxels are checked once loaded
+    label = getattr(case.label, "name", None)
+    return [str(p) for p in report.problems if p.file is None or p.file != label]
+
+
 def open_case(folder: str | os.PathLike[str]) -> BratsCase:
     """The one case of ``folder`` (a BraTS case folder), checked as ``brats-kd segment`` checks a case before
-    reading its voxels (the four modalities found, readable, 3D, one shape and affine).
+    reading its voxels (:func:`header_problems`).
 
     Raises:
         CaseFailed: every problem found, each naming the case and the file; also for a folder that holds no case,
             or several (give one case folder).
     """
     found = resolve_inputs([folder])
-    problems = [str(p) for p in found.problems] + [str(p) for c in found.cases for p in c.problems]
+    problems = [str(p) for p in found.problems]
     if not problems and len(found.cases) > 1:
         names = ", ".join(c.case_id for c in found.cases[:3])
         problems = [f"{folder}: holds {len(found.cases)} case folders ({names}, ...): give one case folder"]
     if not problems:
         (case,) = found.cases
-        report = validate_case(case, headers_only=True)  # the voxels are checked once loaded
-        problems = [str(p) for p in report.problems if p.file is None or p.file != getattr(case.label, "name", None)]
+        problems = header_problems(case)
     if problems:
         raise CaseFailed("\n".join(problems))
     return case
@@ -163,24 +174,23 @@ class CaseBatch:
 
 
 def open_cases(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None = None) -> CaseBatch:
-    """The cases of ``folder``: one case folder (checked by :func:`open_case`: any problem is an error), or a folder
-    of case folders, each checked alike; there a case with problems is left out and its problems listed, so that
-    the others are still segmented. ``output_dir``: where it lies inside ``folder``, it is not named as a folder
-    that is not a case (the label maps of an earlier run), as in :func:`resolve_inputs`.
+    """The cases of ``folder``, one case folder or a folder of case folders, each checked as :func:`open_case`
+    checks one (:func:`header_problems`); a case with problems is left out and its problems listed, so that the
+    others are still segmented. ``output_dir``: where it lies inside ``folder``, it is not named as a folder that
+    is not a case (the label maps of an earlier run), as in :func:`resolve_inputs`.
 
     Raises:
-        CaseFailed: ``folder`` is one case with a problem, or holds no case that can be segmented (every problem
-            found, each naming the case and the file).
+        CaseFailed: ``folder`` holds no case that can be segmented (one case with a problem, or none at all):
+            every problem found, each naming the case and the file.
     """
     found = resolve_inputs([folder], output_dir=output_dir)
-    if len(found.cases) == 1 and not found.problems:
-        return CaseBatch([open_case(found.cases[0].directory)])
     batch = CaseBatch(problems=[str(p) for p in found.problems])
     for case in found.cases:
-        try:
-            batch.cases.append(open_case(case.directory))
-        except CaseFailed as err:
-            batch.problems.append(str(err))
+        problems = header_problems(case)
+        if problems:
+            batch.problems.append("\n".join(problems))
+        else:
+            batch.cases.append(case)
     if not batch.cases:
         raise CaseFailed("\n".join(batch.problems) or f"{folder}: holds no BraTS case folder")
     return batch
