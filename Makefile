@@ -27,9 +27,10 @@ data: install
 		--unlabelled $(UNLABELLED) --seed $(SEED) --profile $(PROFILE) --preview
 	$(PYTHON) -m kd_components.cli datalist --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
-## The comparison in docs/results.md (about 1 h 10 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`; restartable:
-## run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many cores, a GPU).
-## The page's notes interpret one run: add them afterwards with
+## The comparison in docs/results_scarce.md and docs/results_compression.md: two teachers trained once on every label,
+## then the students of both regimes (about 3 h 20 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`;
+## restartable: run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many
+## cores, a GPU). The pages' notes interpret one run: add them afterwards with
 ## `scripts/benchmark_kd.py --render-from outputs/benchmark/results.json --notes NOTES.md`.
 JOBS ?= 1
 benchmark: install
@@ -39,15 +40,15 @@ benchmark: install
 ## a student of each, and students distilled from the branches' own features (about 45 min on 2 CPU cores with 3
 ## student seeds: `scripts/benchmark_kd.py --estimate` with the same options; restartable).
 benchmark-branches: install
-	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows branches \
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows branches --regimes scarce \
 		--output-dir outputs/branches --results-md docs/branches.md
 
 ## The CPU student search in docs/students.md: every candidate of kd_components/networks/candidates.py distilled in
 ## the regime of docs/results_long_budget.md (3 seeds; hours on 2 CPU cores, minutes on a GPU with JOBS=16), then
 ## timed with OpenVINO on this CPU (about 18 min; run that part on the CPU the page is about).
 benchmark-students: install-test
-	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --student-steps 108 --seeds 0 1 2 \
-		--rows students --output-dir outputs/students --results-md docs/students_kd.md
+	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows students --regimes scarce \
+		--output-dir outputs/students --results-md docs/students_kd.md
 	$(PYTHON) scripts/benchmark_students.py --kd-results outputs/students/results.json
 
 ## The default test suite (slow tests excluded) and the linter.

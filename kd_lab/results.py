@@ -17,6 +17,7 @@ from kd_components.constants import REGIONS
 from kd_components.io import save_figure_atomic
 from kd_lab.results_branches import branch_sections
 from kd_lab.results_challenge import challenge_sections, postprocessing_section, probe_section
+from kd_lab.results_teacher import teacher_curve_section
 from kd_lab.stages import format_minutes
 from kd_lab.statistics import finite_mean
 from kd_lab.statistics import format_interval as _ci
@@ -123,7 +124,24 @@ def _hours(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -> list[str]:
+#: What each regime's page says the students get and why (``{labelled}``, ``{teacher_labelled}``, ``{unlabelled}``
+#: are filled in from the settings).
+_REGIME_TEXT: dict[str, str] = {
+    "scarce": (
+        "**Scarce labels.** A student has the first {labelled} of the teacher's labelled cases and {unlabelled} "
+        "unlabelled scans (their segmentations are never read): the hospital that has a few annotated scans of its "
+        "own, many unannotated ones, and a teacher trained elsewhere on every label there is. Distillation has to "
+        "carry what the teacher learned from labels the student never sees."
+    ),
+    "compression": (
+        "**Compression.** A student has every one of the teacher's {teacher_labelled} labelled cases (and the "
+        "{unlabelled} unlabelled scans, for the rows that use them), with the students' short budget: the question "
+        "is whether the teacher's soft outputs and features make a small network learn the same labels faster."
+    ),
+}
+
+
+def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None, regime: str) -> list[str]:
     """The page's regime, seeds, statistics, determinism and cost paragraphs."""
     seeds, teacher_seeds = settings["seeds"], settings["teacher_seeds"]
     if settings.get("selection", "best") == "last":
@@ -140,18 +158,20 @@ def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -
     pairing = ", ".join(f"{s} -> {teacher_seeds[i % len(teacher_seeds)]}" for i, s in enumerate(seeds))
     lines = [
         "## Regime",
-        f"A shortage of labels on the phantom data set (`brats-kd phantoms --seed {settings['data_seed']}`, "
-        f"`small` profile, 2 mm; case *i* depends only on the data seed and *i*): {settings['labelled']} labelled "
-        f"training cases, {settings['validation']} labelled validation cases, {settings['unlabelled']} unlabelled "
-        f"scans (their segmentations are never read) and {settings['test']} held-out labelled test cases on which "
-        f"every row is scored. Model selection: {rule}. The teacher (demo `HybridTeacher`) is trained on the "
-        f"labelled cases for {settings['teacher_steps']} optimizer steps; every student gets the same budget of "
-        f"about {settings['student_steps']} optimizer steps (steps, not epochs: an epoch with interleaved "
-        "unlabelled batches has more batches; a paired step holds a labelled and an unlabelled batch), the same "
-        "data, augmentation, schedule (cosine, lr 3e-3) and patches (64^3, "
-        f"batch {settings['batch_size']} x 2 patches). Why this regime: with few labels and a short budget the "
-        "small student alone cannot learn what the larger teacher learns from the same labels, which is the "
-        "situation distillation is for; the unlabelled scans are the data a hospital has in abundance.",
+        f"One phantom data set (`brats-kd phantoms --seed {settings['data_seed']}`, `small` profile, 2 mm; case *i* "
+        f"depends only on the data seed and *i*): {settings['teacher_labelled']} labelled training cases, "
+        f"{settings['validation']} labelled validation cases, {settings['unlabelled']} unlabelled scans and "
+        f"{settings['test']} held-out labelled test cases on which every row is scored.",
+        "**The teacher, as in real use.** Each teacher seed trains once, on every labelled training case, for about "
+        f"{settings['teacher_steps']} optimizer steps (the demo `HybridTeacher`, cosine schedule, validated "
+        f"{settings['teacher_validations']} times on the validation cases; its `model.pt` is the best of those "
+        "validations). It is one cached stage, reused by every student row, seed and regime: the teacher is "
+        "trained once with a large budget, the student is what must be cheap.",
+        _REGIME_TEXT[regime].format(**settings),
+        f"**Students.** Every student row gets the same budget of about {settings['student_steps']} optimizer steps "
+        "(steps, not epochs: a paired step holds a labelled and an unlabelled batch), the same data, augmentation, "
+        f"schedule (cosine, lr 3e-3) and patches (64^3, batch {settings['batch_size']} x 2 patches). Model "
+        f"selection: {rule}.",
         f"**Seeds (paired).** Every student row is trained with each of the student seeds {_seed_list(seeds)}; a "
         "seed sets initialisation, patch sampling, augmentation and batch order, so two rows with the same seed "
         "differ only in their method. The teacher is trained with each of the teacher seeds "
@@ -181,9 +201,10 @@ def _regime(settings: Mapping[str, Any], estimate: Mapping[str, float] | None) -
     ]
     if estimate:
         lines.append(
-            f"**Cost and commands.** A fresh run of this regime is estimated at {_hours(estimate['total'])} on 2 CPU "
+            f"**Cost and commands.** A fresh run (every regime, sharing the teachers) is estimated at "
+            f"{_hours(estimate['total'])} on 2 CPU "
             f"cores ({_hours(estimate['training'])} training, {_hours(estimate['testing'])} testing, plus about 4 min "
-            "of inference timing), by the cost model in `kd_lab/benchmark.py`; the time it took is "
+            "of inference timing), by the cost model in `kd_lab/benchmark/plan.py`; the time it took is "
             "under Environment. Every training and test is a restartable stage: after an interruption run the same "
             "command again (finished stages are reused, an interrupted training resumes from its latest epoch); "
             "`--no-timing` regenerates the page from the finished stages without measuring the inference cost "
@@ -200,10 +221,10 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
     settings, rows = results["settings"], results["rows"]
     cost = _cost_by_network(results.get("cost", []))
     lines = [
-        "# Results: teacher vs distilled student vs label-only students",
+        f"# Results, {results['regime']} regime: teacher vs distilled students vs label-only students",
         f"Generated by `{command}`{_finished(results)}; page written on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC. Do not edit by hand: run the command again.",
-        *_regime(settings, results.get("estimate_seconds")),
+        *_regime(settings, results.get("estimate_seconds"), results["regime"]),
         "## Test metrics (mean over seeds and test cases [95 % bootstrap interval])",
         "| row | steps | parameters | GFLOPs / 96³ patch | Dice TC | Dice WT | Dice ET | mean Dice | "
         "HD95 TC (mm) | HD95 WT (mm) | HD95 ET (mm) |",
@@ -225,6 +246,7 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         "HD95 of a region the prediction misses entirely is 373.13 mm (BraTS's convention); a case without "
         "that region in its ground truth is left out of that region's mean.",
         *_comparison(rows),
+        *teacher_curve_section(rows),
         *challenge_sections(rows),
         *_comparison(rows, "brats_ranking_lesion_dice_mean", "mean lesion-wise Dice, 2023 ranking form"),
         *postprocessing_section(rows),
@@ -292,6 +314,9 @@ def _comparison(
     if base is None or not compared:
         return []
     base_seeds = _seed_means(base, metric)
+    teacher = rows.get("teacher")
+    lead = _interval(teacher, metric, "lead") if teacher else None
+    resolved = lead is not None and lead.low > 0  # a gap the teacher has over the label-only student
     lines = [
         f"## Against the label-only student ({name}; paired over seeds and test cases)",
         f"| row | {name} | difference to label-only | gap closed | seeds better than label-only |",
@@ -305,19 +330,26 @@ def _comparison(
             row["label"],
             _ci(_interval(row, metric), 3),
             _ci(_interval(row, metric, "difference"), 3),
-            _ci(_interval(row, metric, "gap_closed"), 0, 100, " %"),
+            _ci(_interval(row, metric, "gap_closed"), 0, 100, " %") if resolved else "n/a",
             f"{better} of {len(by_seed)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    if "teacher" in rows:
-        lines.append(f"| {rows['teacher']['label']} | {_ci(_interval(rows['teacher'], metric), 3)} |  |  |  |")
+    if teacher:
+        lead_cell = f"lead {_ci(lead, 3, sign=True)}" if lead else ""
+        lines.append(f"| {teacher['label']} | {_ci(_interval(teacher, metric), 3)} | {lead_cell} |  |  |")
+    gap = (
+        "*gap closed*: (row - label-only student) / (teacher - label-only student), 100 % = as good as the teacher"
+        if resolved
+        else "*gap closed*: not given, because the teacher's lead over the label-only student is not resolved (its "
+        "interval includes 0 or lies below it), so a fraction of it means nothing"
+    )
     return [
         *lines,
         "",
-        "*difference*: row - label-only student, averaged over the same (seed, test case) pairs; *gap closed*: "
-        "(row - label-only student) / (teacher - label-only student), 100 % = as good as the teacher; *seeds "
-        "better*: seeds whose mean over the test cases is above the label-only student's with the same seed. "
-        "Intervals: 95 % bootstrap (see Statistics).",
+        f"*difference*: row - label-only student, averaged over the same (seed, test case) pairs; {gap}; *lead*: "
+        "teacher - label-only student (the same test cases, each on its own seeds); *seeds better*: seeds whose "
+        "mean over the test cases is above the label-only student's with the same seed. Intervals: 95 % bootstrap "
+        "(see Statistics).",
     ]
 
 

@@ -23,6 +23,8 @@ alone; it says nothing about variation between machines (see the results page on
 - :func:`paired_difference`: ``method - base`` on the *same* resampled seeds and cases (the cell-wise
   difference is resampled, so what both methods share, a hard case or a lucky seed, cancels). Cells
   where either method is NaN are left out of both.
+- :func:`teacher_lead_interval`: ``mean(teacher) - mean(base)``, the teacher's lead over a student trained on
+  other seeds: the cases are shared, the student and the teacher seeds are resampled each on their own.
 - :func:`gap_closed_interval`: ``(mean(method) - mean(base)) / (mean(teacher) - mean(base))``; the
   method and the base share the resampled student seeds, all three share the resampled cases, the
   teacher's seeds are resampled on their own. Resamples where the teacher - base difference is (almost)
@@ -58,6 +60,7 @@ __all__ = [
     "percentile_interval",
     "resampled_means",
     "row_interval",
+    "teacher_lead_interval",
 ]
 
 #: Default number of bootstrap resamples.
@@ -248,3 +251,24 @@ def gap_closed_interval(
         resampled_means(t, teacher_counts, case_counts),
     )
     return percentile_interval(estimate, samples, confidence)
+
+
+def teacher_lead_interval(
+    teacher: ArrayLike,
+    base: ArrayLike,
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Interval:
+    """``mean(teacher) - mean(base)`` with its bootstrap interval: ``teacher`` ``(T, N)`` and ``base`` ``(S, N)`` on
+    the same cases and their own seeds. Per resample the cases are drawn once for both (what a hard case costs both
+    cancels), the student seeds and the teacher seeds each on their own (the draws of :func:`gap_closed_interval`
+    with the same ``seed``); each mean skips its own NaN cells."""
+    t, b = _scores(teacher, "teacher"), _scores(base, "base")
+    if t.shape[1] != b.shape[1]:
+        raise ValueError(f"the teacher and the base need the same cases, got shapes {t.shape} and {b.shape}")
+    rng, seed_counts, case_counts = _draws(*b.shape, resamples, seed)
+    teacher_counts = bootstrap_counts(t.shape[0], resamples, rng)
+    samples = resampled_means(t, teacher_counts, case_counts) - resampled_means(b, seed_counts, case_counts)
+    return percentile_interval(_nanmean(t) - _nanmean(b), samples, confidence)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
+from kd_lab.benchmark.graph import regime_rows
 from kd_lab.inference_benchmark import EngineConfig, measure_config
 from kd_lab.measure import count_flops, run_in_fresh_process
 from kd_lab.statistics import paired_difference
@@ -100,7 +101,7 @@ def search_table(
     ``rows_for`` names the benchmark row of a candidate where it is not :func:`candidate_row_key`'s (a run made
     when another candidate was the bundle's default, whose row was then ``soft_feature``)."""
     rows_for = rows_for or {}
-    rows = kd_results["rows"]
+    rows = regime_rows(kd_results)
     timed = {(t["network"], t["precision"]): t for t in timings if "error" not in t}
     entries = []
     for name, candidate in STUDENT_CANDIDATES.items():

@@ -1,4 +1,4 @@
-"""Benchmark teacher, distilled students and label-only students under a shortage of labels; write docs/results.md.
+"""Benchmark teacher, distilled students and label-only students; write one results page per student regime.
 
 The regime, rows and columns are described in kd_lab.benchmark. Every training and
 test evaluation is a restartable stage: run the same command again after an interruption and it
@@ -7,11 +7,11 @@ interpretation lives in ``--notes`` (a Markdown file appended as the page's Note
 
 Example::
 
-    python scripts/benchmark_kd.py --estimate               # the predicted time of the default regime, then exit
-    python scripts/benchmark_kd.py --notes docs/results_notes.md   # the docs/results.md run (about 70 min, 2 cores)
-    python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 1 --teacher-seeds 0 --teacher-steps 2 \\
-        --student-steps 2 --labelled 2 --validation 1 --unlabelled 2 --test 3 --rows labels_only soft \\
-        --no-timing --results-md /tmp/bench/results.md     # a smoke test of the whole chain (minutes)
+    python scripts/benchmark_kd.py --estimate               # the predicted time of the default run, then exit
+    python scripts/benchmark_kd.py    # docs/results_scarce.md and docs/results_compression.md (hours on 2 cores)
+    python scripts/benchmark_kd.py --output-dir /tmp/bench --seeds 0 --teacher-seeds 0 --teacher-labelled 3 \\
+        --labelled 2 --validation 1 --unlabelled 2 --test 2 --teacher-steps 4 --teacher-validations 2 \\
+        --student-steps 2 --rows labels_only soft --no-timing --results-md /tmp/bench/results.md   # a smoke test
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from kd_components.io import atomic_path, save_json_atomic
 from kd_lab.benchmark import (
+    REGIMES,
     RESULTS_INDENT,
     ROW_SETS,
     ROWS,
@@ -32,6 +33,7 @@ from kd_lab.benchmark import (
     estimate_seconds,
     expand_rows,
     measure_costs,
+    regime_results,
     run_benchmark,
 )
 from kd_lab.results import plot_dice_vs_time, plot_region_bars, render_results
@@ -45,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="data, runs and results.json")
     parser.add_argument("--data-seed", type=int, default=d.data_seed)
-    parser.add_argument("--labelled", type=int, default=d.labelled, help="labelled training cases")
+    parser.add_argument(
+        "--teacher-labelled", type=int, default=d.teacher_labelled, help="the teachers' labelled training cases"
+    )
+    parser.add_argument(
+        "--labelled",
+        type=int,
+        default=d.labelled,
+        help="a student's labelled training cases in the scarce regime (the first of the teachers')",
+    )
     parser.add_argument("--validation", type=int, default=d.validation, help="labelled validation cases")
     parser.add_argument("--unlabelled", type=int, default=d.unlabelled, help="unlabelled scans")
     parser.add_argument("--test", type=int, default=d.test, help="held-out labelled test cases")
@@ -60,7 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="one teacher per seed; the i-th student seed distils teacher seed number i mod (number of teacher seeds)",
     )
     parser.add_argument("--teacher-steps", type=int, default=d.teacher_steps)
+    parser.add_argument(
+        "--teacher-validations",
+        type=int,
+        default=d.teacher_validations,
+        help="validations of a teacher's training (its curve; the teacher's model.pt is the best of them)",
+    )
     parser.add_argument("--student-steps", type=int, default=d.student_steps)
+    parser.add_argument(
+        "--regimes",
+        nargs="+",
+        choices=REGIMES,
+        default=list(d.regimes),
+        help="student regimes: scarce (the first --labelled of the teachers' labelled cases and the unlabelled "
+        "scans), compression (all of the teachers' labelled cases); one page each",
+    )
     parser.add_argument(
         "--selection",
         choices=SELECTION_RULES,
@@ -120,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stages run at a time (a stage starts when the ones it needs are done); more than 1 only where "
         "cores or a GPU are left over, e.g. 8 on a 16-core GPU machine",
     )
-    parser.add_argument("--results-md", type=Path, default=Path("docs/results.md"), help="the generated page")
+    parser.add_argument(
+        "--results-md",
+        type=Path,
+        default=Path("docs/results.md"),
+        help="the generated page; with several regimes one page each, named after the regime (results_scarce.md)",
+    )
     parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
     parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
     parser.add_argument("--estimate", action="store_true", help="print the predicted time of a fresh run and exit")
@@ -135,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = BenchmarkSettings(
             output_dir=args.output_dir,
             data_seed=args.data_seed,
+            teacher_labelled=args.teacher_labelled,
             labelled=args.labelled,
             validation=args.validation,
             unlabelled=args.unlabelled,
@@ -142,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             seeds=tuple(args.seeds),
             teacher_seeds=tuple(args.teacher_seeds),
             teacher_steps=args.teacher_steps,
+            teacher_validations=args.teacher_validations,
             student_steps=args.student_steps,
+            regimes=tuple(args.regimes),
             selection=args.selection,
             validations=args.validations,
             rows=expand_rows(args.rows),
@@ -175,9 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    write_page(results, Path(args.results_md), command.strip(), args.notes.read_text() if args.notes else "")
-    print(f"results: {args.results_md} (raw numbers: {args.render_from or settings.output_dir / 'results.json'})")
+    notes = args.notes.read_text() if args.notes else ""
+    for regime in results["regimes"]:
+        page = args.results_md if len(results["regimes"]) == 1 else regime_page(args.results_md, regime)
+        write_page(regime_results(results, regime), page, command.strip(), notes)
+        print(f"results: {page} (raw numbers: {args.render_from or settings.output_dir / 'results.json'})")
     return 0
+
+
+def regime_page(results_md: Path, regime: str) -> Path:
+    """The page of one regime of a run with several: ``docs/results.md`` -> ``docs/results_scarce.md``,
+    ``docs/results_compression.md`` (a run of one regime writes ``--results-md`` itself)."""
+    return results_md.with_name(f"{results_md.stem}_{regime}{results_md.suffix}")
 
 
 def write_page(results: dict, page: Path, command: str, notes: str) -> None:

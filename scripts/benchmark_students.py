@@ -29,6 +29,7 @@ from typing import Any
 
 from kd_components.io import atomic_path, save_json_atomic
 from kd_components.networks.candidates import DEFAULT_CANDIDATE, STUDENT_CANDIDATES
+from kd_lab.benchmark import regime_rows
 from kd_lab.inference_benchmark import prepare_volume
 from kd_lab.measure import cpu_description
 from kd_lab.results import markdown_blocks
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "kd_command": kd.get("command"),
             "kd_environment": kd.get("environment"),
             "kd_settings": {k: settings[k] for k in ("seeds", "teacher_seeds", "student_steps", "test", "data_seed")},
-            "teacher_dice": kd["rows"]["teacher"]["statistics"]["val_mean_dice"]["mean"],
+            "teacher_dice": regime_rows(kd)["teacher"]["statistics"]["val_mean_dice"]["mean"],
             "roi": volume.roi,
             "overlap": volume.overlap,
             "shape": list(volume.shape),

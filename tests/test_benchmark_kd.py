@@ -17,6 +17,7 @@ from kd_lab.benchmark import (
     BRATS_METRICS,
     GUIDANCE_SECONDS,
     METRICS,
+    REGIMES,
     ROW_SETS,
     ROWS,
     ROWS_BY_KEY,
@@ -28,25 +29,61 @@ from kd_lab.benchmark import (
     estimate_seconds,
     expand_rows,
     network_sizes,
+    regime_results,
     row_schedule,
     run_dir,
     schedule,
     selected_rows,
     split_cases,
+    student_cases,
     teacher_seed_for,
+    training_datalist,
 )
+from kd_lab.benchmark.rows import DEFAULT_ROWS
 from kd_lab.results import plot_dice_vs_time, plot_region_bars, render_results
 from kd_lab.statistics import Interval
 
 
-def test_split_cases_is_disjoint_and_ordered() -> None:
-    settings = BenchmarkSettings(labelled=3, validation=1, unlabelled=4, test=2)
-    ids = [f"BraTS-SYN-{i:05d}-000" for i in reversed(range(10))]
+def test_split_cases_is_disjoint_and_ordered_and_the_regimes_take_the_teachers_cases() -> None:
+    settings = BenchmarkSettings(teacher_labelled=5, labelled=3, validation=1, unlabelled=4, test=2)
+    ids = [f"BraTS-SYN-{i:05d}-000" for i in reversed(range(12))]
     roles = split_cases(ids, settings)
-    assert [len(roles[k]) for k in ("labelled", "validation", "unlabelled", "test")] == [3, 1, 4, 2]
-    assert [c for k in ("labelled", "validation", "unlabelled", "test") for c in roles[k]] == sorted(ids)
-    with pytest.raises(ValueError, match="needs 10 cases, found 9"):
-        split_cases(ids[:9], settings)
+    assert [len(roles[k]) for k in ("teacher", "validation", "unlabelled", "test")] == [5, 1, 4, 2]
+    assert [c for k in ("teacher", "validation", "unlabelled", "test") for c in roles[k]] == sorted(ids)
+    assert student_cases(roles, settings, "scarce") == roles["teacher"][:3]
+    assert student_cases(roles, settings, "compression") == roles["teacher"]
+    with pytest.raises(ValueError, match="needs 12 cases, found 11"):
+        split_cases(ids[:11], settings)
+    with pytest.raises(ValueError, match="teacher_labelled must be at least labelled"):
+        BenchmarkSettings(teacher_labelled=2, labelled=3)
+    with pytest.raises(ValueError, match="regimes"):
+        BenchmarkSettings(regimes=("plenty",))
+
+
+def test_the_teachers_datalist_has_every_label_and_each_regime_its_own(tmp_path: Path) -> None:
+    from kd_components.data.phantoms import make_phantom_dataset
+    from kd_lab.benchmark.graph import write_datalists, write_teacher_datalist
+
+    settings = BenchmarkSettings(
+        output_dir=tmp_path, teacher_labelled=3, labelled=1, validation=1, unlabelled=1, test=1
+    )
+    make_phantom_dataset(tmp_path / "data", settings.num_cases, seed=3, progress=False, workers=1)
+    write_teacher_datalist(settings)
+    write_datalists(settings)
+    ids = [f"BraTS-SYN-{i:05d}-000" for i in range(6)]
+
+    def folds(regime: str | None) -> tuple[list[str], list[str], list[str]]:
+        datalist = json.loads(training_datalist(settings, regime).read_text())
+        train = [e["case_id"] for e in datalist["training"] if e["fold"] == 1]
+        validation = [e["case_id"] for e in datalist["training"] if e["fold"] == 0]
+        assert all("label" not in e for e in datalist["testing"])  # the unlabelled scans' labels are never listed
+        return train, validation, [e["case_id"] for e in datalist["testing"]]
+
+    assert folds(None) == (ids[:3], [ids[3]], [])  # a teacher never reads the unlabelled scans
+    assert folds("scarce") == (ids[:1], [ids[3]], [ids[4]])
+    assert folds("compression") == (ids[:3], [ids[3]], [ids[4]])
+    test = json.loads((tmp_path / "test_datalist.json").read_text())["training"]
+    assert [e["case_id"] for e in test] == [ids[5]]
 
 
 @pytest.mark.parametrize(("steps", "per_epoch", "validations"), [(72, 3, 4), (72, 9, 4), (120, 3, 4), (10, 3, 4)])
@@ -57,36 +94,67 @@ def test_schedule_validates_the_last_epoch_and_meets_the_budget(steps: int, per_
     assert (epochs - interval) * per_epoch < steps  # never a whole validation period more than asked
 
 
-def test_every_student_row_gets_the_same_steps_by_default() -> None:
+@pytest.mark.parametrize("regime", REGIMES)
+def test_every_student_row_gets_the_same_steps_in_each_regime(regime: str) -> None:
     settings = BenchmarkSettings()
-    steps = {r.key: (lambda e, _i, b: e * b)(*row_schedule(settings, r)) for r in ROWS if r.kind != "teacher"}
-    assert set(steps.values()) == {settings.student_steps}, steps
-    rows = {r.key: r for r in ROWS}
-    epochs = {key: row_schedule(settings, rows[key])[0] for key in ("labels_only", "soft_feature_paired")}
+    rows = [r for r in ROWS if r.kind != "teacher"]
+    steps = {r.key: (lambda e, _i, b: e * b)(*row_schedule(settings, r, regime)) for r in rows}
+    # the budget, rounded up to whole epochs (the interleaved row's epochs have unlabelled batches of their own)
+    interleaved = steps.pop("soft_feature_unlabelled")
+    assert (
+        len(set(steps.values())) == 1 and settings.student_steps <= steps["labels_only"] < settings.student_steps + 24
+    )
+    assert settings.student_steps <= interleaved < settings.student_steps + 24 + settings.unlabelled // 2
+    epochs = {key: row_schedule(settings, ROWS_BY_KEY[key], regime)[0] for key in ("labels_only", "guided_paired")}
     # paired: every step also takes an unlabelled batch, so the epochs (labelled batches seen) are the same
-    assert epochs["labels_only"] == epochs["soft_feature_paired"]
-    assert row_schedule(settings, rows["soft_feature_unlabelled"])[0] < epochs["labels_only"]
+    assert epochs["labels_only"] == epochs["guided_paired"]
+    assert row_schedule(settings, ROWS_BY_KEY["soft_feature_unlabelled"], regime)[0] < epochs["labels_only"]
+    with pytest.raises(ValueError, match="regime"):
+        row_schedule(settings, ROWS_BY_KEY["labels_only"])
 
 
-def test_stage_plan_chains_students_to_their_seed_teacher(tmp_path: Path) -> None:
+def test_the_teacher_trains_ten_times_the_students_budget_on_every_label_and_shows_its_curve() -> None:
+    settings = BenchmarkSettings()
+    assert settings.teacher_labelled >= 48 and settings.teacher_labelled > settings.labelled
+    epochs, interval, per_epoch = row_schedule(settings, ROWS_BY_KEY["teacher"])
+    assert per_epoch == settings.teacher_labelled // settings.batch_size
+    assert epochs * per_epoch >= 10 * settings.student_steps
+    assert epochs // interval >= settings.teacher_validations > 1  # a validation curve, not one point
+
+
+def test_stage_plan_chains_students_to_their_seed_teacher_in_each_regime(tmp_path: Path) -> None:
     settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(0, 1), rows=("labels_only", "soft"))
     stages = {s.name: s for s in benchmark_stages(settings)}
-    assert "teacher_seed1_train" in stages and "segresnet16_seed0_train" not in stages
-    soft = stages["soft_seed1_train"]
-    assert "teacher_seed1_train" in soft.depends_on
-    assert str(tmp_path / "runs" / "teacher_seed1" / "models" / "model.pt") in soft.command
-    assert "teacher_seed0_train" not in stages["labels_only_seed0_train"].depends_on  # no teacher needed
-    test = stages["soft_seed1_test"].command
-    assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
+    assert "teacher_seed1_train" in stages and "scarce_segresnet16_seed0_train" not in stages
+    # one teacher per seed, trained on the teachers' datalist, shared by both regimes
+    teacher = stages["teacher_seed1_train"]
+    assert teacher.depends_on == ("teacher_datalist",)
+    assert str(training_datalist(settings, None)) in teacher.command
+    for regime in REGIMES:
+        soft = stages[f"{regime}_soft_seed1_train"]
+        assert "teacher_seed1_train" in soft.depends_on
+        assert str(tmp_path / "runs" / "teacher_seed1" / "models" / "model.pt") in soft.command
+        assert str(training_datalist(settings, regime)) in soft.command
+        assert str(run_dir(settings, ROWS_BY_KEY["soft"], 1, regime) / "models") in soft.command
+        assert "teacher_seed0_train" not in stages[f"{regime}_labels_only_seed0_train"].depends_on  # no teacher
+        test = stages[f"{regime}_soft_seed1_test"].command
+        assert str(tmp_path / "test_datalist.json") in test and "evaluate.json" in " ".join(test)
+    assert run_dir(settings, ROWS_BY_KEY["soft"], 1, "scarce") != run_dir(
+        settings, ROWS_BY_KEY["soft"], 1, "compression"
+    )
+    only = BenchmarkSettings(output_dir=tmp_path, regimes=("compression",), rows=("labels_only",))
+    assert not any(name.startswith("scarce_") for name in (s.name for s in benchmark_stages(only)))
 
 
 def test_every_run_is_probed_after_its_training_with_its_overrides(tmp_path: Path) -> None:
-    settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0,), teacher_seeds=(0,), rows=("segresnet16",))
+    settings = BenchmarkSettings(
+        output_dir=tmp_path, seeds=(0,), teacher_seeds=(0,), rows=("segresnet16",), regimes=("scarce",)
+    )
     stages = {s.name: s for s in benchmark_stages(settings)}
-    probe = stages["segresnet16_seed0_probe"]
-    assert probe.depends_on == ("segresnet16_seed0_train",) and probe.action is not None
-    segresnet = next(r for r in ROWS if r.key == "segresnet16")
-    assert probe.outputs == (run_dir(settings, segresnet, 0) / "probe" / "probe.json",)
+    probe = stages["scarce_segresnet16_seed0_probe"]
+    assert probe.depends_on == ("scarce_segresnet16_seed0_train",) and probe.action is not None
+    segresnet = ROWS_BY_KEY["segresnet16"]
+    assert probe.outputs == (run_dir(settings, segresnet, 0, "scarce") / "probe" / "probe.json",)
     assert "teacher_seed0_probe" in stages
     overrides = cli_overrides(segresnet.overrides)
     assert overrides["network_def#init_filters"] == 16 and overrides["alpha"] == 0
@@ -106,24 +174,24 @@ def test_students_are_paired_with_teachers_round_robin(tmp_path: Path) -> None:
         "teacher_seed0_train",
         "teacher_seed1_train",
     ]
-    assert names.index("teacher_seed1_test") < names.index("labels_only_seed0_train")  # every teacher comes first
-    assert "teacher_seed1_train" in stages["soft_seed3_train"].depends_on
-    assert "teacher_seed0_train" in stages["soft_feature_paired_seed4_train"].depends_on
-    assert "soft_feature_unlabelled_seed0_train" not in stages  # interleaved: not a default row (``--rows``)
+    assert names.index("teacher_seed1_test") < names.index("scarce_labels_only_seed0_train")  # teachers first
+    assert "teacher_seed1_train" in stages["scarce_soft_seed3_train"].depends_on
+    assert "teacher_seed0_train" in stages["compression_guided_paired_seed4_train"].depends_on
+    assert "scarce_soft_feature_unlabelled_seed0_train" not in stages  # interleaved: not a default row (``--rows``)
+    assert {n.split("_seed")[0].split("_", 1)[1] for n in names if n.startswith("scarce_")} == set(DEFAULT_ROWS)
     # teacher seeds need not be student seeds
     other = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(7,), rows=("soft",))
     plan = [s.name for s in benchmark_stages(other)]
-    assert plan.index("teacher_seed7_train") < plan.index("soft_seed0_train")
+    assert plan.index("teacher_seed7_train") < plan.index("scarce_soft_seed0_train")
 
 
 def test_last_checkpoint_rule_validates_once_after_the_last_epoch(tmp_path: Path) -> None:
     settings = BenchmarkSettings(output_dir=tmp_path)
     assert settings.selection == "last" and settings.validations_per_run == 1
-    rows = {r.key: r for r in ROWS}
-    epochs, interval, _ = row_schedule(settings, rows["labels_only"])
+    epochs, interval, _ = row_schedule(settings, ROWS_BY_KEY["labels_only"], "scarce")
     assert interval == epochs  # one validation, at the end: model.pt holds the last weights
     best = BenchmarkSettings(output_dir=tmp_path, selection="best", validations=4)
-    epochs, interval, _ = row_schedule(best, rows["labels_only"])
+    epochs, interval, _ = row_schedule(best, ROWS_BY_KEY["labels_only"], "scarce")
     assert epochs // interval == 4
     with pytest.raises(ValueError, match="selection"):
         BenchmarkSettings(selection="first")
@@ -131,20 +199,20 @@ def test_last_checkpoint_rule_validates_once_after_the_last_epoch(tmp_path: Path
         BenchmarkSettings(seeds=(0, 0))
 
 
-def test_the_default_regime_fits_about_an_hour_and_a_quarter_on_two_cores() -> None:
+def test_the_default_regime_is_estimated_at_a_few_hours_on_two_cores() -> None:
     estimate = estimate_seconds(BenchmarkSettings())
     assert estimate["total"] == pytest.approx(sum(v for k, v in estimate.items() if k != "total"))
-    assert 1 * 3600 < estimate["total"] <= 1.5 * 3600
-    old = estimate_seconds(BenchmarkSettings(test=8, seeds=(0, 1, 2), teacher_seeds=(0,), selection="best"))
-    assert old["total"] < 0.6 * estimate["total"]
-    # the teacher segments the 12 unlabelled scans once per teacher for the teacher-guided rows
+    assert 2 * 3600 < estimate["total"] <= 4 * 3600
+    one = estimate_seconds(BenchmarkSettings(regimes=("scarce",)))
+    assert one["total"] < estimate["total"]
+    # the teacher segments the unlabelled scans once per teacher for the teacher-guided rows, whatever the regimes
     unguided = BenchmarkSettings(rows=("labels_only", "soft_feature_paired"))
     guided = BenchmarkSettings(rows=("labels_only", "soft_feature_paired", "guided_paired"))
     paired = (
         estimate_seconds(unguided)["training"] - estimate_seconds(BenchmarkSettings(rows=("labels_only",)))["training"]
     )
     extra = estimate_seconds(guided)["training"] - estimate_seconds(unguided)["training"]
-    assert extra == pytest.approx(paired + 2 * 12 * GUIDANCE_SECONDS)  # its own runs, as the paired row's, + masks
+    assert extra == pytest.approx(paired + 2 * 24 * GUIDANCE_SECONDS)  # its own runs, as the paired row's, + masks
     assert estimate_seconds(BenchmarkSettings(probe_cases=0))["testing"] < estimate["testing"]
 
 
@@ -153,9 +221,9 @@ def test_one_shared_teacher_when_one_teacher_seed(tmp_path: Path) -> None:
     settings = BenchmarkSettings(output_dir=tmp_path, seeds=(0, 1, 2), teacher_seeds=(0,), rows=rows)
     stages = {s.name: s for s in benchmark_stages(settings)}
     assert [n for n in stages if n.startswith("teacher_") and n.endswith("_train")] == ["teacher_seed0_train"]
-    assert "teacher_seed0_train" in stages["soft_feature_unlabelled_seed2_train"].depends_on
-    assert "--use_unlabelled" in stages["soft_feature_unlabelled_seed2_train"].command
-    paired = stages["soft_feature_paired_seed1_train"].command
+    assert "teacher_seed0_train" in stages["scarce_soft_feature_unlabelled_seed2_train"].depends_on
+    assert "--use_unlabelled" in stages["scarce_soft_feature_unlabelled_seed2_train"].command
+    paired = stages["compression_soft_feature_paired_seed1_train"].command
     assert paired[paired.index("--unlabelled_mixing") + 1] == "paired"
 
 
@@ -184,7 +252,7 @@ def _row(kind: str, network: str, dice: float, seeds: tuple[int, ...] = (0, 1)) 
 
 def _results() -> dict:
     rows = {
-        "teacher": _row("teacher", "demo", 0.8, seeds=(0,)),
+        "teacher": _row("teacher", "demo", 0.8, seeds=(0,)) | {"validation_curve": [[[8, 0.6], [16, 0.75]]]},
         "labels_only": _row("baseline", "student", 0.4),
         "soft": _row("student", "student", 0.7),
     }
@@ -202,17 +270,20 @@ def _results() -> dict:
         for n, p, t in (("default", 178_000_000, 100.0), ("demo", 4_000_000, 10.0), ("student", 1_000_000, 2.0))
     ]
     settings = BenchmarkSettings(seeds=(0, 1), teacher_seeds=(0,), student_steps=72)
-    return {
+    results = {
         "settings": {
             "data_seed": 1,
             "labelled": settings.labelled,
-            "validation": 2,
-            "unlabelled": 12,
+            "teacher_labelled": 48,
+            "validation": 4,
+            "unlabelled": 24,
             "test": len(_CASES),
             "seeds": [0, 1],
             "teacher_seeds": [0],
-            "teacher_steps": 120,
+            "teacher_steps": 1200,
+            "teacher_validations": 6,
             "student_steps": 72,
+            "regimes": ["scarce"],
             "selection": "last",
             "batch_size": 2,
             "bootstrap_resamples": 1000,
@@ -222,12 +293,13 @@ def _results() -> dict:
             "timing_shape": [240, 240, 155],
             "probe_cases": 3,
         },
-        "rows": add_statistics(rows, resamples=1000, seed=0),
+        "regimes": {"scarce": add_statistics(rows, resamples=1000, seed=0)},
         "cost": cost,
         "estimate_seconds": estimate_seconds(settings),
         "stage_seconds": {"a": 61.0, "b": 0.0},
         "stage_seconds_recorded": {"a": 61.0, "b": 120.0},
     }
+    return regime_results(results, "scarce")  # what the scarce regime's page shows
 
 
 def test_statistics_of_each_row() -> None:
@@ -267,7 +339,12 @@ def _write_brats_scores(folder: Path, lesion_dice: float) -> None:
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")  # MONAI's writer, on the case without ET
 def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path) -> None:
     settings = BenchmarkSettings(
-        output_dir=tmp_path, seeds=(0, 1), teacher_seeds=(0,), rows=("labels_only", "soft"), bootstrap_resamples=500
+        output_dir=tmp_path,
+        seeds=(0, 1),
+        teacher_seeds=(0,),
+        rows=("labels_only", "soft"),
+        regimes=("scarce",),
+        bootstrap_resamples=500,
     )
     datalist = {"training": [{"case_id": c} for c in _CASES]}
     (tmp_path / "test_datalist.json").write_text(json.dumps(datalist))
@@ -275,16 +352,18 @@ def test_collect_results_reads_per_case_scores_in_datalist_order(tmp_path: Path)
     base = {s: rng.uniform(0.3, 0.6, size=(len(_CASES), 3)) for s in (0, 1)}
     for s in (0, 1):
         base[s][2, 2] = np.nan  # case 2 has no ET in its ground truth
-        _write_evaluation(run_dir(settings, ROWS_BY_KEY["labels_only"], s) / "test", base[s])
-        _write_evaluation(run_dir(settings, ROWS_BY_KEY["soft"], s) / "test", base[s] + 0.1)
+        _write_evaluation(run_dir(settings, ROWS_BY_KEY["labels_only"], s, "scarce") / "test", base[s])
+        _write_evaluation(run_dir(settings, ROWS_BY_KEY["soft"], s, "scarce") / "test", base[s] + 0.1)
     _write_evaluation(run_dir(settings, ROWS[0], 0) / "test", np.full((len(_CASES), 3), 0.9))
     students = (ROWS_BY_KEY["labels_only"], ROWS_BY_KEY["soft"])
     for row, seed in [(ROWS[0], 0), *((r, s) for r in students for s in (0, 1))]:
-        _write_brats_scores(run_dir(settings, row, seed) / "test", lesion_dice=0.5 + 0.1 * seed)
+        folder = run_dir(settings, row, seed, "scarce")
+        _write_brats_scores(folder / "test", lesion_dice=0.5 + 0.1 * seed)
         probe = {"healthy_wt_ml_mean": 1.0 + seed, "healthy_wt_ml_max": 2.0, "unseen_dice_mean": {}}
-        (run_dir(settings, row, seed) / "probe").mkdir()
-        (run_dir(settings, row, seed) / "probe" / "probe.json").write_text(json.dumps(probe))
-    rows = collect_results(settings)
+        (folder / "probe").mkdir()
+        (folder / "probe" / "probe.json").write_text(json.dumps(probe))
+    rows = collect_results(settings, "scarce")
+    assert rows["teacher"]["validation_curve"] == [[]] and rows["soft"]["validation_curve"] is None
     assert [p["healthy_wt_ml_mean"] for p in rows["soft"]["probe"]] == [1.0, 2.0]
     # BraTS scores: per case and region from brats_metrics.csv, the mean over the regions, the post-processed ones
     assert rows["soft"]["per_case"]["brats_matched_lesion_dice_wt"][1] == pytest.approx([0.6] * len(_CASES))
@@ -325,7 +404,12 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "student seed -> teacher seed: 0 -> 0, 1 -> 0" in page
     assert "4 held-out labelled test cases" in page and "the weights after the last epoch" in page
     assert "**Determinism.**" in page and "floating-point" in page
-    assert "1,000 resamples" in page and "**Cost and commands.** A fresh run of this regime is estimated at" in page
+    assert "1,000 resamples" in page and "**Cost and commands.** A fresh run (every regime, sharing" in page
+    # the regime: the teacher trained once on every label, the students' share of them
+    assert "# Results, scarce regime:" in page and "48 labelled training cases" in page
+    assert "**Scarce labels.** A student has the first 6 of the teacher's labelled cases and 24 unlabelled" in page
+    assert "| teacher demo | 0.800 [0.800, 0.800] | lead +0.400 [+0.400, +0.400] |" in page
+    assert "| teacher | seed | epoch 8 | epoch 16 |" in page and "| teacher demo | 0 | 0.600 | 0.750 |" in page
     assert "as recorded when each ran: 3 min 01 s; of the stages this invocation ran: 1 min 01 s." in page
     assert "50.0x faster" in page  # student 2 s against the default teacher's 100 s
     assert "![Dice vs inference time](a.png)" in page
@@ -335,6 +419,21 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "| student student | 0.750 [0.750, 0.750] | +0.050 [+0.050, +0.050] |" in page
     assert "| student student | 15.0 (10.0-20.0) | 30.0 | 0.700 (0.700-0.700) |" in page
     assert "| teacher demo | 10.0 | 30.0 | 0.800 |" in page
+
+
+def test_no_gap_closed_where_the_teacher_does_not_lead(tmp_path: Path) -> None:
+    results = _results()
+    rows = {k: v for k, v in results["rows"].items() if k != "teacher"}
+    rows["teacher"] = _row("teacher", "demo", 0.5, seeds=(0,))
+    rows["teacher"]["per_case"]["val_mean_dice"] = [[0.1, 0.3, 0.5, 0.7]]  # 0.4 on average, as label-only
+    page = render_results(
+        regime_results(results | {"regimes": {"scarce": add_statistics(rows, 1000, 0)}}, "scarce"),
+        "cmd",
+        {"regions": "b.png"},
+    )
+    table = page.split("## Against the label-only student (mean Dice")[1].split("##")[0]
+    assert "| student student | 0.700 [0.700, 0.700] | 0.300 [0.300, 0.300] | n/a | 2 of 2 |" in table
+    assert "the teacher's lead over the label-only student is not resolved" in table
 
 
 def test_page_without_timing_still_has_sizes_and_says_cost_was_not_measured(tmp_path: Path) -> None:
@@ -370,26 +469,35 @@ def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path) -> N
     spec = importlib.util.spec_from_file_location("benchmark_kd", Path(__file__).parents[1] / "scripts/benchmark_kd.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    results = _results() | {"command": "python scripts/benchmark_kd.py --jobs 4"}
+    results = {k: v for k, v in _results().items() if k not in ("rows", "regime")}  # results.json: every regime
+    results["command"] = "python scripts/benchmark_kd.py --jobs 4"
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps(results))
     notes = tmp_path / "notes.md"
     notes.write_text("These are the notes.")
     page = tmp_path / "docs" / "page.md"
     assert script.main(["--render-from", str(saved), "--notes", str(notes), "--results-md", str(page)]) == 0
-    text = page.read_text()
+    text = page.read_text()  # a run of one regime: the page named
     assert "Generated by `python scripts/benchmark_kd.py --jobs 4`" in text and text.rstrip().endswith("notes.")
     assert (tmp_path / "docs" / "img" / "page_regions.png").exists()
     # a run made elsewhere without the cost table, and the table of a CPU --timing-only run carried into it
     measured = results["cost"]
     saved.write_text(json.dumps(results | {"cost": []}))
-    assert script.main(["--render-from", str(saved), "--results-md", str(page)]) == 0
+    assert script.main(["--render-from", str(saved), "--results-md", str(tmp_path / "docs" / "page.md")]) == 0
     assert "*Not measured*" in page.read_text()
     cost_file = tmp_path / "inference_cost.json"
     cost_file.write_text(json.dumps(measured))
-    assert script.main(["--render-from", str(saved), "--cost-from", str(cost_file), "--results-md", str(page)]) == 0
+    argv = ["--render-from", str(saved), "--cost-from", str(cost_file), "--results-md", str(tmp_path / "docs/page.md")]
+    assert script.main(argv) == 0
     assert json.loads(saved.read_text())["cost"] == measured  # the file holds what the page shows
     assert "| student | 1,000,000 |" in page.read_text().split("## Inference cost")[1]
+    # a run of both regimes: one page each, named after its regime
+    both = results | {"regimes": results["regimes"] | {"compression": results["regimes"]["scarce"]}}
+    saved.write_text(json.dumps(both))
+    assert script.main(["--render-from", str(saved), "--results-md", str(page)]) == 0
+    compression = (tmp_path / "docs" / "page_compression.md").read_text()
+    assert "# Results, compression regime:" in compression and "**Compression.** A student has every one" in compression
+    assert "# Results, scarce regime:" in (tmp_path / "docs" / "page_scarce.md").read_text()
 
 
 def test_branch_rows_train_their_own_teacher_and_name_their_features(tmp_path: Path) -> None:
@@ -402,14 +510,14 @@ def test_branch_rows_train_their_own_teacher_and_name_their_features(tmp_path: P
     assert {"teacher_seed0_train", "teacher_vit_seed1_train"} <= set(stages) and "teacher_cnn_seed0_train" not in stages
     teacher = stages["teacher_vit_seed1_train"].command
     assert teacher[teacher.index("--teacher_config") + 1] == "demo_vit"
-    student = stages["soft_feature_from_vit_seed1_train"]
+    student = stages["scarce_soft_feature_from_vit_seed1_train"]
     assert "teacher_vit_seed1_train" in student.depends_on
     command = student.command
     assert command[command.index("--teacher_config") + 1] == "demo_vit"
     assert command[command.index("--teacher_ckpt") + 1] == str(tmp_path / "runs/teacher_vit_seed1/models/model.pt")
     sources = cli_overrides(ROWS_BY_KEY["features_fused_vit"].overrides)["feature_sources"]
     assert sources == ["fused", "vit"]
-    assert "teacher_seed0_train" in stages["features_fused_vit_seed0_train"].depends_on  # the hybrid's features
+    assert "teacher_seed0_train" in stages["compression_features_fused_vit_seed0_train"].depends_on  # the hybrid's
 
 
 def _diagnostics(weights: list[float], ablation: bool) -> dict:

@@ -16,6 +16,7 @@ from kd_lab.statistics import (
     mean_interval,
     paired_difference,
     resampled_means,
+    teacher_lead_interval,
 )
 
 
@@ -145,6 +146,19 @@ def test_gap_closed_resamples_the_teacher_seeds_on_their_own() -> None:
     assert gap.low == pytest.approx(0.2 / 0.5) and gap.high == pytest.approx(0.2 / 0.3)
     no_gap = gap_closed_interval(method, base, np.full((2, 4), 0.4))
     assert math.isnan(no_gap.estimate) and no_gap.resamples == 0
+
+
+def test_the_teachers_lead_shares_the_cases_and_resamples_each_side_s_seeds() -> None:
+    base = np.array([[0.4, 0.5, 0.6, 0.7]] * 5)  # the cases differ, the seeds agree
+    teacher = base[:2] + np.array([[0.1], [0.3]])  # two teacher seeds, leading by 0.1 and 0.3 on every case
+    lead = teacher_lead_interval(teacher, base)
+    assert lead.estimate == pytest.approx(0.2)
+    # the cases are drawn once for both sides, so their spread cancels: only the teacher's seeds are left
+    assert lead.low == pytest.approx(0.1) and lead.high == pytest.approx(0.3)
+    unresolved = teacher_lead_interval(base[:2] + np.array([[-0.1], [0.1]]), base)
+    assert unresolved.low < 0 < unresolved.high
+    with pytest.raises(ValueError, match="same cases"):
+        teacher_lead_interval(np.zeros((2, 3)), np.zeros((5, 4)))
 
 
 def test_shapes_are_checked() -> None:

@@ -81,17 +81,22 @@ from kd_lab.benchmark.collect import (
     read_brats_scores,
 )
 from kd_lab.benchmark.costs import measure_costs, measure_inference, network_sizes
-from kd_lab.benchmark.graph import benchmark_stages, run_benchmark, run_dir
+from kd_lab.benchmark.graph import benchmark_stages, regime_results, regime_rows, run_benchmark
 from kd_lab.benchmark.plan import (
     GUIDANCE_SECONDS,
+    REGIMES,
     SELECTION_RULES,
     BenchmarkSettings,
     cli_overrides,
     estimate_seconds,
     row_schedule,
+    run_dir,
+    run_name,
     schedule,
     split_cases,
+    student_cases,
     teacher_seed_for,
+    training_datalist,
 )
 from kd_lab.benchmark.rows import BRANCH_ROWS, ROW_SETS, ROWS, ROWS_BY_KEY, Row, expand_rows, selected_rows
 
@@ -100,6 +105,7 @@ __all__ = [
     "BRATS_METRICS",
     "GUIDANCE_SECONDS",
     "METRICS",
+    "REGIMES",
     "RESULTS_INDENT",
     "ROWS",
     "ROWS_BY_KEY",
@@ -119,11 +125,16 @@ __all__ = [
     "measure_inference",
     "network_sizes",
     "read_brats_scores",
+    "regime_results",
+    "regime_rows",
     "row_schedule",
     "run_benchmark",
     "run_dir",
+    "run_name",
     "schedule",
     "selected_rows",
     "split_cases",
+    "student_cases",
     "teacher_seed_for",
+    "training_datalist",
 ]

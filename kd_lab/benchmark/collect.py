@@ -26,8 +26,14 @@ from kd_lab.benchmark.plan import (
     teacher_seed_for,
 )
 from kd_lab.benchmark.rows import selected_rows
-from kd_lab.report import read_metrics, read_per_case
-from kd_lab.statistics import finite_mean, gap_closed_interval, mean_interval, paired_difference
+from kd_lab.report import read_metrics, read_per_case, read_scalars
+from kd_lab.statistics import (
+    finite_mean,
+    gap_closed_interval,
+    mean_interval,
+    paired_difference,
+    teacher_lead_interval,
+)
 
 __all__ = [
     "BRATS_METRICS",
@@ -110,24 +116,25 @@ def read_brats_scores(evaluation_dir: Path, cases: Sequence[str]) -> dict[str, l
     return scores
 
 
-def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
-    """Per row: the aggregated test metrics of each seed (``metrics.csv``), the per-(seed, case) scores of every
-    metric (``*_raw.csv``), mean and standard deviation over seeds, and the bootstrap statistics
+def collect_results(settings: BenchmarkSettings, regime: str) -> dict[str, Any]:
+    """Per row of ``regime`` (the teachers, shared by the regimes, and the students trained in it): the aggregated
+    test metrics of each seed (``metrics.csv``), the per-(seed, case) scores of every metric (``*_raw.csv``), mean
+    and standard deviation over seeds, the teachers' validation curves, and the bootstrap statistics
     (:func:`add_statistics`)."""
     cases = held_out_cases(settings)
     results: dict[str, Any] = {}
     for row in selected_rows(settings):
         seeds = row_seeds(settings, row)
-        per_seed = {seed: read_metrics(run_dir(settings, row, seed) / "test") for seed in seeds}
+        folders = {seed: run_dir(settings, row, seed, None if row.kind == "teacher" else regime) for seed in seeds}
+        per_seed = {seed: read_metrics(folders[seed] / "test") for seed in seeds}
         per_case_by_seed = {
-            seed: read_case_scores(run_dir(settings, row, seed) / "test", cases)
-            | read_brats_scores(run_dir(settings, row, seed) / "test", cases)
+            seed: read_case_scores(folders[seed] / "test", cases) | read_brats_scores(folders[seed] / "test", cases)
             for seed in seeds
         }
         per_case = {"cases": cases} | {m: [per_case_by_seed[s][m] for s in seeds] for m in (*METRICS, *BRATS_METRICS)}
-        diagnostics = [run_dir(settings, row, seed) / "runs" / BRANCH_DIAGNOSTICS_FILE for seed in seeds]
+        diagnostics = [folders[seed] / "runs" / BRANCH_DIAGNOSTICS_FILE for seed in seeds]
         diagnostics = [json.loads(p.read_text()) for p in diagnostics if p.is_file()]
-        probes = [run_dir(settings, row, seed) / "probe" / "probe.json" for seed in seeds]
+        probes = [folders[seed] / "probe" / "probe.json" for seed in seeds]
         probe = [json.loads(p.read_text()) for p in probes] if settings.probe_cases else None
         summary = {}
         for key in sorted(next(iter(per_seed.values()))):
@@ -141,7 +148,7 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             }
             if key in METRICS:  # the same, from the per-case scores: per seed the mean over the test cases
                 summary[key]["case_means"] = [finite_mean(v) for v in per_case[key]]
-        epochs, _, per_epoch = row_schedule(settings, row)
+        epochs, _, per_epoch = row_schedule(settings, row, None if row.kind == "teacher" else regime)
         results[row.key] = {
             "label": row.label,
             "kind": row.kind,
@@ -157,6 +164,10 @@ def collect_results(settings: BenchmarkSettings) -> dict[str, Any]:
             "summary": summary,
             "probe": probe,
             "branch_diagnostics": diagnostics or None,
+            # a teacher's validation mean Dice over its training, per seed: [[epoch, Dice], ...]
+            "validation_curve": [read_scalars(folders[s] / "runs").get("val_mean_dice", []) for s in seeds]
+            if row.kind == "teacher"
+            else None,
         }
     return add_statistics(results, settings.bootstrap_resamples, settings.bootstrap_seed)
 
@@ -167,7 +178,8 @@ def add_statistics(
     """Add ``statistics`` to each row of ``rows`` (as :func:`collect_results` builds them, ``per_case`` holding
     a ``(seeds, cases)`` list per metric): per metric the mean with its bootstrap interval and, for every row
     trained on the same seeds as ``base`` (except ``base`` itself), the paired difference to ``base`` and the
-    gap closed towards ``teacher`` (see :mod:`kd_lab.statistics`); for a ``post_`` metric of
+    gap closed towards ``teacher`` (see :mod:`kd_lab.statistics`); for ``teacher``, ``lead``, its lead over ``base``
+    (:func:`~kd_lab.statistics.teacher_lead_interval`); for a ``post_`` metric of
     :data:`BRATS_METRICS` also ``postprocessing_effect``, its paired difference to the same score without
     post-processing. Intervals are
     :meth:`~kd_lab.statistics.Interval.as_dict`; absent statistics are None. Returns ``rows``."""
@@ -191,6 +203,8 @@ def add_statistics(
                 if teacher in rows:
                     gap = gap_closed_interval(own, reference, scores(teacher, metric), **options)
                     entry["gap_closed"] = gap.as_dict()
+            if key == teacher and base in rows:  # the teacher's lead over the label-only student, seeds of its own
+                entry["lead"] = teacher_lead_interval(own, scores(base, metric), **options).as_dict()
             if metric.startswith("post_") and metric[len("post_") :] in row["per_case"]:
                 # what the bundle's post-processing changes, paired over the same seeds and cases
                 raw = scores(key, metric[len("post_") :])

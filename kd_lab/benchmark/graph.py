@@ -15,46 +15,83 @@ from kd_components.io import save_json_atomic
 from kd_lab.benchmark.collect import BRATS_FILES, METRICS, RESULTS_INDENT, collect_results, environment, jsonable
 from kd_lab.benchmark.costs import measure_costs, network_sizes
 from kd_lab.benchmark.plan import (
+    REGIMES,
     BenchmarkSettings,
     cli_overrides,
     estimate_seconds,
     held_out_datalist,
     row_schedule,
     run_dir,
+    run_name,
     split_cases,
+    student_cases,
     teacher_seed_for,
+    training_datalist,
 )
 from kd_lab.benchmark.rows import ROWS_BY_KEY, Row, selected_rows
 from kd_lab.demo import STUDENT_BUNDLE, TEACHER_BUNDLE, bundle_command, config_files
 from kd_lab.stages import Stage, StageRunner, brats_kd_command
 
-__all__ = ["benchmark_stages", "probe_run", "run_benchmark", "write_datalists"]
+__all__ = [
+    "benchmark_stages",
+    "probe_run",
+    "regime_results",
+    "regime_rows",
+    "run_benchmark",
+    "write_datalists",
+    "write_teacher_datalist",
+]
 
 
-def write_datalists(settings: BenchmarkSettings) -> None:
-    """Validate the phantoms, then write ``datalist.json`` (training: labelled = fold 1, validation = fold 0;
-    testing: the unlabelled scans, without labels) and ``test_datalist.json`` (the test cases as fold 0)."""
+def _datalist_parts(settings: BenchmarkSettings) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, list]]:
+    """Validate the phantoms: (the datalist's common keys, entries by case id, the cases' roles)."""
     data = settings.output_dir / "data"
     full = build_datalist(validate_cases(discover_cases(data)), data, num_folds=2)
     entries = {e["case_id"]: e for e in full["training"]}
-    roles = split_cases(list(entries), settings)
-    train = [entries[c] | {"fold": 1} for c in roles["labelled"]] + [
-        entries[c] | {"fold": 0} for c in roles["validation"]
-    ]
-    unlabelled = [{k: v for k, v in entries[c].items() if k in ("case_id", "image")} for c in roles["unlabelled"]]
-    test = [entries[c] | {"fold": 0} for c in roles["test"]]
     common = {k: full[k] for k in ("modalities", "labels", "regions", "et_label")}
+    return common, entries, split_cases(list(entries), settings)
+
+
+def _training_datalist(settings: BenchmarkSettings, regime: str | None, unlabelled: bool) -> None:
+    """Write :func:`~kd_lab.benchmark.plan.training_datalist` of the teachers (``regime`` None) or of a regime:
+    labelled training cases = fold 1, validation = fold 0; ``testing``: the unlabelled scans without labels (when
+    ``unlabelled``)."""
+    common, entries, roles = _datalist_parts(settings)
+    labelled = roles["teacher"] if regime is None else student_cases(roles, settings, regime)
+    scans = [{k: v for k, v in entries[c].items() if k in ("case_id", "image")} for c in roles["unlabelled"]]
     save_json_atomic(
-        common | {"name": "benchmark", "roles": roles, "training": train, "testing": unlabelled},
-        settings.output_dir / "datalist.json",
+        common
+        | {
+            "name": f"benchmark, {regime or 'teacher'}",
+            "roles": (roles if regime else {"validation": roles["validation"]}) | {"labelled": labelled},
+            "training": [entries[c] | {"fold": 1} for c in labelled]
+            + [entries[c] | {"fold": 0} for c in roles["validation"]],
+            "testing": scans if unlabelled else [],
+        },
+        training_datalist(settings, regime),
     )
+
+
+def write_teacher_datalist(settings: BenchmarkSettings) -> None:
+    """The teachers' training datalist: every labelled training case and the validation cases (no unlabelled scans:
+    a teacher never reads them). Its own stage, so that a change of the students' split does not retrain them."""
+    _training_datalist(settings, None, unlabelled=False)
+
+
+def write_datalists(settings: BenchmarkSettings) -> None:
+    """Each regime's training datalist and ``test_datalist.json`` (the test cases as fold 0)."""
+    for regime in REGIMES:
+        _training_datalist(settings, regime, unlabelled=True)
+    common, entries, roles = _datalist_parts(settings)
+    test = [entries[c] | {"fold": 0} for c in roles["test"]]
     save_json_atomic(
         common | {"name": "benchmark test set", "training": test, "testing": []}, held_out_datalist(settings)
     )
 
 
 def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
-    """Data, datalists, then per seed: teacher training, each student row, and each row's test evaluation."""
+    """Data, datalists, then the teachers of every seed, then per seed and regime each student row; every run
+    trained, tested on the held-out cases and probed."""
     out = settings.output_dir
     data = out / "data"
     stages = [
@@ -70,39 +107,51 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
             description=f"{settings.num_cases} phantom cases (seed {settings.data_seed}) -> {data}",
         ),
         Stage(
+            "teacher_datalist",
+            action=lambda: write_teacher_datalist(settings),
+            outputs=(training_datalist(settings, None),),
+            depends_on=("phantoms",),
+            params={k: getattr(settings, k) for k in ("data_seed", "teacher_labelled", "validation")},
+            description="validating every case; the teachers' datalist",
+        ),
+        Stage(
             "datalists",
             action=lambda: write_datalists(settings),
-            outputs=(out / "datalist.json", held_out_datalist(settings)),
+            outputs=(*(training_datalist(settings, r) for r in REGIMES), held_out_datalist(settings)),
             depends_on=("phantoms",),
-            params={k: getattr(settings, k) for k in ("data_seed", "labelled", "validation", "unlabelled", "test")},
-            description="validating every case; benchmark datalist and held-out test datalist",
+            params={
+                k: getattr(settings, k)
+                for k in ("data_seed", "teacher_labelled", "labelled", "validation", "unlabelled", "test")
+            },
+            description="each regime's datalist and the held-out test datalist",
         ),
     ]
     common = ["--dataset_dir", str(data), "--batch_size", str(settings.batch_size)]
     rows = selected_rows(settings)
     teachers = [r for r in rows if r.kind == "teacher"]
     students = [r for r in rows if r.kind != "teacher"]
-    # the teachers first (every student needs one), then seed by seed every student row
-    runs = [(t, seed) for t in teachers for seed in settings.teacher_seeds]
-    runs += [(r, s) for s in settings.seeds for r in students]
-    for row, seed in runs:
-        folder = run_dir(settings, row, seed)
+    # the teachers first (every student needs one), then seed by seed and regime by regime every student row
+    runs: list[tuple[Row, int, str | None]] = [(t, seed, None) for t in teachers for seed in settings.teacher_seeds]
+    runs += [(r, s, regime) for s in settings.seeds for regime in settings.regimes for r in students]
+    for row, seed, regime in runs:
+        folder = run_dir(settings, row, seed, regime)
         bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
-        epochs, val_interval, per_epoch = row_schedule(settings, row)
+        epochs, val_interval, per_epoch = row_schedule(settings, row, regime)
         args = [*common, "--seed", str(seed), *row.overrides, "--ckpt_dir", str(folder / "models")]
         train_args = [
             *args,
             *("--preprocessed_dir", str(out / "preprocessed")),  # one store for every row and seed
-            *("--data_list_file_path", str(out / "datalist.json")),
+            *("--data_list_file_path", str(training_datalist(settings, regime))),
             *("--epochs", str(epochs), "--val_interval", str(val_interval)),
         ]
-        deps: tuple[str, ...] = ("datalists",)
+        deps: tuple[str, ...] = ("teacher_datalist",) if row.kind == "teacher" else ("datalists",)
         if row.kind == "student":
             teacher_seed = teacher_seed_for(settings, seed)
             teacher = ROWS_BY_KEY[row.teacher]
             train_args += ["--teacher_ckpt", str(run_dir(settings, teacher, teacher_seed) / "models" / "model.pt")]
-            deps += (f"{teacher.key}_seed{teacher_seed}_train",)
-        name = f"{row.key}_seed{seed}"
+            deps += (f"{run_name(teacher, teacher_seed)}_train",)
+        name = run_name(row, seed, regime)
+        where = f"{row.label}, seed {seed}" + (f", {regime} regime" if regime else "")
         stages.append(
             Stage(
                 f"{name}_train",
@@ -119,7 +168,7 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
                 owned_dirs=(folder / "models", folder / "runs"),
                 depends_on=deps,
                 resume_dir=folder / "models",
-                description=f"{row.label}, seed {seed}: {epochs} epochs x {per_epoch} batches",
+                description=f"{where}: {epochs} epochs x {per_epoch} batches",
             ),
         )
         stages.append(
@@ -141,34 +190,34 @@ def benchmark_stages(settings: BenchmarkSettings) -> list[Stage]:
                     *(folder / "test" / f for f in BRATS_FILES.values()),
                 ),
                 owned_dirs=(folder / "test",),
-                depends_on=(f"{name}_train",),
-                description=f"{row.label}, seed {seed}: Dice and HD95 on the {settings.test} test cases",
+                depends_on=(f"{name}_train", "datalists"),
+                description=f"{where}: Dice and HD95 on the {settings.test} test cases",
             ),
         )
         if settings.probe_cases:
             stages.append(
                 Stage(
                     f"{name}_probe",
-                    action=lambda row=row, seed=seed: probe_run(settings, row, seed),
+                    action=lambda row=row, seed=seed, regime=regime: probe_run(settings, row, seed, regime),
                     params={"probe_cases": settings.probe_cases, "overrides": list(row.overrides)},
                     inputs=config_files(bundle, ("inference.json", "demo.json")),
                     outputs=(folder / "probe" / "probe.json",),
                     owned_dirs=(folder / "probe",),
                     depends_on=(f"{name}_train",),
-                    description=f"{row.label}, seed {seed}: {settings.probe_cases} healthy and unseen-seed phantoms",
+                    description=f"{where}: {settings.probe_cases} healthy and unseen-seed phantoms",
                 ),
             )
     return stages
 
 
-def probe_run(settings: BenchmarkSettings, row: Row, seed: int) -> None:
+def probe_run(settings: BenchmarkSettings, row: Row, seed: int, regime: str | None = None) -> None:
     """The false-positive probe of one trained run (:func:`kd_components.evaluation.false_positives.measure`, with
     the bundle's ``inference.json``, its demo overlay and the row's overrides) -> ``<run>/probe/probe.json``."""
     from kd_components.evaluation.false_positives import make_probe_data, measure
     from kd_components.segment import Segmenter
 
     bundle = TEACHER_BUNDLE if row.kind == "teacher" else STUDENT_BUNDLE
-    folder = run_dir(settings, row, seed)
+    folder = run_dir(settings, row, seed, regime)
     overlay = json.loads((bundle / "configs" / "demo.json").read_text())
     segmenter = Segmenter(
         bundle, folder / "models" / "model.pt", overrides=overlay | cli_overrides(row.overrides), log=lambda line: None
@@ -180,19 +229,24 @@ def probe_run(settings: BenchmarkSettings, row: Row, seed: int) -> None:
 def run_benchmark(
     settings: BenchmarkSettings, fresh: bool = False, timing: bool = True, command: str = ""
 ) -> dict[str, Any]:
-    """Train and test every row for every seed (restartable; ``settings.jobs`` stages at a time), measure inference
-    cost, return everything (also saved as ``OUTPUT_DIR/results.json``, with ``command``, the command line that
-    ran it)."""
+    """Train and test every row for every seed and regime (restartable; ``settings.jobs`` stages at a time), measure
+    inference cost, return everything (also saved as ``OUTPUT_DIR/results.json``, with ``command``, the command line
+    that ran it): ``regimes`` maps each regime to its rows (:func:`collect_results`)."""
     runner = StageRunner(settings.output_dir / ".stages", fresh=fresh)
     estimate = estimate_seconds(settings)["total"]
     print(f"[benchmark] a fresh run takes about {estimate / 3600:.1f} h on 2 CPU cores (finished stages are reused)")
     if settings.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:  # share the cores between the parallel stages
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.jobs))
     runner.run_all(benchmark_stages(settings), jobs=settings.jobs)
-    results = {"command": command, "settings": jsonable(asdict(settings)), "rows": collect_results(settings)}
+    results = {
+        "command": command,
+        "settings": jsonable(asdict(settings)),
+        "regimes": {regime: collect_results(settings, regime) for regime in settings.regimes},
+    }
     results["estimate_seconds"] = estimate_seconds(settings)
     results["environment"] = environment(settings.jobs)
-    results["sizes"] = network_sizes([row["network"] for row in results["rows"].values()], settings.timing_roi)
+    networks = [row["network"] for rows in results["regimes"].values() for row in rows.values()]
+    results["sizes"] = network_sizes(networks, settings.timing_roi)
     cost_path = settings.output_dir / "inference_cost.json"
     if timing:
         measure_costs(settings)
@@ -202,3 +256,20 @@ def run_benchmark(
     results["stage_seconds_recorded"] = runner.recorded
     save_json_atomic(jsonable(results), settings.output_dir / "results.json", indent=RESULTS_INDENT)
     return results
+
+
+def regime_results(results: dict[str, Any], regime: str) -> dict[str, Any]:
+    """The view of ``results`` that one regime's page shows: its rows as ``rows`` and its name as ``regime``."""
+    return results | {"rows": results["regimes"][regime], "regime": regime}
+
+
+def regime_rows(results: dict[str, Any], regime: str | None = None) -> dict[str, Any]:
+    """The rows of ``regime`` in a ``results.json`` (``regime`` None: its only regime), or the rows of a results.json
+    made before the regimes (``rows``, the teacher trained on the students' labelled cases)."""
+    if "regimes" not in results:
+        return results["rows"]
+    if regime is None:
+        if len(results["regimes"]) != 1:
+            raise ValueError(f"the results hold the regimes {sorted(results['regimes'])}: name one")
+        (regime,) = results["regimes"]
+    return results["regimes"][regime]

@@ -12,7 +12,7 @@ from kd_components.networks.candidates import DEFAULT_CANDIDATE, MODEL_ZOO_SEGRE
 if TYPE_CHECKING:
     from kd_lab.benchmark.plan import BenchmarkSettings
 
-__all__ = ["BRANCH_ROWS", "ROWS", "ROWS_BY_KEY", "ROW_SETS", "Row", "expand_rows", "selected_rows"]
+__all__ = ["BRANCH_ROWS", "DEFAULT_ROWS", "ROWS", "ROWS_BY_KEY", "ROW_SETS", "Row", "expand_rows", "selected_rows"]
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,11 @@ BRANCH_ROWS: tuple[str, ...] = (
     "features_cnn_vit",
 )
 ROWS_BY_KEY: dict[str, Row] = {r.key: r for r in ROWS}
+#: The rows of the results pages: the label-only student, soft-target KD, soft-target and feature KD, the same with
+#: the unlabelled scans paired and their patches guided by the teacher, and the model-zoo SegResNet (the hybrid
+#: teacher comes with every run). The unlabelled scans without guidance, interleaved, or with pseudo-labels, the
+#: student search's ``kd_*`` rows and the :data:`BRANCH_ROWS` are rows a run can name (``--rows``).
+DEFAULT_ROWS: tuple[str, ...] = ("labels_only", "soft", "soft_feature", "guided_paired", "segresnet16")
 #: Named row sets, each the rows of one page, for ``scripts/benchmark_kd.py --rows NAME`` (and the Makefile's targets):
 #: ``branches`` is ``docs/branches.md`` (``features_cnn_vit`` of :data:`BRANCH_ROWS` was never run there), ``students``
 #: is ``docs/students_kd.md``, the Dice half of the CPU student search (every other candidate with KD).
