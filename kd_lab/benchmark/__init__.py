@@ -1,31 +1,35 @@
-"""The project's comparison: teacher vs distilled students vs label-only students, under a shortage of labels.
+"""The project's comparison: teacher vs distilled students vs label-only students, in two regimes of real use.
 
-Regime (see ``docs/results.md`` for the measured table; every number below is a default of
-:class:`BenchmarkSettings` and an option of ``scripts/benchmark_kd.py``):
+Regime (see ``docs/results_scarce.md`` and ``docs/results_compression.md`` for the measured tables; every number
+below is a default of :class:`BenchmarkSettings` and an option of ``scripts/benchmark_kd.py``):
 
-- **Data.** One phantom data set (``data_seed``; case *i* depends only on the seed and *i*), split by
-  case index into 6 labelled training cases, 2 labelled validation cases, 12 unlabelled scans (their
-  segmentations are never read: the datalist lists them without a label) and 24 held-out labelled test
-  cases on which every row is scored. Test cases cost only inference, so there are many of them: with
-  8 (the earlier regime) the interval of a mean was wider than most differences between rows.
-- **Model selection.** ``selection="last"`` (default): one validation, after the last epoch, so
-  ``model.pt`` holds the final weights (the cosine schedule ends near a learning rate of 0). Choosing
-  the best of 4 validations on 2 cases (``selection="best"``, the earlier rule) selects by the Dice of
-  two cases, as much noise as quality, and more validation cases would cost every run their inference.
-- **Teacher.** The demo ``HybridTeacher`` trained on the labelled cases only, ``teacher_steps``
-  optimizer steps, once per seed in ``teacher_seeds`` (default 0 and 1).
-- **Students.** Every student row gets the same ``student_steps`` optimizer steps (not epochs: an
+- **Data.** One phantom data set (``data_seed``; case *i* depends only on the seed and *i*), split by case index into
+  48 labelled training cases (``teacher_labelled``), 4 labelled validation cases, 24 unlabelled scans (their
+  segmentations are never read: the datalists list them without a label) and 24 held-out labelled test cases on which
+  every row is scored.
+- **Teacher, as in real use.** The demo ``HybridTeacher`` of each seed in ``teacher_seeds`` (default 0 and 1) trains
+  once, on every labelled training case, with a long budget (``teacher_steps``, 1200: more than 10x a student's),
+  validated ``teacher_validations`` times (its curve is on the page; its ``model.pt`` is the best validation). It is
+  one cached stage (``teacher_seed<k>_train``, fed by its own datalist stage so that a change of the students' split
+  does not retrain it), reused by every student row, seed and regime.
+- **Student regimes** (``regimes``, one page each): ``scarce``, a student has the first ``labelled`` (6) of the
+  teacher's labelled cases and the unlabelled scans; ``compression``, a student has every labelled case the teacher
+  had. Each regime has its own training datalist (:func:`~kd_lab.benchmark.plan.training_datalist`) and run folders
+  (``runs/<regime>/<row>_seed<s>``).
+- **Model selection.** ``selection="last"`` (default): a student validates once, after the last epoch, so
+  ``model.pt`` holds the final weights (the cosine schedule ends near a learning rate of 0). Choosing the best of a
+  few validations on a handful of cases (``selection="best"``) selects as much by noise as by quality.
+- **Students.** Every student row gets the same ``student_steps`` optimizer steps (108; not epochs: an
   epoch with interleaved unlabelled batches has more batches), the same data, augmentation, schedule
-  and seeds. Rows: labels only; + soft-target KD; + soft-target and feature KD; the same with the
-  unlabelled scans paired with the labelled batches (each step one labelled and one unlabelled batch, so
-  as many labelled batches are seen as in the label-only row); the same with the unlabelled patches centred
-  in the tumour the teacher predicts (``--unlabelled_sampling teacher``, :mod:`kd_components.data.guidance`), and
-  with the teacher's confident predictions as pseudo-labels on top (``--pseudo_weight 1``); MONAI's model-zoo BraTS
-  SegResNet (``init_filters`` 16, blocks 1-2-2-4) on labels only. The unlabelled scans *interleaved* (batches of
-  their own, each an optimizer step: a third of the labelled batches of the other rows at equal steps)
-  is a row too, but not a default one (``--rows ... soft_feature_unlabelled``); so is each other candidate of
-  the CPU student search with soft-target and feature KD (``kd_<name>``, one per entry of
-  :data:`~kd_components.networks.candidates.STUDENT_CANDIDATES`; ``scripts/benchmark_students.py``).
+  and seeds. Default rows (:data:`~kd_lab.benchmark.rows.DEFAULT_ROWS`): labels only; + soft-target KD; + soft-target
+  and feature KD; the same with the unlabelled scans paired with the labelled batches (each step one labelled and one
+  unlabelled batch) and their patches centred in the tumour the teacher predicts (``--unlabelled_sampling teacher``,
+  :mod:`kd_components.data.guidance`); MONAI's model-zoo BraTS SegResNet (``init_filters`` 16, blocks 1-2-2-4) on
+  labels only. Other rows a run can name (``--rows``): the unlabelled scans paired without guidance, interleaved
+  (batches of their own, each an optimizer step) or with the teacher's confident predictions as pseudo-labels
+  (``--pseudo_weight 1``); each other candidate of the CPU student search with soft-target and feature KD
+  (``kd_<name>``, one per entry of :data:`~kd_components.networks.candidates.STUDENT_CANDIDATES`;
+  ``scripts/benchmark_students.py``); the teacher-branch rows of :data:`~kd_lab.benchmark.rows.BRANCH_ROWS`.
 - **Seeds (paired).** Each student row is trained with every seed in ``seeds`` (default 0-4; the data
   split is fixed, the seed sets initialisation, patch sampling, augmentation and batch order), so rows
   are compared seed by seed. The *i*-th student seed distils the teacher of
@@ -35,7 +39,9 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
   (``per_case``, from the ``*_raw.csv`` files of MONAI's ``MetricsSaver`` in ``evaluate.json``), the
   per-seed aggregates (``per_seed``, ``summary``) and (:func:`add_statistics`) the mean with a 95 %
   bootstrap interval over seeds and cases, the paired difference to the label-only student and the gap
-  closed, each with its interval (:mod:`kd_lab.statistics` says what is resampled).
+  closed, each with its interval, and the teacher's lead over the label-only student (its own seeds, the same
+  cases); :mod:`kd_lab.statistics` says what is resampled. The page gives the gap closed only where that lead is
+  resolved.
 - **BraTS challenge metrics.** ``evaluate.json`` also scores every test case as the BraTS evaluation does
   (panoptica; lesion-wise Dice and HD95, the empty-region rule; :mod:`kd_components.evaluation.lesions`), once as
   the network outputs it (``brats_metrics.csv``) and once after the bundle's post-processing
@@ -55,14 +61,15 @@ Regime (see ``docs/results.md`` for the measured table; every number below is a 
 
 Time budget (:func:`estimate_seconds`, printed by ``scripts/benchmark_kd.py --estimate``). The model:
 a label-only student step costs :data:`STEP_SECONDS` (0.4 s; the other rows a multiple,
-:attr:`Row.step_cost`: KD 1.3, paired 2.5, SegResNet-16 4.4, demo teacher 2.2), evaluating one phantom case
+:attr:`Row.step_cost`: KD 1.3, paired 2.5, SegResNet-16 4.4, demo teacher 3.5), evaluating one phantom case
 :data:`CASE_SECONDS` (0.85 s for the student, sliding window and every metric; teacher 4x, SegResNet-16 6x),
 starting a bundle process :data:`START_SECONDS` (10 s), a phantom 1 s; the false-positive probe segments its
 cases at the cost of a test case each, and the teacher-guided rows segment each unlabelled scan once per teacher
 (:data:`GUIDANCE_SECONDS`, 4 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
 (bf16 training, the strided student; the 2026-11-29 run of ``docs/results.md``): a student trains in 30-50 s and
 is tested in 30 s; a teacher trains in 2-2.5 min and is tested in 1.5 min (6 min for the seed-1 teacher, whose
-many small false-positive components slow the lesion-wise matching). Treat it as +-30 %.
+many small false-positive components slow the lesion-wise matching). The teacher's step was refitted to its long
+training (epochs of 24 steps in 33-34 s on the idle CPU, 2026-12-07). Treat it as +-30 %.
 
 Every training and evaluation is a stage of :class:`~kd_lab.stages.StageRunner`, so
 an interrupted benchmark continues where it stopped when the same command is run again.
