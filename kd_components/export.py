@@ -59,7 +59,11 @@ def load_network(network: nn.Module, ckpt_file: str | os.PathLike[str] | None, k
     """
     if ckpt_file is not None:
         state = read_state_dict(ckpt_file, "checkpoint", key)
-        hint = " (is it the other bundle's checkpoint, or weights of another network_def?)"
+        hint = (
+            " (is it the other bundle's checkpoint, or weights of another network_def? Weights trained with a config "
+            "overlay such as the bundle's configs/demo.json need that overlay to run: brats-kd segment --config FILE, "
+            "or monai.bundle's --config_file list)"
+        )
         load_checked(network, state, f"checkpoint {ckpt_file}", hint)
     return network.eval()
 

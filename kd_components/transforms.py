@@ -160,6 +160,31 @@ class RegionsToBratsLabelsd(MapTransform):
         return d
 
 
+class NestRegionsd(MapTransform):
+    """Binary ``[TC, WT, ET]`` channels ``(3, H, W, D)`` -> the regions of the label map they are written as:
+    TC | ET, WT | TC | ET, ET (the precedence of :func:`regions_to_labels`, read back as BraTS reads a label map).
+
+    A network's three sigmoid channels need not be nested (an ET voxel outside its TC), but every label map it
+    writes is, and the challenge scores the label map. Validation and ``evaluate.json`` score the nested channels,
+    so their numbers are those of ``brats-kd segment``'s label maps scored by ``brats-kd evaluate``.
+    """
+
+    backend = (TransformBackends.TORCH, TransformBackends.NUMPY)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            regions = d[key]
+            if regions.shape[0] != len(REGIONS):
+                raise ValueError(f"expected {len(REGIONS)} region channels {REGIONS} in dim 0, got {regions.shape}")
+            tc = (regions[TC_INDEX] > 0) | (regions[ET_INDEX] > 0)
+            nested = regions.clone() if isinstance(regions, torch.Tensor) else np.array(regions, copy=True)
+            nested[TC_INDEX] = tc
+            nested[WT_INDEX] = tc | (regions[WT_INDEX] > 0)
+            d[key] = nested
+        return d
+
+
 def brain_mask(image: NdarrayOrTensor, channel_dim: int = 0) -> NdarrayOrTensor:
     """Brain voxels of a skull-stripped multi-channel image: uint8, 1 where any channel is non-zero.
 
@@ -333,6 +358,7 @@ __all__ = [
     "CaseIdToMetad",
     "CropToBraind",
     "DropNonFinited",
+    "NestRegionsd",
     "RegionsToBratsLabels",
     "RegionsToBratsLabelsd",
     "all_finite",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +164,20 @@ def test_segment_no_postprocess_turns_the_bundle_setting_off() -> None:
     parse = build_parser().parse_args
     assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--no-postprocess"])) == {"postprocess": False}
     assert _segment_overrides(parse(["segment", "cases", "-o", "out", "--sw-overlap", "0.25"])) == {"sw_overlap": 0.25}
+
+
+def test_segment_config_overlays_apply_in_order_before_its_own_options(tmp_path: Path) -> None:
+    """``--config FILE``: the overlays a network was trained with (the demo's ``configs/demo.json``) reach the bundle's
+    inference.json, later files and the command's own options winning; a file that is not a JSON object is named."""
+    parse = build_parser().parse_args
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"teacher_config": "demo", "patch_size": [64, 64, 64], "sw_overlap": 0.1}))
+    second.write_text(json.dumps({"patch_size": [32, 32, 32]}))
+    args = parse(["segment", "cases", "-o", "out", "--config", str(first), str(second), "--sw-overlap", "0.5"])
+    assert _segment_overrides(args) == {"teacher_config": "demo", "patch_size": [32, 32, 32], "sw_overlap": 0.5}
+    for content, why in (("[1, 2]", "expected a JSON object"), ("{", "not JSON")):
+        first.write_text(content)
+        with pytest.raises(ValueError, match=f"--config {first}: {why}"):
+            _segment_overrides(parse(["segment", "cases", "-o", "out", "--config", str(first)]))
+    with pytest.raises(ValueError, match="cannot be read"):
+        _segment_overrides(parse(["segment", "cases", "-o", "out", "--config", str(tmp_path / "missing.json")]))

@@ -12,6 +12,7 @@ from kd_components.constants import ET_LABEL, LEGACY_ET_LABEL, REGIONS
 from kd_components.transforms import (
     BratsLabelsToRegions,
     BratsLabelsToRegionsd,
+    NestRegionsd,
     RegionsToBratsLabels,
     RegionsToBratsLabelsd,
     regions_to_labels,
@@ -87,3 +88,37 @@ def test_dictionary_transforms_name_the_file_and_keep_metadata() -> None:
     bad[0, 0, 0, 0] = 4
     with pytest.raises(ValueError, match=r"case-seg\.nii\.gz: unknown label values"):
         BratsLabelsToRegionsd("label")({"label": bad})
+
+
+def test_nested_regions_are_those_of_the_label_map_they_are_written_as() -> None:
+    torch.manual_seed(0)
+    regions = (torch.rand(3, 6, 5, 4) > 0.5).float()  # not nested: ET outside TC, TC outside WT
+    nested = NestRegionsd("pred")({"pred": regions})["pred"]
+    read_back = BratsLabelsToRegions()(regions_to_labels(regions))
+    assert torch.equal(nested.bool(), read_back.bool())
+    assert nested.shape == regions.shape and nested.dtype == regions.dtype
+    assert torch.equal(NestRegionsd("pred")({"pred": nested})["pred"], nested)  # nested already: unchanged
+    array = NestRegionsd("pred")({"pred": regions.numpy()})["pred"]
+    np.testing.assert_array_equal(array, nested.numpy())
+    with pytest.raises(ValueError, match="region channels"):
+        NestRegionsd("pred")({"pred": regions[:2]})
+
+
+@pytest.mark.parametrize("bundle", ["hybrid_teacher", "distilled_student"])
+def test_validation_and_evaluation_score_the_label_map_the_bundle_writes(bundle: str) -> None:
+    """``validate#postprocessing`` (validation during training and ``evaluate.json``) thresholds the logits and scores
+    the regions of the label map ``inference.json`` and ``brats-kd segment`` write (:func:`regions_to_labels`), not
+    the three channels on their own: an ET voxel outside the predicted TC counts in TC, as it does in the label map."""
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import REPO_ROOT
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / bundle / "configs" / "train.json"))
+    postprocessing = parser.get_parsed_content("validate#postprocessing")
+    torch.manual_seed(1)
+    logits = torch.randn(3, 6, 5, 4)
+    out = postprocessing({"pred": logits, "label": torch.zeros(3, 6, 5, 4)})
+    written = BratsLabelsToRegions()(regions_to_labels(logits > 0))
+    for index, region in enumerate(REGIONS):
+        assert torch.equal(out[f"pred_{region.lower()}"][0].bool(), written[index].bool()), region

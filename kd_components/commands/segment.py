@@ -42,6 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument("--bundle", type=Path, help="bundle folder (default: the distilled student of this package)")
     parser.add_argument("--ckpt", type=Path, help="weights (default: <bundle>/models/model.pt)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="bundle config overlays (JSON) applied onto the bundle's inference.json, in order: the ones the weights "
+        "were trained with, e.g. <bundle>/configs/demo.json for a network trained with the demo overlay",
+    )
     parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: OpenVINO on a CPU, PyTorch on CUDA")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="int8: OpenVINO, NNCF-quantized")
     parser.add_argument("--device", help="device of the torch engine (default: cuda:0 if available, else cpu)")
@@ -88,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if args.watch is not None and (any(files.values()) or not args.inputs or args.watch <= 0):
         print("error: --watch takes input folders (not --t1c ... --t2f) and a positive interval", file=sys.stderr)
         return 2
+    try:
+        changed = overrides(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     found = resolve_inputs(args.inputs, files, args.case_id, output_dir=args.output)
     present = [c for c in found.cases if not c.problems]  # int8 calibrates on them, also when watching
     if args.watch is not None:
@@ -120,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             calibration_cases=(ready or present) if args.precision == "int8" else (),
             calibration_count=args.calibration_cases,
             plausibility=not args.no_plausibility_check,
-            overrides=overrides(args),
+            overrides=changed,
             log=lambda line: print(line, file=sys.stderr),
         )
     except (FileNotFoundError, EngineError, OutputDirError, CheckpointError, ExportedModelError) as err:
@@ -282,13 +296,35 @@ def _output_problems(cases: list[BratsCase], output: Path) -> list[tuple[BratsCa
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The ``inference.json`` settings the ``segment`` options change."""
+    """The ``inference.json`` settings the ``segment`` options change: the ``--config`` overlays in order, then the
+    options of their own.
+
+    Raises:
+        ValueError: an overlay that cannot be read or is not a JSON object (the message names the file).
+    """
     changed: dict[str, object] = {}
+    for path in args.config:
+        changed.update(_read_overlay(path))
     if args.sw_overlap is not None:
         changed["sw_overlap"] = args.sw_overlap
     if args.no_postprocess:
         changed["postprocess"] = False
     return changed
+
+
+def _read_overlay(path: Path) -> dict[str, object]:
+    """A ``--config`` file: a JSON object of bundle config ids (``"patch_size"``, ``"network_def#init_filters"``)."""
+    import json
+
+    try:
+        overlay = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--config {path}: cannot be read ({err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--config {path}: not JSON ({err})") from err
+    if not isinstance(overlay, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of config ids, got {type(overlay).__name__}")
+    return overlay
 
 
 def _report(failed: list[str], written: int, output: Path) -> int:
