@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from kd_components.cli import main
 from kd_components.constants import MODALITIES, case_file_name
@@ -37,7 +38,7 @@ from kd_components.segment import (
 )
 from kd_components.segment.engines import EngineError, build_engine
 from kd_components.segment.inputs import open_case, open_cases
-from kd_components.segment.report import tumour_centre, write_case_report
+from kd_components.segment.report import PANEL_HEIGHT, tumour_centre, write_case_report
 from tests.conftest import PHANTOM_PIXDIM, REPO_ROOT
 
 pytestmark = [pytest.mark.phantoms(num_cases=3, unlabelled=0, teacher=False), pytest.mark.usefixtures("one_thread")]
@@ -401,3 +402,13 @@ def test_case_report_has_the_volumes_and_slices_through_the_tumour(tmp_path: Pat
     assert paths["slices"].read_bytes().startswith(b"\x89PNG")
     empty = Segmentation("BraTS-GLI-00002-000", np.zeros_like(labels), affine, region_volumes_ml(labels * 0, affine))
     assert write_case_report(empty, background, tmp_path)["slices"].is_file()  # no tumour: the middle slices
+
+    def greenish(path: Path) -> int:
+        """Pixels where SNFH's green shows through the grey: green well above red and blue."""
+        rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return int(((rgb[..., 1] - rgb[..., 0] > 40) & (rgb[..., 1] - rgb[..., 2] > 40)).sum())
+
+    with Image.open(paths["slices"]) as picture:
+        assert picture.height > PANEL_HEIGHT
+    assert greenish(paths["slices"]) > 100  # the oedema is drawn over the slices (and in the legend's swatch)
+    assert greenish(tmp_path / "BraTS-GLI-00002-000-slices.png") < greenish(paths["slices"]) / 10  # the swatch only

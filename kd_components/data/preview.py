@@ -19,7 +19,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy import ndimage
@@ -40,6 +39,7 @@ from kd_components.io import atomic_path
 __all__ = [
     "LABEL_COLOURS",
     "axial_index",
+    "blend_overlay",
     "draw_overlay",
     "find_volume",
     "legend_handles",
@@ -163,32 +163,55 @@ def _draw_case(row: Sequence[Axes], folder: Path) -> None:
 def draw_overlay(
     axis: Axes, background: np.ndarray | None, labels: np.ndarray | None, aspect: float, title: str = "t2f + labels"
 ) -> None:
-    """t2f slice (Y, X) with the label slice (Y, X) blended on top, titled ``title``."""
+    """t2f slice (Y, X) with the label slice (Y, X) blended on top, titled ``title``.
+
+    The blend is made in NumPy and drawn as one RGB image (matplotlib composites two layers per panel several times
+    slower, and the picture is on the path of every case the Deploy app reports)."""
     if background is None:
         _blank(axis, "t2f: missing")
         return
-    show_gray(axis, background, aspect)
     if labels is None:
+        show_gray(axis, background, aspect)
         axis.set_title("t2f (no labels)", fontsize=9)
         return
+    axis.imshow(blend_overlay(background, labels), aspect=aspect, interpolation="nearest")
+    _no_ticks(axis)
+    axis.set_title(title, fontsize=9)
+
+
+def blend_overlay(background: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """A slice ``(Y, X)`` windowed to grey (:func:`show_gray`'s window) with its BraTS labels ``(Y, X)`` blended on
+    top in :data:`LABEL_COLOURS` (alpha :data:`_OVERLAY_ALPHA`): RGB ``(Y, X, 3)`` in [0, 1]."""
     labels = np.where(labels == LEGACY_ET_LABEL, ET_LABEL, labels)
     colours = np.zeros((max(LABEL_COLOURS) + 1, 4))
     for label, rgb in LABEL_COLOURS.items():
         colours[label] = (*rgb, _OVERLAY_ALPHA)
-    clipped = np.clip(labels, 0, max(LABEL_COLOURS))
-    axis.imshow(
-        clipped, cmap=ListedColormap(colours), vmin=0, vmax=max(LABEL_COLOURS), aspect=aspect, interpolation="nearest"
-    )
-    axis.set_title(title, fontsize=9)
+    overlay = colours[np.clip(labels, 0, max(LABEL_COLOURS))]  # (Y, X, RGBA); background label: alpha 0
+    alpha = overlay[..., 3:]
+    return alpha * overlay[..., :3] + (1 - alpha) * _windowed(background)[..., None]
+
+
+def _window(image: np.ndarray) -> tuple[float, float]:
+    """The grey window of a slice: 0 (or below) to the 99.5th percentile of its non-zero voxels."""
+    values = image[image != 0]
+    low, high = np.percentile(values, (0.5, 99.5)) if values.size else (0.0, 1.0)
+    return min(float(low), 0.0), max(float(high), float(low) + 1e-6)
+
+
+def _windowed(image: np.ndarray) -> np.ndarray:
+    """``image`` mapped to [0, 1] by :func:`_window`: what ``cmap="gray"`` with that window shows."""
+    low, high = _window(image)
+    return np.clip((image - low) / (high - low), 0.0, 1.0)
 
 
 def show_gray(axis: Axes, image: np.ndarray, aspect: float) -> None:
     """Grey-scale image (Y, X), windowed to the 0.5-99.5 percentiles of its non-zero voxels."""
-    values = image[image != 0]
-    low, high = np.percentile(values, (0.5, 99.5)) if values.size else (0.0, 1.0)
-    axis.imshow(
-        image, cmap="gray", vmin=min(low, 0.0), vmax=max(high, low + 1e-6), aspect=aspect, interpolation="nearest"
-    )
+    low, high = _window(image)
+    axis.imshow(image, cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+    _no_ticks(axis)
+
+
+def _no_ticks(axis: Axes) -> None:
     axis.set_xticks([])
     axis.set_yticks([])
 
