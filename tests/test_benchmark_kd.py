@@ -58,6 +58,8 @@ def test_split_cases_is_disjoint_and_ordered_and_the_regimes_take_the_teachers_c
         BenchmarkSettings(teacher_labelled=2, labelled=3)
     with pytest.raises(ValueError, match="regimes"):
         BenchmarkSettings(regimes=("plenty",))
+    with pytest.raises(ValueError, match="unlabelled scans need"):
+        BenchmarkSettings(unlabelled=0, regimes=("compression",))  # the teacher-guided row reads them
 
 
 def test_the_teachers_datalist_has_every_label_and_each_regime_its_own(tmp_path: Path) -> None:

@@ -52,11 +52,15 @@ def _datalist_parts(settings: BenchmarkSettings) -> tuple[dict[str, Any], dict[s
     return common, entries, split_cases(list(entries), settings)
 
 
-def _training_datalist(settings: BenchmarkSettings, regime: str | None, unlabelled: bool) -> None:
-    """Write :func:`~kd_lab.benchmark.plan.training_datalist` of the teachers (``regime`` None) or of a regime:
-    labelled training cases = fold 1, validation = fold 0; ``testing``: the unlabelled scans without labels (when
-    ``unlabelled``)."""
-    common, entries, roles = _datalist_parts(settings)
+def _training_datalist(
+    settings: BenchmarkSettings,
+    parts: tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, list]],
+    regime: str | None,
+) -> None:
+    """Write :func:`~kd_lab.benchmark.plan.training_datalist` of the teachers (``regime`` None) or of a regime, from
+    :func:`_datalist_parts`: labelled training cases = fold 1, validation = fold 0; ``testing``: a regime's unlabelled
+    scans without labels (none for the teachers, which never read them)."""
+    common, entries, roles = parts
     labelled = roles["teacher"] if regime is None else student_cases(roles, settings, regime)
     scans = [{k: v for k, v in entries[c].items() if k in ("case_id", "image")} for c in roles["unlabelled"]]
     save_json_atomic(
@@ -66,23 +70,24 @@ def _training_datalist(settings: BenchmarkSettings, regime: str | None, unlabell
             "roles": (roles if regime else {"validation": roles["validation"]}) | {"labelled": labelled},
             "training": [entries[c] | {"fold": 1} for c in labelled]
             + [entries[c] | {"fold": 0} for c in roles["validation"]],
-            "testing": scans if unlabelled else [],
+            "testing": scans if regime else [],
         },
         training_datalist(settings, regime),
     )
 
 
 def write_teacher_datalist(settings: BenchmarkSettings) -> None:
-    """The teachers' training datalist: every labelled training case and the validation cases (no unlabelled scans:
-    a teacher never reads them). Its own stage, so that a change of the students' split does not retrain them."""
-    _training_datalist(settings, None, unlabelled=False)
+    """The teachers' training datalist: every labelled training case and the validation cases. Its own stage, so
+    that a change of the students' split does not retrain them."""
+    _training_datalist(settings, _datalist_parts(settings), None)
 
 
 def write_datalists(settings: BenchmarkSettings) -> None:
     """Each regime's training datalist and ``test_datalist.json`` (the test cases as fold 0)."""
+    parts = _datalist_parts(settings)
     for regime in REGIMES:
-        _training_datalist(settings, regime, unlabelled=True)
-    common, entries, roles = _datalist_parts(settings)
+        _training_datalist(settings, parts, regime)
+    common, entries, roles = parts
     test = [entries[c] | {"fold": 0} for c in roles["test"]]
     save_json_atomic(
         common | {"name": "benchmark test set", "training": test, "testing": []}, held_out_datalist(settings)

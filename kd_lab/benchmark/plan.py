@@ -89,7 +89,7 @@ class BenchmarkSettings:
             )
         if not self.regimes or set(self.regimes) - set(REGIMES) or len(set(self.regimes)) != len(self.regimes):
             raise ValueError(f"regimes must be one or more of {REGIMES}, each once, got {self.regimes}")
-        if "scarce" in self.regimes and any(ROWS_BY_KEY[r].unlabelled for r in self.rows) and not self.unlabelled:
+        if any(ROWS_BY_KEY[r].unlabelled for r in self.rows) and not self.unlabelled:
             raise ValueError("rows with unlabelled scans need --unlabelled of at least 1")
         if not self.seeds or not self.teacher_seeds:
             raise ValueError("at least one seed and one teacher seed are needed")
@@ -245,7 +245,7 @@ def held_out_datalist(settings: BenchmarkSettings) -> Path:
 
 def training_datalist(settings: BenchmarkSettings, regime: str | None) -> Path:
     """The training datalist of the teachers (``regime`` None) or of the students of ``regime``: labelled training
-    cases as fold 1, the validation cases as fold 0, the unlabelled scans under ``testing``."""
+    cases as fold 1, the validation cases as fold 0, and in a regime's the unlabelled scans under ``testing``."""
     return settings.output_dir / ("teacher_datalist.json" if regime is None else f"datalist_{regime}.json")
 
 
