@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -97,6 +98,8 @@ class StageRunner:
         self.log = log or (lambda line: print(line, flush=True))
         self.timings: dict[str, float] = {}
         self.recorded: dict[str, float] = {}
+        # actions run in this process, one at a time (see run_all)
+        self._action_lock = threading.Lock()
 
     def stamp_path(self, name: str) -> Path:
         return self.state_dir / f"{name}.json"
@@ -161,7 +164,8 @@ class StageRunner:
                     "interrupted training resumes from its latest checkpoint."
                 )
         else:
-            stage.action()
+            with self._action_lock:
+                stage.action()
         missing = [str(p) for p in stage.outputs if not Path(p).exists()]
         if missing:
             raise StageError(f"stage {stage.name!r} finished but did not write {missing}")
@@ -177,6 +181,10 @@ class StageRunner:
     def run_all(self, stages: Sequence[Stage], jobs: int = 1) -> None:
         """Run ``stages`` with up to ``jobs`` at a time; a stage starts once every stage of ``stages`` it depends on
         has finished (stages are started in list order among those ready).
+
+        Commands (subprocesses) run side by side; actions (Python callables, in this process's threads) one at a
+        time, whatever ``jobs``: what they call need not be thread-safe (two ``torch.onnx.export`` calls at once
+        corrupt torch's process-wide dispatch-mode stack).
 
         With ``jobs`` 1 this is :meth:`run` on each stage in order. When a stage fails, no new stage is started,
         the running ones finish (their results are kept, as after an interruption) and the first failure is raised.

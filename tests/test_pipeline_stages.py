@@ -111,22 +111,49 @@ def _timed_action(log: list[tuple[str, str, float]], name: str, seconds: float =
     return action
 
 
-def test_run_all_overlaps_independent_stages_and_waits_for_dependencies(tmp_path: Path) -> None:
-    log: list[tuple[str, str, float]] = []
+def _timed_command(log: Path, name: str, seconds: float = 0.5) -> list[str]:
+    """A command (a subprocess) that appends ``name start|end <time>`` lines to ``log``."""
+    code = (
+        "import sys, time\n"
+        "def mark(event):\n"
+        "    with open(sys.argv[1], 'a') as f:\n"
+        "        f.write(f'{sys.argv[2]} {event} {time.time()}\\n')\n"
+        "mark('start'); time.sleep(float(sys.argv[3])); mark('end')\n"
+    )
+    return [sys.executable, "-c", code, str(log), name, str(seconds)]
+
+
+def test_run_all_overlaps_independent_commands_and_waits_for_dependencies(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
     stages = [
-        Stage("root", action=_timed_action(log, "root")),
-        Stage("left", action=_timed_action(log, "left"), depends_on=("root",)),
-        Stage("right", action=_timed_action(log, "right"), depends_on=("root",)),
-        Stage("join", action=_timed_action(log, "join"), depends_on=("left", "right")),
+        Stage("root", command=_timed_command(log, "root", 0.1)),
+        Stage("left", command=_timed_command(log, "left"), depends_on=("root",)),
+        Stage("right", command=_timed_command(log, "right"), depends_on=("root",)),
+        Stage("join", command=_timed_command(log, "join", 0.1), depends_on=("left", "right")),
     ]
     _runner(tmp_path).run_all(stages, jobs=2)
-    when = {(name, event): t for name, event, t in log}
+    when = {(name, event): float(t) for name, event, t in (line.split() for line in log.read_text().splitlines())}
     assert when["root", "end"] <= min(when["left", "start"], when["right", "start"])
     assert when["join", "start"] >= max(when["left", "end"], when["right", "end"])
     assert when["left", "start"] < when["right", "end"] and when["right", "start"] < when["left", "end"]  # overlapped
     again = _runner(tmp_path)
     again.run_all(stages, jobs=2)
     assert set(again.timings.values()) == {0.0}  # every stage reused
+
+
+def test_run_all_runs_actions_one_at_a_time_beside_commands(tmp_path: Path) -> None:
+    """Actions run in this process's threads; what they call (torch.onnx.export in the false-positive probe) need not
+    be thread-safe, so two are never run at once, while a command runs beside them."""
+    log: list[tuple[str, str, float]] = []
+    stages = [
+        Stage("first", action=_timed_action(log, "first")),
+        Stage("second", action=_timed_action(log, "second")),
+        Stage("command", command=_timed_command(tmp_path / "log.txt", "command", 0.3)),
+    ]
+    _runner(tmp_path).run_all(stages, jobs=3)
+    when = {(name, event): t for name, event, t in log}
+    assert when["first", "end"] <= when["second", "start"] or when["second", "end"] <= when["first", "start"]
+    assert (tmp_path / "log.txt").read_text().count("command end") == 1
 
 
 def test_run_all_with_one_job_runs_in_order(tmp_path: Path) -> None:
