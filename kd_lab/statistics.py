@@ -192,6 +192,15 @@ def _draws(
     return rng, seed_counts, case_counts
 
 
+def _draws_with_teacher(
+    n_seeds: int, n_cases: int, n_teacher_seeds: int, resamples: int, seed: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """The draws of a comparison with the teacher: (student seed, case, teacher seed) counts per resample, the
+    teacher's drawn after the others from the same generator."""
+    rng, seed_counts, case_counts = _draws(n_seeds, n_cases, resamples, seed)
+    return seed_counts, case_counts, bootstrap_counts(n_teacher_seeds, resamples, rng)
+
+
 def mean_interval(
     scores: ArrayLike, *, resamples: int = RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED
 ) -> Interval:
@@ -236,8 +245,7 @@ def gap_closed_interval(
     a, b, t = _scores(scores, "scores"), _scores(base, "base"), _scores(teacher, "teacher")
     if a.shape != b.shape or t.shape[1] != a.shape[1]:
         raise ValueError(f"shapes do not match: scores {a.shape}, base {b.shape}, teacher {t.shape}")
-    rng, seed_counts, case_counts = _draws(*a.shape, resamples, seed)
-    teacher_counts = bootstrap_counts(t.shape[0], resamples, rng)
+    seed_counts, case_counts, teacher_counts = _draws_with_teacher(*a.shape, t.shape[0], resamples, seed)
 
     def ratio(method: NDArray[np.float64] | float, low: NDArray[np.float64] | float, high: Any) -> Any:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -268,7 +276,6 @@ def teacher_lead_interval(
     t, b = _scores(teacher, "teacher"), _scores(base, "base")
     if t.shape[1] != b.shape[1]:
         raise ValueError(f"the teacher and the base need the same cases, got shapes {t.shape} and {b.shape}")
-    rng, seed_counts, case_counts = _draws(*b.shape, resamples, seed)
-    teacher_counts = bootstrap_counts(t.shape[0], resamples, rng)
+    seed_counts, case_counts, teacher_counts = _draws_with_teacher(*b.shape, t.shape[0], resamples, seed)
     samples = resampled_means(t, teacher_counts, case_counts) - resampled_means(b, seed_counts, case_counts)
     return percentile_interval(_nanmean(t) - _nanmean(b), samples, confidence)
