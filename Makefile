@@ -28,10 +28,10 @@ data: install
 	$(PYTHON) -m kd_components.cli datalist --dataset-dir $(OUT)/data --output $(OUT)/datalist.json --seed $(SEED)
 
 ## The comparison in docs/results_scarce.md and docs/results_compression.md: two teachers trained once on every label,
-## then the students of both regimes (about 3 h 20 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`;
+## then the students of both regimes (about 3 h 45 min on 2 CPU cores: `scripts/benchmark_kd.py --estimate`;
 ## restartable: run it again after an interruption and it continues). JOBS=N runs N independent stages at a time (many
 ## cores, a GPU). The pages' notes interpret one run: add them afterwards with
-## `scripts/benchmark_kd.py --render-from outputs/benchmark/results.json --notes NOTES.md`.
+## `scripts/benchmark_kd.py --render-from outputs/benchmark/results.json --notes NOTES.md scarce=SCARCE.md ...`.
 JOBS ?= 1
 benchmark: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS)

@@ -370,7 +370,7 @@ def _write_demo_report(settings: DemoSettings, timings: dict[str, float]) -> Pat
         "glibc's malloc tuned (`kd_components.allocator`); evaluation runs float32."
         "\n\nThis is a short CPU demo: its numbers show that the pipeline works, not how well the method works. "
         "The comparison of teacher, distilled students, label-only student and the model-zoo SegResNet is "
-        "`docs/results.md` (`scripts/benchmark_kd.py`)."
+        "`docs/results_scarce.md` and `docs/results_compression.md` (`scripts/benchmark_kd.py`)."
     )
     extra = [_false_positive_section(out / "false_positives" / "false_positives.md")] if settings.probe_cases else []
     branches = branch_report_section(teacher.runs_dir / BRANCH_DIAGNOSTICS_FILE, out / "branches.png")

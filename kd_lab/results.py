@@ -1,4 +1,5 @@
-"""``docs/results.md`` and its plots, generated from the benchmark's ``results.json`` (never typed by hand)."""
+"""A results page (``docs/results_<regime>.md``, one per student regime) and its plots, generated from the
+benchmark's ``results.json`` (never typed by hand)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The sections of ``docs/results.md`` on the BraTS challenge metrics, the post-processing and the false-positive
-probe, from the rows of the benchmark's ``results.json`` (:func:`kd_lab.benchmark.collect_results`).
+"""The sections of the results pages (``docs/results_<regime>.md``) on the BraTS challenge metrics, the
+post-processing and the false-positive probe, from the rows of the benchmark's ``results.json``
+(:func:`kd_lab.benchmark.collect_results`).
 
 A ``results.json`` written before these were measured has no ``brats_*`` scores or ``probe``: the sections are then
 left out, not filled with blanks.

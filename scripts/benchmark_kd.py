@@ -20,6 +20,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from kd_components.io import atomic_path, save_json_atomic
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(d.rows),
         choices=[*(r.key for r in ROWS), *ROW_SETS],
-        help=f"rows, or named row sets ({', '.join(ROW_SETS)}: the rows of a page); default: the docs/results.md rows",
+        help=f"rows, or named row sets ({', '.join(ROW_SETS)}: the rows of a page); default: the results pages' rows",
     )
     parser.add_argument(
         "--probe-cases",
@@ -150,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("docs/results.md"),
         help="the generated page; with several regimes one page each, named after the regime (results_scarce.md)",
     )
-    parser.add_argument("--notes", type=Path, default=None, help="Markdown appended as the page's Notes")
+    parser.add_argument(
+        "--notes",
+        nargs="+",
+        default=[],
+        metavar="[REGIME=]FILE",
+        help="Markdown appended as the pages' Notes: FILE for every page, REGIME=FILE for that regime's page only "
+        "(after the shared notes)",
+    )
     parser.add_argument("--fresh", action="store_true", help="ignore earlier runs")
     parser.add_argument("--estimate", action="store_true", help="print the predicted time of a fresh run and exit")
     return parser
@@ -184,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             timing_networks=tuple(args.timing_networks),
             jobs=args.jobs,
         )
+        if not args.render_from:
+            regime_notes(args.notes, settings.regimes)  # a notes file that cannot be read fails now, not after the run
     except ValueError as error:
         parser.error(str(error))
     if args.estimate:
@@ -207,12 +217,34 @@ def main(argv: list[str] | None = None) -> int:
         except StageError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    notes = args.notes.read_text() if args.notes else ""
+    try:
+        notes = regime_notes(args.notes, results["regimes"])
+    except ValueError as error:
+        parser.error(str(error))
     for regime in results["regimes"]:
         page = args.results_md if len(results["regimes"]) == 1 else regime_page(args.results_md, regime)
-        write_page(regime_results(results, regime), page, command.strip(), notes)
+        write_page(regime_results(results, regime), page, command.strip(), notes[regime])
         print(f"results: {page} (raw numbers: {args.render_from or settings.output_dir / 'results.json'})")
     return 0
+
+
+def regime_notes(specs: list[str], regimes: Iterable[str]) -> dict[str, str]:
+    """Regime -> the Notes of its page, from ``--notes`` entries ``FILE`` (every page) and ``REGIME=FILE`` (that
+    regime's page, after the shared notes), in the order given; ``ValueError`` naming an unknown regime or a
+    file that cannot be read."""
+    notes = {regime: [] for regime in regimes}
+    for spec in specs:
+        regime, separator, name = spec.partition("=")
+        if separator and regime not in notes:
+            raise ValueError(f"--notes {spec}: this run has no regime {regime!r} (it has {', '.join(notes)})")
+        path = Path(name if separator else spec)
+        try:
+            text = path.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"--notes {spec}: cannot read {path}: {error.strerror or error}") from error
+        for key in [regime] if separator else notes:
+            notes[key].append(text)
+    return {regime: "\n\n".join(parts) for regime, parts in notes.items()}
 
 
 def regime_page(results_md: Path, regime: str) -> Path:

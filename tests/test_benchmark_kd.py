@@ -465,7 +465,7 @@ def test_page_names_where_the_stages_ran_and_where_the_cost_was_measured(tmp_pat
     assert "; no GPU; 1 stage(s) at a time" in page and "not deterministic" not in page
 
 
-def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path) -> None:
+def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmark_kd", Path(__file__).parents[1] / "scripts/benchmark_kd.py")
@@ -500,6 +500,22 @@ def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path) -> N
     compression = (tmp_path / "docs" / "page_compression.md").read_text()
     assert "# Results, compression regime:" in compression and "**Compression.** A student has every one" in compression
     assert "# Results, scarce regime:" in (tmp_path / "docs" / "page_scarce.md").read_text()
+    # notes for every page, and for one regime's page only
+    only = tmp_path / "compression_notes.md"
+    only.write_text("Compression alone.")
+    assert (
+        script.main(
+            ["--render-from", str(saved), "--results-md", str(page), "--notes", str(notes), f"compression={only}"]
+        )
+        == 0
+    )
+    compression = (tmp_path / "docs" / "page_compression.md").read_text()
+    assert compression.rstrip().endswith("These are the notes.\n\nCompression alone.")
+    assert "Compression alone." not in (tmp_path / "docs" / "page_scarce.md").read_text()
+    for bad, message in ((f"typo={only}", "has no regime 'typo'"), (str(tmp_path / "absent.md"), "cannot read")):
+        with pytest.raises(SystemExit):
+            script.main(["--render-from", str(saved), "--results-md", str(page), "--notes", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_branch_rows_train_their_own_teacher_and_name_their_features(tmp_path: Path) -> None:

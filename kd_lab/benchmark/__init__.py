@@ -66,7 +66,7 @@ a label-only student step costs :data:`STEP_SECONDS` (0.4 s; the other rows a mu
 starting a bundle process :data:`START_SECONDS` (10 s), a phantom 1 s; the false-positive probe segments its
 cases at the cost of a test case each, and the teacher-guided rows segment each unlabelled scan once per teacher
 (:data:`GUIDANCE_SECONDS`, 4 s). Fitted to the stage times of the first seed of a run on the idle 2-core CPU
-(bf16 training, the strided student; the 2026-11-29 run of ``docs/results.md``): a student trains in 30-50 s and
+(bf16 training, the strided student; the 2026-11-29 run, before the teacher regime): a student trains in 30-50 s and
 is tested in 30 s; a teacher trains in 2-2.5 min and is tested in 1.5 min (6 min for the seed-1 teacher, whose
 many small false-positive components slow the lesion-wise matching). The teacher's step was refitted to its long
 training (epochs of 24 steps in 33-34 s on the idle CPU, 2026-12-07). Treat it as +-30 %.
