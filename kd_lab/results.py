@@ -251,6 +251,13 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
         *challenge_sections(rows),
         *_comparison(rows, "brats_ranking_lesion_dice_mean", "mean lesion-wise Dice, 2023 ranking form"),
         *postprocessing_section(rows),
+        *_comparison(
+            rows,
+            "post_brats_ranking_lesion_dice_mean",
+            "mean lesion-wise Dice, 2023 ranking form, post-processed",
+            "The label maps as the bundles deliver them (`brats-kd segment` applies each bundle's post-processing by "
+            "default): what a challenge submission would be ranked on.",
+        ),
         *probe_section(rows, settings.get("probe_cases", 0)),
         *branch_sections(rows, settings, figures.get("scale_weights")),
         f"## Inference cost on the CPU ({_cost_cpu(cost)})",
@@ -307,9 +314,10 @@ def render_results(results: Mapping[str, Any], command: str, figures: Mapping[st
 
 
 def _comparison(
-    rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice", name: str = "mean Dice"
+    rows: Mapping[str, Mapping[str, Any]], metric: str = "val_mean_dice", name: str = "mean Dice", intro: str = ""
 ) -> list[str]:
-    """The table of each row against the label-only student: paired difference, gap closed, seeds better."""
+    """The table of each row against the label-only student on ``metric`` (called ``name``), after the paragraph
+    ``intro`` if given: paired difference, gap closed, seeds better."""
     base = rows.get("labels_only")
     compared = [r for r in rows.values() if _interval(r, metric, "difference") is not None]
     if base is None or not compared:
@@ -320,6 +328,7 @@ def _comparison(
     resolved = lead is not None and lead.low > 0  # a gap the teacher has over the label-only student
     lines = [
         f"## Against the label-only student ({name}; paired over seeds and test cases)",
+        *([intro] if intro else []),
         f"| row | {name} | difference to label-only | gap closed | seeds better than label-only |",
         "|---|---:|---:|---:|---:|",
         f"| {base['label']} | {_ci(_interval(base, metric), 3)} |  |  |  |",
@@ -330,7 +339,7 @@ def _comparison(
         cells = [
             row["label"],
             _ci(_interval(row, metric), 3),
-            _ci(_interval(row, metric, "difference"), 3),
+            _ci(_interval(row, metric, "difference"), 3, sign=True),
             _ci(_interval(row, metric, "gap_closed"), 0, 100, " %") if resolved else "n/a",
             f"{better} of {len(by_seed)}",
         ]

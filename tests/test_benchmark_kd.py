@@ -401,7 +401,7 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     page = render_results(results, "python scripts/benchmark_kd.py", {"dice_vs_time": "a.png", "regions": "b.png"})
     assert "| student student | 72 | 1,000,000 |" in page
     assert "0.700 [0.700, 0.700]" in page  # mean [95 % interval]
-    assert "| student student | 0.700 [0.700, 0.700] | 0.300 [0.300, 0.300] | 75 % [75, 75] | 2 of 2 |" in page
+    assert "| student student | 0.700 [0.700, 0.700] | +0.300 [+0.300, +0.300] | 75 % [75, 75] | 2 of 2 |" in page
     assert "| teacher demo | 0.800 |  |" in page  # per-seed table: no value for seed 1
     assert "student seed -> teacher seed: 0 -> 0, 1 -> 0" in page
     assert "4 held-out labelled test cases" in page and "the weights after the last epoch" in page
@@ -419,6 +419,11 @@ def test_results_page_and_plots(tmp_path: Path) -> None:
     assert "## BraTS challenge metrics" in page
     assert "## Against the label-only student (mean lesion-wise Dice, 2023 ranking form;" in page
     assert "| student student | 0.750 [0.750, 0.750] | +0.050 [+0.050, +0.050] |" in page
+    # and the same after the post-processing, the label maps the bundles deliver and the ranking scores
+    delivered = page.split("(mean lesion-wise Dice, 2023 ranking form, post-processed; paired")
+    assert len(delivered) == 2
+    assert "| student student | 0.750 [0.750, 0.750] | +0.300 [+0.300, +0.300] |" in delivered[1]
+    assert "| teacher demo | 0.850 [0.850, 0.850] | lead +0.400 [+0.400, +0.400] |" in delivered[1]
     assert "| student student | 15.0 (10.0-20.0) | 30.0 | 0.700 (0.700-0.700) |" in page
     assert "| teacher demo | 10.0 | 30.0 | 0.800 |" in page
 
@@ -434,7 +439,7 @@ def test_no_gap_closed_where_the_teacher_does_not_lead(tmp_path: Path) -> None:
         {"regions": "b.png"},
     )
     table = page.split("## Against the label-only student (mean Dice")[1].split("##")[0]
-    assert "| student student | 0.700 [0.700, 0.700] | 0.300 [0.300, 0.300] | n/a | 2 of 2 |" in table
+    assert "| student student | 0.700 [0.700, 0.700] | +0.300 [+0.300, +0.300] | n/a | 2 of 2 |" in table
     assert "the teacher's lead over the label-only student is not resolved" in table
 
 
