@@ -37,14 +37,16 @@ benchmark: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS)
 
 ## The teacher's branches in docs/branches.md: the hybrid demo teacher against its VGG-only and ViT-only ablations,
-## a student of each, and students distilled from the branches' own features (about 45 min on 2 CPU cores with 3
-## student seeds: `scripts/benchmark_kd.py --estimate` with the same options; restartable).
+## a student of each, and students distilled from the branches' own features, in the scarce regime with its teachers
+## trained once on every label (about 3 h 55 min on 2 CPU cores with 3 student seeds: `scripts/benchmark_kd.py
+## --estimate` with the same options; restartable). docs/branches.md is still the run of the earlier regime.
 benchmark-branches: install
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows branches --regimes scarce \
 		--output-dir outputs/branches --results-md docs/branches.md
 
 ## The CPU student search in docs/students.md: every candidate of kd_components/networks/candidates.py distilled in
-## the regime of docs/results_long_budget.md (3 seeds; hours on 2 CPU cores, minutes on a GPU with JOBS=16), then
+## the scarce regime (3 seeds; about 1 h 50 min on 2 CPU cores, minutes on a GPU with JOBS=16; docs/students_kd.md is
+## still the run of the regime of docs/results_long_budget.md), then
 ## timed with OpenVINO on this CPU (about 18 min; run that part on the CPU the page is about).
 benchmark-students: install-test
 	$(PYTHON) scripts/benchmark_kd.py --jobs $(JOBS) --no-timing --seeds 0 1 2 --rows students --regimes scarce \
