@@ -207,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_from:
         results = json.loads(args.render_from.read_text())
         command = results.get("command") or f"(command not recorded in {args.render_from})"
-        if args.cost_from:
-            results["cost"] = json.loads(args.cost_from.read_text())
-            save_json_atomic(results, args.render_from, indent=RESULTS_INDENT)
     else:
         command = "python scripts/benchmark_kd.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         try:
@@ -221,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         notes = regime_notes(args.notes, results["regimes"])
     except ValueError as error:
         parser.error(str(error))
+    if args.render_from and args.cost_from:  # after the notes are known to be good: a refused call changes nothing
+        results["cost"] = json.loads(args.cost_from.read_text())
+        save_json_atomic(results, args.render_from, indent=RESULTS_INDENT)
     for regime in results["regimes"]:
         page = args.results_md if len(results["regimes"]) == 1 else regime_page(args.results_md, regime)
         write_page(regime_results(results, regime), page, command.strip(), notes[regime])

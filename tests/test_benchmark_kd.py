@@ -517,10 +517,13 @@ def test_render_from_a_saved_results_file_keeps_its_command(tmp_path: Path, caps
     compression = (tmp_path / "docs" / "page_compression.md").read_text()
     assert compression.rstrip().endswith("These are the notes.\n\nCompression alone.")
     assert "Compression alone." not in (tmp_path / "docs" / "page_scarce.md").read_text()
+    before = saved.read_text()
     for bad, message in ((f"typo={only}", "has no regime 'typo'"), (str(tmp_path / "absent.md"), "cannot read")):
         with pytest.raises(SystemExit):
-            script.main(["--render-from", str(saved), "--results-md", str(page), "--notes", bad])
+            argv = ["--render-from", str(saved), "--cost-from", str(cost_file), "--results-md", str(page)]
+            script.main([*argv, "--notes", bad])
         assert message in capsys.readouterr().err
+        assert saved.read_text() == before  # a refused call writes nothing
 
 
 def test_branch_rows_train_their_own_teacher_and_name_their_features(tmp_path: Path) -> None:
