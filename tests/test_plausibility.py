@@ -4,6 +4,7 @@ volume far larger than a brain."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ import torch
 
 from kd_components.cli import main
 from kd_components.constants import MODALITIES, case_file_name
+from kd_components.data.phantoms.dataset import generate_case
 from kd_components.data.plausibility import BRAIN_ML_RANGE, plausibility_problems
 from kd_components.geometry import write_training_geometry
 from kd_components.networks.student import build_student
@@ -57,6 +59,17 @@ def test_a_modality_in_another_s_place_is_named(
     image, affine, names = _case(phantom_data)
     problems = plausibility_problems(_swapped(image, first, second), affine, names)
     assert len(problems) == 1 and expected in problems[0]
+
+
+def test_the_flair_swapped_with_a_t1_scan_is_named_where_the_t1_check_passes() -> None:
+    """Phantom 2 of seed 0: its FLAIR falls where t2w rises over the whole brain (CSF), so given as t1c it passes
+    the T1 check; on white and grey matter it is still more like t2w than either T1 scan is."""
+    case = generate_case(2, 0, profile="small")
+    image = np.stack([case.images[m].astype(np.float32) for m in MODALITIES])
+    assert plausibility_problems(image, case.affine) == []
+    for t1 in ("t1c", "t1n"):
+        problems = plausibility_problems(_swapped(image, t1, "t2f"), case.affine)
+        assert len(problems) == 1 and f"are --{t1} and --t2f swapped?" in problems[0], problems
 
 
 def test_a_tumour_bright_on_t2w_and_on_t1c_is_not_refused(phantom_data: dict[str, Path]) -> None:
@@ -148,3 +161,24 @@ def test_check_values_on_a_plain_tensor_skips_only_the_volume_check(phantom_data
     Segmenter.check_values("c", torch.from_numpy(image), names)
     with pytest.raises(CaseFailed, match="hold the same image"):
         Segmenter.check_values("c", torch.from_numpy(np.stack([image[0]] * 4)), names)
+
+
+def test_the_survey_script_counts_passes_and_caught_swaps(
+    phantom_data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``scripts/measure_plausibility.py`` on a folder of real-layout cases (here two phantoms, at 2 mm too) and on
+    a generated set; a missing real-scan folder is said and the phantoms still measured."""
+    spec = importlib.util.spec_from_file_location(
+        "measure_plausibility", Path(__file__).parents[1] / "scripts" / "measure_plausibility.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(script)
+    assert script.main(["--phantoms", "--at-2mm", "real", "--real", str(phantom_data["data"])]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| real")]
+    assert [r.split(" | ")[1:3] for r in rows] == [["2", "2"], ["2", "2"]]  # two cases, both pass as given
+    assert all(r.split(" | ")[3] == "2" for r in rows)  # t1c/t1n swapped: caught on both
+    assert script.main(["--phantoms", "small:2:1", "--at-2mm", "--real", str(tmp_path / "absent")]) == 0
+    out, err = capsys.readouterr()
+    assert "no real scans" in err and "absent" in err
+    assert "| phantoms small:2:1 | 1 | 1 |" in out
