@@ -21,7 +21,7 @@ from kd_components.data.brats import BratsCase
 from kd_components.data.phantoms.dataset import generate_case
 from kd_components.data.plausibility import plausibility_problems
 
-__all__ = ["PAIRS", "SurveyRow", "at_2mm", "phantom_images", "real_images", "survey"]
+__all__ = ["PAIRS", "SurveyRow", "at_2mm", "phantom_images", "real_images", "survey", "swapped"]
 
 #: Every pair of modalities a user could swap, in :data:`MODALITIES` order.
 PAIRS: tuple[tuple[str, str], ...] = tuple(combinations(MODALITIES, 2))
@@ -39,7 +39,8 @@ class SurveyRow:
     caught: dict[tuple[str, str], int] = field(default_factory=lambda: dict.fromkeys(PAIRS, 0))
 
 
-def _swapped(image: np.ndarray, first: str, second: str) -> np.ndarray:
+def swapped(image: np.ndarray, first: str, second: str) -> np.ndarray:
+    """A copy of ``image`` ``(4, X, Y, Z)`` with the channels of modalities ``first`` and ``second`` exchanged."""
     out = image.copy()
     i, j = MODALITIES.index(first), MODALITIES.index(second)
     out[[i, j]] = out[[j, i]]
@@ -87,5 +88,5 @@ def survey(name: str, images: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> S
         else:
             row.passed += 1
         for pair in PAIRS:
-            row.caught[pair] += bool(plausibility_problems(_swapped(image, *pair), affine))
+            row.caught[pair] += bool(plausibility_problems(swapped(image, *pair), affine))
     return row

@@ -18,6 +18,7 @@ from kd_components.data.phantoms.dataset import generate_case
 from kd_components.data.plausibility import BRAIN_ML_RANGE, plausibility_problems
 from kd_components.geometry import write_training_geometry
 from kd_components.networks.student import build_student
+from kd_lab.plausibility_survey import swapped
 from tests.conftest import PHANTOM_PIXDIM
 
 pytestmark = pytest.mark.phantoms(num_cases=2, unlabelled=0, num_folds=2, teacher=False)
@@ -29,13 +30,6 @@ def _case(phantom_data: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, list[s
     files = [case / case_file_name(case.name, m) for m in MODALITIES]
     image = np.stack([np.asarray(nib.load(f).dataobj, dtype=np.float32) for f in files])
     return image, nib.load(files[0]).affine, [f.name for f in files]
-
-
-def _swapped(image: np.ndarray, first: str, second: str) -> np.ndarray:
-    out = image.copy()
-    i, j = MODALITIES.index(first), MODALITIES.index(second)
-    out[[i, j]] = out[[j, i]]
-    return out
 
 
 def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
@@ -57,7 +51,7 @@ def test_a_modality_in_another_s_place_is_named(
     phantom_data: dict[str, Path], first: str, second: str, expected: str
 ) -> None:
     image, affine, names = _case(phantom_data)
-    problems = plausibility_problems(_swapped(image, first, second), affine, names)
+    problems = plausibility_problems(swapped(image, first, second), affine, names)
     assert len(problems) == 1 and expected in problems[0]
 
 
@@ -68,7 +62,7 @@ def test_the_flair_swapped_with_a_t1_scan_is_named_where_the_t1_check_passes() -
     image = np.stack([case.images[m].astype(np.float32) for m in MODALITIES])
     assert plausibility_problems(image, case.affine) == []
     for t1 in ("t1c", "t1n"):
-        problems = plausibility_problems(_swapped(image, t1, "t2f"), case.affine)
+        problems = plausibility_problems(swapped(image, t1, "t2f"), case.affine)
         assert len(problems) == 1 and f"are --{t1} and --t2f swapped?" in problems[0], problems
 
 
