@@ -63,6 +63,26 @@ def _table(
     return lines
 
 
+#: How the branch section introduces each ablation teacher of :data:`kd_lab.benchmark.BRANCH_ROWS` it shows.
+_TEACHER_DESCRIPTIONS: dict[str, str] = {
+    "teacher_fusion_lr1": "the hybrid teacher with its fusion scale logits at the base learning rate "
+    "(`--fusion_lr_factor 1`, as before they had a rate of their own)",
+    "teacher_cnn": "the VGG-only teacher (`demo_cnn`: no ViT; each fused map is the projected VGG stage)",
+    "teacher_vit": "the ViT-only teacher (`demo_vit`: no VGG; UNETR-like, its full-resolution skip a residual conv "
+    "block on the input)",
+}
+
+
+def _sentence_list(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _capitalised(text: str) -> str:
+    """``text`` with its first letter upper case (``str.capitalize`` would lower every other)."""
+    return text[:1].upper() + text[1:]
+
+
 def branch_sections(
     rows: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], figure: str | None = None
 ) -> list[str]:
@@ -73,12 +93,9 @@ def branch_sections(
     if teachers and "teacher" in rows:
         lines += [
             "## Teacher branches: the hybrid against each branch alone",
-            "The hybrid teacher with its fusion scale logits at the base learning rate (`--fusion_lr_factor 1`, "
-            "as before they had a rate of their own), the VGG-only teacher (`demo_cnn`: no ViT; each fused map is "
-            "the projected VGG stage) and the ViT-only teacher (`demo_vit`: no VGG; UNETR-like, its "
-            "full-resolution skip a residual conv block on the input), each trained in the regime of the hybrid "
-            "with the same teacher seeds. *vs hybrid*: the row minus the hybrid teacher, paired over teacher "
-            "seeds and test cases.",
+            _capitalised(_sentence_list([_TEACHER_DESCRIPTIONS[k] for k in _TEACHER_DESCRIPTIONS if k in rows]))
+            + ", each trained in the regime of the hybrid with the same teacher seeds. *vs hybrid*: the row minus "
+            "the hybrid teacher, paired over teacher seeds and test cases.",
             *_table(teachers, rows["teacher"], options, "hybrid"),
         ]
         students = [r for r in rows.values() if r.get("teacher") in ("teacher_cnn", "teacher_vit")]

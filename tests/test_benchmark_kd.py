@@ -571,6 +571,8 @@ def test_page_compares_the_branches_paired_and_shows_the_diagnostics(tmp_path: P
     page = render_results(results, "python scripts/benchmark_kd.py", figures)
     assert "![the fusion's scale weights over training](w.png)" in page
     assert "## Teacher branches: the hybrid against each branch alone" in page
+    assert "\nThe VGG-only teacher (`demo_cnn`: no ViT; each fused map is the projected VGG stage), each" in page
+    assert "fusion_lr_factor" not in page  # the intro names only the ablations the run has
     assert "| teacher demo_cnn | 0.700 [0.700, 0.700] | -0.100 [-0.100, -0.100] |" in page  # paired with the hybrid
     assert "| student student | 0.650 [0.650, 0.650] | -0.050 [-0.050, -0.050] |" in page  # with the hybrid's student
     assert "## Feature distillation from the branches" in page
