@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kd_components.data.phantoms.grid import PROFILES
 from kd_lab.plausibility_survey import PAIRS, SurveyRow, at_2mm, phantom_images, real_images, survey
 from kd_lab.real_scans import DEFAULT_REAL_SCANS, NoRealScansError, labelled_cases
 
@@ -29,9 +30,12 @@ Case = tuple[str, np.ndarray, np.ndarray]
 def _phantom_set(text: str) -> tuple[str, int, int]:
     try:
         profile, seed, count = text.split(":")
-        return profile, int(seed), int(count)
+        parsed = profile, int(seed), int(count)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected PROFILE:SEED:COUNT, e.g. small:0:40") from None
+    if profile not in PROFILES:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown phantom profile {profile!r} (known: {sorted(PROFILES)})")
+    return parsed
 
 
 def _resampled(images: Iterable[Case]) -> Iterator[Case]:

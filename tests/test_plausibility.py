@@ -176,3 +176,7 @@ def test_the_survey_script_counts_passes_and_caught_swaps(
     out, err = capsys.readouterr()
     assert "no real scans" in err and "absent" in err
     assert "| phantoms small:2:1 | 1 | 1 |" in out
+    for bad in ("small:x", "foo:0:2"):  # not PROFILE:SEED:COUNT, an unknown profile: refused before any work
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(["--phantoms", bad])
+        assert exit_info.value.code == 2 and repr(bad) in capsys.readouterr().err
