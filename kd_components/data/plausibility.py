@@ -17,9 +17,9 @@ The contrast checks are rank correlations within the brain, so they hold for any
   higher on "t2f" than on "t2w" (:data:`CSF_MIN_T2_RANK_GAP`).
 - t2f swapped with t1c or t1n: over the whole brain t2f's correlation with t2w ranges from -0.56 (a phantom) to
   +0.55 (a real scan), overlapping the T1 scans' (CSF, bright on t2w, is dark on FLAIR and T1 alike), so the check
-  compares the scans with each other on white and grey matter only, where FLAIR is T2-weighted (grey matter brighter
-  than white) and a T1 scan the reverse: "t2f" must not be less like t2w than a T1 scan by more than
-  :data:`FLAIR_MIN_T2_LEAD`. Swapped, the lead turns its sign.
+  compares the scans with each other on the voxels that are not dark on t1n (white and grey matter, most of the
+  tumour), where a FLAIR rises with t2w and a T1 scan falls: "t2f" must not be less like t2w than a T1 scan by more
+  than :data:`FLAIR_MIN_T2_LEAD`. Swapped, the lead turns its sign.
 
 Measured, to set the thresholds, on the three real glioma scans of ``../shared/real_dev`` and on phantoms, as read
 and as the bundle preprocesses them (the same to two decimals): T1 correlations -0.31 to -0.80, T1 CSF ranks 0.02 to
@@ -30,9 +30,9 @@ correlation with t2w is -0.57 to +0.26 (the real scans' +0.02 to +0.55).
 The swap checks, on the three real scans, 8 BraTS-size glioma phantoms (as read and resampled to 2 mm) and the main
 job's 40 glioma phantoms (2 mm): the tails' ratio is 3.1-4.2 on the real scans and 1.5-4.5 on the phantoms, and
 0.22-0.67 with t1c and t1n swapped; the CSF rank gap is +0.44 to +0.94, and its negative when t2w and t2f are swapped.
-The FLAIR's lead on white and grey matter is +0.65 to +0.98 on the real scans (+0.65 to +1.05 at 2 mm) and -0.30 to
+The FLAIR's lead away from CSF is +0.65 to +0.98 on the real scans (+0.65 to +1.05 at 2 mm) and -0.30 to
 +1.03 on 157 glioma and healthy phantoms (2 mm), whose FLAIR is less like t2w than a real one: more than half of a
-phantom brain's voxels hold 2 % CSF or more (the MNI template's partial volume), on voxels without CSF their FLAIR's
+phantom brain's voxels hold 2 % CSF or more (the MNI template's partial volume); on voxels without CSF their FLAIR's
 correlation with t2w is positive (+0.35 to +0.82 on four phantoms), as on a real scan. ``python
 scripts/measure_plausibility.py`` counts, per set, the cases that pass as given and those on which each swap is caught.
 On 2026-12-07: the three real scans (as read and at 2 mm) and 150 phantoms (``small`` seeds 0 and 7, 140 at 2 mm;
@@ -77,10 +77,10 @@ ENHANCEMENT_MIN_TAIL_RATIO = 0.75
 #: t2w and t2f: the least difference of the percentile ranks (0-1, within the brain) of the median of the darkest
 #: t1n voxels (CSF) on t2w and on t2f: CSF is bright on t2w and suppressed on FLAIR; swapped, the difference turns.
 CSF_MIN_T2_RANK_GAP = -0.2
-#: t2f: the least lead of its rank correlation with t2w over each T1 scan's, on normal-appearing tissue (t1n above
-#: :data:`_TISSUE_FROM` of the way from its 1st to its 75th percentile: white and grey matter, not CSF). FLAIR is
-#: T2-weighted there (grey matter brighter than white, as on t2w), a T1 scan the reverse; a FLAIR given as t1c (or
-#: t1n) and the T1 scan as t2f turn the lead's sign.
+#: t2f: the least lead of its rank correlation with t2w over each T1 scan's, on the voxels not dark on t1n (above
+#: :data:`_TISSUE_FROM` of the way from its 1st to its 75th percentile: white and grey matter, most of the tumour; not
+#: CSF). There a FLAIR rises with t2w and a T1 scan falls; a FLAIR given as t1c (or t1n) and the T1 scan as t2f turn
+#: the lead's sign.
 FLAIR_MIN_T2_LEAD = -0.4
 _TISSUE_FROM = 0.6
 #: Voxels sampled for the rank statistics (deterministic), and the share of voxels taken as CSF: the brightest on
@@ -225,7 +225,7 @@ def _flair_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str 
     if correlation["t2f"] - correlation[t1] >= FLAIR_MIN_T2_LEAD:
         return None
     return (
-        f"{named['t2f']} and {named[t1]} look swapped: on white and grey matter {named['t2f']} is less like "
+        f"{named['t2f']} and {named[t1]} look swapped: away from CSF {named['t2f']} is less like "
         f"{named['t2w']} than {named[t1]} is (rank correlations {correlation['t2f']:+.2f} and {correlation[t1]:+.2f}); "
-        f"FLAIR is T2-weighted there, a T1 scan the reverse: are --{t1} and --t2f swapped?"
+        f"a FLAIR rises with a T2 scan there, a T1 scan falls: are --{t1} and --t2f swapped?"
     )
