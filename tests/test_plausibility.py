@@ -57,7 +57,7 @@ def test_a_modality_in_another_s_place_is_named(
 
 def test_the_flair_swapped_with_a_t1_scan_is_named_where_the_t1_check_passes() -> None:
     """Phantom 2 of seed 0: its FLAIR falls where t2w rises over the whole brain (CSF), so given as t1c it passes
-    the T1 check; on white and grey matter it is still more like t2w than either T1 scan is."""
+    the T1 check; away from CSF it is still more like t2w than either T1 scan is."""
     case = generate_case(2, 0, profile="small")
     image = np.stack([case.images[m].astype(np.float32) for m in MODALITIES])
     assert plausibility_problems(image, case.affine) == []
