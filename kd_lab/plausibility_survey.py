@@ -21,8 +21,10 @@ from kd_components.data.brats import BratsCase
 from kd_components.data.phantoms.dataset import generate_case
 from kd_components.data.plausibility import plausibility_problems
 
-__all__ = ["PAIRS", "SurveyRow", "at_2mm", "phantom_images", "real_images", "survey", "swapped"]
+__all__ = ["PAIRS", "Case", "SurveyRow", "at_2mm", "phantom_images", "real_images", "survey", "swapped"]
 
+#: One case: its id, its image ``(4, X, Y, Z)`` float32 and its affine ``(4, 4)``.
+Case = tuple[str, np.ndarray, np.ndarray]
 #: Every pair of modalities a user could swap, in :data:`MODALITIES` order.
 PAIRS: tuple[tuple[str, str], ...] = tuple(combinations(MODALITIES, 2))
 
@@ -62,23 +64,24 @@ def at_2mm(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return out.astype(np.float32), scaled
 
 
-def phantom_images(profile: str, seed: int, count: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(case id, (4, X, Y, Z) float32, affine)`` of phantoms ``0 .. count - 1`` of ``seed``, each eighth healthy
-    (no tumour), as the data sets mix them."""
+def phantom_images(profile: str, seed: int, count: int) -> Iterator[Case]:
+    """:data:`Case` s of phantoms ``0 .. count - 1`` of ``seed``; every eighth (index 7, 15, ...) is healthy (no
+    tumour), more than the data sets' share (:func:`~kd_components.data.phantoms.is_healthy_case`), so that the checks
+    are tried on tumour-free brains too."""
     for index in range(count):
         case = generate_case(index, seed, profile=profile, healthy=index % 8 == 7)
         image = np.stack([case.images[m].astype(np.float32) for m in MODALITIES])
         yield f"{case.case_id} ({case.kind})", image, case.affine
 
 
-def real_images(cases: Iterable[BratsCase]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(case id, (4, X, Y, Z) float32, affine)`` of BraTS cases on disk."""
+def real_images(cases: Iterable[BratsCase]) -> Iterator[Case]:
+    """:data:`Case` s of BraTS cases on disk."""
     for case in cases:
         scans = [nib.load(str(case.images[m])) for m in MODALITIES]
         yield case.case_id, np.stack([np.asarray(s.dataobj, dtype=np.float32) for s in scans]), scans[0].affine
 
 
-def survey(name: str, images: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> SurveyRow:
+def survey(name: str, images: Iterable[Case]) -> SurveyRow:
     """The checks on every case of ``images`` as given and with each pair of :data:`PAIRS` swapped."""
     row = SurveyRow(name)
     for case_id, image, affine in images:

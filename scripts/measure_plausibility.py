@@ -3,7 +3,8 @@
 modalities is caught (kd_lab/plausibility_survey.py). Prints a Markdown table.
 
     python scripts/measure_plausibility.py                                    # the default sets below
-    python scripts/measure_plausibility.py --phantoms small:0:40 --at-2mm brats:100:8 --real ../shared/real_dev
+    python scripts/measure_plausibility.py --phantoms small:0:40 brats:100:8 --at-2mm brats:100:8 \\
+        --real ../shared/real_dev
 
 ``--phantoms PROFILE:SEED:COUNT`` checks phantoms as generated; ``--at-2mm`` names sets (``real`` or a phantom set)
 also checked resampled to 2 mm and z-scored, as the demo bundles see them. The real scans default to
@@ -17,14 +18,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
-
 from kd_components.data.phantoms.grid import PROFILES
-from kd_lab.plausibility_survey import PAIRS, SurveyRow, at_2mm, phantom_images, real_images, survey
+from kd_lab.plausibility_survey import PAIRS, Case, SurveyRow, at_2mm, phantom_images, real_images, survey
 from kd_lab.real_scans import DEFAULT_REAL_SCANS, NoRealScansError, labelled_cases
-
-#: One case: its id, its image ``(4, X, Y, Z)`` and affine.
-Case = tuple[str, np.ndarray, np.ndarray]
 
 
 def _phantom_set(text: str) -> tuple[str, int, int]:
