@@ -50,7 +50,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
+from scipy.stats import rankdata
 
 from kd_components.constants import MODALITIES
 
@@ -145,7 +145,7 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
     values = {m: data[c][voxels] for c, m in enumerate(MODALITIES)}
     t2_swap = _t2_swap_problem(values, named)
     t2w = values["t2w"]
-    correlation = {m: float(spearmanr(values[m], t2w)[0]) for m in ("t1c", "t1n")}
+    correlation = _rank_correlations(values, t2w, ("t1c", "t1n"))
     csf = t2w >= np.quantile(t2w, 1 - _CSF_SHARE)
     problems = []
     if min(correlation["t1c"], correlation["t1n"]) > T1_MAX_CORRELATION:  # neither T1 scan falls with "t2w"
@@ -171,6 +171,13 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
             f"{T1_CSF_MAX_RANK:.0%}): is --t2w another modality?"
         )
     return problems or [p for p in (_t1_swap_problem(values, named), t2_swap or _flair_problem(values, named)) if p]
+
+
+def _rank_correlations(values: dict[str, np.ndarray], reference: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Spearman's rank correlation of each of ``values[names]`` with ``reference`` (1-D, the same voxels), ranking
+    ``reference`` once (Pearson's correlation of average ranks, as ``scipy.stats.spearmanr``)."""
+    ranked = rankdata(reference)
+    return {m: float(np.corrcoef(rankdata(values[m]), ranked)[0, 1]) for m in names}
 
 
 def _rank(values: np.ndarray, value: float) -> float:
@@ -219,8 +226,8 @@ def _flair_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str 
     tissue = t1n >= low + _TISSUE_FROM * (high - low)
     if tissue.sum() < 100:
         return None
-    t2w = values["t2w"][tissue]
-    correlation = {m: float(spearmanr(values[m][tissue], t2w)[0]) for m in ("t1c", "t1n", "t2f")}
+    names = ("t1c", "t1n", "t2f")
+    correlation = _rank_correlations({m: values[m][tissue] for m in names}, values["t2w"][tissue], names)
     t1 = min(("t1c", "t1n"), key=lambda m: correlation["t2f"] - correlation[m])
     if correlation["t2f"] - correlation[t1] >= FLAIR_MIN_T2_LEAD:
         return None
