@@ -45,7 +45,7 @@ def label_map_of(pred: Image) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     image: its ``affine`` is the network's grid, ``original_affine`` the input's, where the inverted label map
     lies)."""
     meta = pred.metadata()
-    labels = np.ascontiguousarray(np.swapaxes(np.asarray(pred.asnumpy()), 0, 2)).astype(np.uint8)
+    labels = np.ascontiguousarray(np.swapaxes(np.asarray(pred.asnumpy()), 0, 2)).astype(np.uint8, copy=False)
     affine = np.asarray(meta.get("original_affine", meta["affine"]), dtype=np.float64)
     return labels, affine, meta
 

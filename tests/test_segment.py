@@ -398,6 +398,9 @@ def test_case_report_has_the_volumes_and_slices_through_the_tumour(tmp_path: Pat
     report = json.loads(paths["volumes"].read_text())
     assert report["volumes_ml"]["ET_ml"] == pytest.approx(8 * 2.4 / 1000)
     assert report["voxel_size_mm"] == [1.0, 1.2, 2.0] and report["labels_present"] == {"2": "SNFH", "3": "ET"}
+    as_int16 = Segmentation("BraTS-GLI-00003-000", labels.astype(np.int16), affine, segmentation.volumes)
+    as_int16_report = json.loads(write_case_report(as_int16, background, tmp_path)["volumes"].read_text())
+    assert as_int16_report["labels_present"] == report["labels_present"]  # counted (uint8) or sorted: the same
     assert paths["slices"].name == "BraTS-GLI-00001-000-slices.png"
     assert paths["slices"].read_bytes().startswith(b"\x89PNG")
     empty = Segmentation("BraTS-GLI-00002-000", np.zeros_like(labels), affine, region_volumes_ml(labels * 0, affine))
