@@ -76,14 +76,14 @@ class BratsSegmentationApp(Application):
         output = Path(context.output_path)
         # one case folder or a folder of them (an output folder inside it is not one), checked before loading
         batch = open_cases(Path(context.input_path), output_dir=output)
-        loader = BratsCaseLoaderOperator(self, CountCondition(self, len(batch.cases)), batch=batch, name="case_loader")
-        self.loader = loader
+        prepare = None
         if engine == "openvino":
             cache = os.environ.get("BRATS_KD_CACHE")
             precision = os.environ.get("BRATS_KD_PRECISION", "fp32")
             infer = OpenVINOSegmentationOperator(
                 self, model_file=model_file, precision=precision, cache_dir=cache, name="openvino_inference"
             )
+            prepare = infer.segmenter.preprocess  # as brats-kd segment: the loader reads and preprocesses a case
         else:
             infer = MonaiBundleInferenceOperator(
                 self,
@@ -94,6 +94,10 @@ class BratsSegmentationApp(Application):
                 bundle_config_names=BundleConfigNames(config_names=configs),
                 name="bundle_inference",
             )
+        loader = BratsCaseLoaderOperator(
+            self, CountCondition(self, len(batch.cases)), batch=batch, prepare=prepare, name="case_loader"
+        )
+        self.loader = loader
         writer = LabelMapWriterOperator(self, output_folder=output, name="label_map_writer")
         report = CaseReportOperator(self, output_folder=output, engine=engine, name="case_report")
         self.add_flow(loader, infer, {("image", "image")})

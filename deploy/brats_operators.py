@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from kd_components.io import check_output_dir, save_nifti_atomic
 from kd_components.segment import CaseFailed, EngineError, Segmentation, Segmenter
 from kd_components.segment.inputs import CaseBatch, read_case_image
 from kd_components.segment.report import write_case_report
+from kd_components.segment.segmenter import root_cause
 
 __all__ = [
     "BratsCaseLoaderOperator",
@@ -56,6 +58,12 @@ class BratsCaseLoaderOperator(Operator):
     ``filenames`` in its metadata, and ``background``, a copy of its t2f ``(H, W, D)`` for the report (the SDK's
     bundle operator normalises the array it receives in place).
 
+    With ``prepare`` (the OpenVINO engine: :meth:`Segmenter.preprocess`), ``image`` is the case already brought to
+    the network's grid and normalised, a MetaTensor that carries the transforms the label map is carried back
+    through, and the checks look at it there, as ``brats-kd segment`` does: in a folder of cases the next case is
+    then read *and preprocessed* while the engine runs on this one. Without it (the SDK's bundle operator, which
+    preprocesses what it receives), ``image`` holds the voxels as read, checked as read.
+
     ``batch`` holds the cases of the input folder, one case folder or a folder of case folders
     (``kd_components.segment.inputs.open_cases``, which the app calls before any model is loaded, so that input
     that cannot be used fails first). A case whose voxels fail the checks is named in :attr:`failed`, as are
@@ -65,8 +73,16 @@ class BratsCaseLoaderOperator(Operator):
     operator a ``CountCondition`` of one call per case of ``batch``.
     """
 
-    def __init__(self, fragment: Fragment, *args: Any, batch: CaseBatch, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fragment: Fragment,
+        *args: Any,
+        batch: CaseBatch,
+        prepare: Callable[[MetaTensor], MetaTensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.cases = batch.cases
+        self.prepare = prepare
         self.failed: list[str] = list(batch.problems)
         for problem in self.failed:
             logger.error("%s", problem)
@@ -85,31 +101,39 @@ class BratsCaseLoaderOperator(Operator):
             case = self.cases[self._next]
             self._next += 1
             try:
-                image, meta = self._read(case)
+                image, background, meta = self._read(case)
             except CaseFailed as err:
                 if len(self.cases) == 1:
                     raise
                 self.failed.append(str(err))
                 logger.error("%s", err)
                 continue
-            array = np.ascontiguousarray(image.numpy())
-            op_output.emit(Image(array, metadata=meta), "image")
-            op_output.emit(Image(array[MODALITIES.index("t2f")].copy(), metadata=dict(meta)), "background")
+            op_output.emit(Image(image, metadata=meta), "image")
+            op_output.emit(Image(background, metadata=dict(meta)), "background")
             self.emitted += 1
             return
 
-    @staticmethod
-    def _read(case: BratsCase) -> tuple[MetaTensor, dict[str, Any]]:
-        """The case's image ``(4, H, W, D)`` as read, checked, and the metadata the operators pass on."""
+    def _read(self, case: BratsCase) -> tuple[np.ndarray | MetaTensor, np.ndarray, dict[str, Any]]:
+        """The case's image for the engine (``(4, H, W, D)`` float32 as read, or with ``prepare`` the MetaTensor on
+        the network's grid), checked; its t2f as read ``(H, W, D)``; and the metadata the operators pass on (the
+        affine is the scan's, where the label map will lie)."""
         start = time.perf_counter()
-        image = read_case_image(case)
+        read = read_case_image(case)
         names = [case.images[m].name for m in MODALITIES]
+        background = np.array(read[MODALITIES.index("t2f")].numpy())  # a copy: an engine may change what it gets
+        affine = np.asarray(read.affine, dtype=np.float64)
+        image: np.ndarray | MetaTensor = np.ascontiguousarray(read.numpy())
+        checked: torch.Tensor = read
+        if self.prepare is not None:
+            try:
+                image = checked = self.prepare(read)
+            except Exception as err:  # as Segmenter.load: the transform's error in one line that names the case
+                raise CaseFailed(f"{case.case_id}: cannot be preprocessed ({root_cause(err)})") from err
         # either engine would fail later on bad values, and less clearly; an implausible case (not a whole brain, a
         # modality in another's place) would be segmented wrongly without a word: both are refused, the latter unless
         # BRATS_KD_PLAUSIBILITY=off
         plausibility = os.environ.get("BRATS_KD_PLAUSIBILITY", "on").strip().lower() not in ("off", "0", "false", "no")
-        Segmenter.check_values(case.case_id, image, names, plausibility)
-        affine = np.asarray(image.affine, dtype=np.float64)
+        Segmenter.check_values(case.case_id, checked, names, plausibility)
         meta = {
             "affine": affine,
             "original_affine": affine.copy(),
@@ -117,8 +141,8 @@ class BratsCaseLoaderOperator(Operator):
             "case_id": case.case_id,
             "filenames": names,
         }
-        logger.info(f"{case.case_id}: read {tuple(image.shape)} in {time.perf_counter() - start:.2f} s")
-        return image, meta
+        logger.info(f"{case.case_id}: read {tuple(read.shape)} in {time.perf_counter() - start:.2f} s")
+        return image, background, meta
 
 
 class OpenVINOSegmentationOperator(Operator):
@@ -151,7 +175,7 @@ class OpenVINOSegmentationOperator(Operator):
             device="cpu",
             cache_dir=cache_dir,
             log=logger.info,
-            plausibility=False,  # checked once, by the reader operator, as read (BRATS_KD_PLAUSIBILITY)
+            plausibility=False,  # checked once, by the loader, on its grid (BRATS_KD_PLAUSIBILITY)
         )
         super().__init__(fragment, *args, **kwargs)
 
@@ -162,10 +186,11 @@ class OpenVINOSegmentationOperator(Operator):
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         received = op_input.receive("image")
         meta = received.metadata()
-        array = np.asarray(received.asnumpy(), dtype=np.float32)  # only this operator receives it; it is not changed
-        image = MetaTensor(torch.from_numpy(array), affine=torch.as_tensor(meta["affine"]))
+        image = received.asnumpy()  # the loader's MetaTensor, preprocessed and checked (``prepare``)
+        if not isinstance(image, MetaTensor):
+            raise TypeError("the OpenVINO engine takes the case preprocessed by the loader (its prepare=preprocess)")
         segmenter = self.segmenter
-        segmentation = segmenter.segment_image(meta["case_id"], segmenter.preprocess(image), meta["filenames"])
+        segmentation = segmenter.segment_image(meta["case_id"], image, meta["filenames"])
         seconds = segmentation.seconds["network"]
         logger.info(f"{meta['case_id']}: OpenVINO {segmenter.precision}, network {seconds:.2f} s")
         op_output.emit(Image(np.swapaxes(segmentation.labels, 0, 2), metadata=meta), "pred")

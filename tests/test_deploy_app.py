@@ -99,17 +99,21 @@ def test_the_app_writes_the_label_map_that_brats_kd_segment_writes(
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.fixture(scope="module")
+def segment_openvino(deployed: dict[str, Path]) -> np.ndarray:
+    """``brats-kd segment --engine openvino``'s label map of the case with the same weights."""
+    return _segment(deployed["case"], deployed["root"] / "segment_ov", deployed["ckpt"], "--engine", "openvino")
+
+
 def test_the_openvino_engine_is_brats_kd_segments_and_agrees_with_the_reference(
-    deployed: dict[str, Path], torchscript_run: Path
+    deployed: dict[str, Path], torchscript_run: Path, segment_openvino: np.ndarray
 ) -> None:
     case = deployed["case"]
     output = deployed["root"] / "app_openvino"
     result = _run_app(case, output, deployed["models"] / "model.ts", BRATS_KD_ENGINE="openvino")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     labels = np.asarray(nib.load(output / f"{case.name}.nii.gz").dataobj)
-    np.testing.assert_array_equal(
-        labels, _segment(case, deployed["root"] / "segment_ov", deployed["ckpt"], "--engine", "openvino")
-    )
+    np.testing.assert_array_equal(labels, segment_openvino)
     assert json.loads((output / f"{case.name}-volumes.json").read_text())["engine"] == "openvino"
     reference = np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj)
     # the brain crop moves the windows: voxels near the threshold differ (docs/inference.md: Dice 0.91-0.99 between
@@ -126,11 +130,13 @@ def _copy_case(case: Path, folder: Path, case_id: str) -> Path:
     return copy
 
 
+@pytest.mark.parametrize("engine", ["torchscript", "openvino"])
 def test_a_folder_of_cases_runs_in_one_process_and_a_bad_case_is_named_and_left_out(
-    deployed: dict[str, Path], torchscript_run: Path, tmp_path: Path
+    deployed: dict[str, Path], torchscript_run: Path, segment_openvino: np.ndarray, tmp_path: Path, engine: str
 ) -> None:
-    """Two copies of the case, one with a NaN voxel (refused once read) and one without its t2f (refused before):
-    the two good ones get the single run's label map, the bad ones one error line each, and the exit status is 1."""
+    """Two copies of the case, one with a NaN voxel (refused once read; with OpenVINO once read and preprocessed, as
+    brats-kd segment does) and one without its t2f (refused before): the two good ones get the single case's label
+    map, the bad ones one error line each, and the exit status is 1."""
     case, folder = deployed["case"], tmp_path / "cases"
     good = [_copy_case(case, folder, f"BraTS-SYN-0090{i}-000") for i in (1, 2)]
     nan_case = _copy_case(case, folder, "BraTS-SYN-00903-000")
@@ -142,7 +148,7 @@ def test_a_folder_of_cases_runs_in_one_process_and_a_bad_case_is_named_and_left_
     incomplete = _copy_case(case, folder, "BraTS-SYN-00904-000")
     (incomplete / case_file_name(incomplete.name, "t2f")).unlink()
     output = tmp_path / "out"
-    result = _run_app(folder, output, deployed["models"])
+    result = _run_app(folder, output, deployed["models"], BRATS_KD_ENGINE=engine)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2, result.stderr[-3000:]
@@ -150,7 +156,11 @@ def test_a_folder_of_cases_runs_in_one_process_and_a_bad_case_is_named_and_left_
         case_file_name(incomplete.name, "t2f") in line for line in errors
     )
     assert "(2 case(s)" in result.stderr
-    reference = np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj)
+    reference = (
+        np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj)
+        if engine == "torchscript"
+        else segment_openvino
+    )
     for copy in good:
         np.testing.assert_array_equal(np.asarray(nib.load(output / f"{copy.name}.nii.gz").dataobj), reference)
         assert json.loads((output / f"{copy.name}-volumes.json").read_text())["case_id"] == copy.name
