@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from monai.data import MetaTensor
 from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 
@@ -122,11 +121,12 @@ class BratsCaseLoaderOperator(Operator):
         names = [case.images[m].name for m in MODALITIES]
         background = np.array(read[MODALITIES.index("t2f")].numpy())  # a copy: an engine may change what it gets
         affine = np.asarray(read.affine, dtype=np.float64)
-        image: np.ndarray | MetaTensor = np.ascontiguousarray(read.numpy())
-        checked: torch.Tensor = read
-        if self.prepare is not None:
+        image: np.ndarray | MetaTensor
+        if self.prepare is None:  # the SDK's bundle operator preprocesses what it gets: the voxels as read
+            checked, image = read, np.ascontiguousarray(read.numpy())
+        else:
             try:
-                image = checked = self.prepare(read)
+                checked = image = self.prepare(read)
             except Exception as err:  # as Segmenter.load: the transform's error in one line that names the case
                 raise CaseFailed(f"{case.case_id}: cannot be preprocessed ({root_cause(err)})") from err
         # either engine would fail later on bad values, and less clearly; an implausible case (not a whole brain, a
