@@ -270,8 +270,10 @@ def _with_necrosis(cases: list[PhantomCase], enhancing: bool | None = None) -> l
 def test_t1c_enhancing_tumour_is_bright(cases: list[PhantomCase]) -> None:
     for case in (c for c in cases if (c.seg == ET_LABEL).sum() > 20):
         et = _mean(case, "t1c", case.seg == ET_LABEL)
-        assert et > 1.1 * _mean(case, "t1c", _normal(case, "wm")), case.case_id  # thin rims are partial-volumed
-        assert et > 1.1 * _mean(case, "t1c", _normal(case, "gm")), case.case_id
+        # thin rims and patches are partial-volumed; faint enhancement is real (one real scan's ET: median 1.18 x
+        # white matter, first quartile 1.11, docs/real_scans.md section 7), and pure white matter is its brightest
+        assert et > 1.05 * _mean(case, "t1c", _normal(case, "wm")), case.case_id
+        assert et > 1.05 * _mean(case, "t1c", _normal(case, "gm")), case.case_id
     for case in _with_necrosis(cases, enhancing=True):
         assert _mean(case, "t1c", case.seg == ET_LABEL) > 1.2 * _mean(case, "t1c", case.seg == NETC_LABEL)
 
@@ -302,6 +304,26 @@ def test_tissue_contrasts_follow_mri_physics(cases: list[PhantomCase]) -> None:
     for case in _with_necrosis(cases):
         assert _mean(case, "t1n", case.seg == NETC_LABEL) < 0.85 * _mean(case, "t1n", _normal(case, "wm"))
         assert _mean(case, "t2w", case.seg == NETC_LABEL) > 1.5 * _mean(case, "t2w", _normal(case, "wm"))
+
+
+def test_sharpened_fractions_keep_the_brain_share_and_favour_the_main_tissue() -> None:
+    """The template's fractions overlap more than one brain's tissues do: sharpening keeps each voxel's brain share
+    and its main tissue, gives that tissue more of the voxel, and leaves pure voxels and voxels outside alone."""
+    from kd_components.data.phantoms.anatomy import _sharpen
+
+    rng = np.random.default_rng(0)
+    fractions = rng.dirichlet((1.0, 1.0, 1.0), size=(6, 5, 4)).astype(np.float32)
+    share = rng.uniform(0.5, 1.0, (6, 5, 4)).astype(np.float32)
+    csf, gm, wm = (fractions[..., k] * share for k in range(3))
+    csf[0, 0, 0], gm[0, 0, 0], wm[0, 0, 0] = 0.0, 0.0, 1.0  # pure white matter
+    csf[1, 0, 0] = gm[1, 0, 0] = wm[1, 0, 0] = 0.0  # outside the brain
+    sharp = _sharpen(csf, gm, wm)
+    before, after = np.stack([csf, gm, wm]), np.stack(sharp)
+    assert all(f.dtype == np.float32 for f in sharp)
+    np.testing.assert_allclose(after.sum(0), before.sum(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(after.argmax(0), before.argmax(0))
+    assert (after.max(0) >= before.max(0) - 1e-6).all() and (after.max(0) > before.max(0) + 0.05).mean() > 0.5
+    assert after[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0] and not after[:, 1, 0, 0].any()
 
 
 def test_tumour_is_not_one_channel_threshold(cases: list[PhantomCase]) -> None:
@@ -484,7 +506,8 @@ def test_phantom_intensities_fall_in_the_real_scans_ranges() -> None:
     """Measured as on real scans (``kd_lab.calibration``: k-means tissue classes, values over the white-matter
     median), every tumour class and grey matter of six phantoms has its pooled median inside the range of the real
     scans' per-case medians recorded in docs/real_scans_calibration.json, widened by 20 % (three real cases span
-    little of the variety of real gliomas; the phantoms are 2 mm here, the real scans 1 mm)."""
+    little of the variety of real gliomas; the phantoms are 2 mm here, the real scans 1 mm). Not CSF: the
+    phantoms' CSF is purer than the real scans' partial-volume mixture (docs/real_scans.md, section 3.5)."""
     import json
 
     from kd_lab.calibration import measure_case, pool_cases

@@ -115,6 +115,24 @@ def _infratentorial(mni: np.ndarray) -> np.ndarray:
     return (below * behind).astype(np.float32)
 
 
+#: Exponent that sharpens the template's tissue fractions (each raised to it, then renormalised to the voxel's
+#: brain share). The MNI152 probabilities average many brains, so their tissues overlap far more than one brain's
+#: do at 1 mm (half of the brain's voxels hold 2 % CSF or more); docs/real_scans.md, section 3.5.
+TISSUE_SHARPNESS = 4.0
+
+
+def _sharpen(
+    csf: np.ndarray, gm: np.ndarray, wm: np.ndarray, power: float = TISSUE_SHARPNESS
+) -> tuple[np.ndarray, ...]:
+    """Sharper partial-volume fractions (each (X, Y, Z) float32): ``f_i^power / sum_j f_j^power`` times the voxel's
+    brain share ``sum_j f_j``, so a voxel's brain share is kept and its largest tissue gains."""
+    share = csf + gm + wm
+    powered = [np.power(f, power, dtype=np.float32) for f in (csf, gm, wm)]
+    total = powered[0] + powered[1] + powered[2]
+    scale = np.divide(share, total, out=np.zeros_like(share), where=total > 0)
+    return tuple((f * scale).astype(np.float32) for f in powered)
+
+
 @dataclass(frozen=True)
 class _Anatomy:
     """Resampled anatomy, all (X, Y, Z) float32 except ``brain`` (bool).
@@ -184,7 +202,8 @@ def _resample_anatomy(
 def _tissues_from_samples(
     sampled: dict[str, np.ndarray], atlas: _Atlas, infratentorial: np.ndarray, variation: _Variation
 ) -> _Anatomy:
-    """Binarise the brain, derive CSF and the T1 texture residual from resampled atlas volumes (X, Y, Z)."""
+    """Binarise the brain, derive CSF and the T1 texture residual from resampled atlas volumes (X, Y, Z), then
+    sharpen the fractions (:func:`_sharpen`; after the residual, which stays the template's texture)."""
     brain = sampled["brain"] > 0.5
     gm = np.where(brain, sampled["gm"], 0.0).astype(np.float32)
     wm = np.where(brain, sampled["wm"], 0.0).astype(np.float32)
@@ -192,6 +211,7 @@ def _tissues_from_samples(
     c_csf, c_gm, c_wm = atlas.t1_tissue_means
     t1 = sampled["t1"] / atlas.t1_wm_level
     residual = np.where(brain, t1 - (c_csf * csf + c_gm * gm + c_wm * wm), 0.0).astype(np.float32)
+    csf, gm, wm = _sharpen(csf, gm, wm)
     return _Anatomy(
         brain=brain,
         csf=csf,
