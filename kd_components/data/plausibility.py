@@ -40,7 +40,7 @@ at 2 mm) and 198 phantoms (``small`` seeds 0, 1 and 7, 188 at 2 mm; ``brats`` se
 pass; t1c/t2w, t1n/t2w and t2w/t2f swaps are caught on every real scan and every phantom; t1c/t1n on every real scan
 and 189 of the 198 phantoms, t1c/t2f on every real scan and 183, t1n/t2f on every real scan and 189 (on the 150
 phantoms without seed 1: 142, 141 and 143; before the sharper fractions 148, 129 and 138, and 36 and 85 for the
-FLAIR swaps before the FLAIR check). On the sharper phantoms a T1 scan's correlation with t2w reached -0.09
+FLAIR swaps before the FLAIR check). On sharper phantoms a T1 scan's correlation with t2w reached -0.07 to -0.10
 (independent bias fields of up to 25 % per modality can outweigh the tissue contrast), hence
 :data:`T1_MAX_CORRELATION` -0.05: a real FLAIR given as a T1 scan lies at +0.02 to +0.55. A scan without any
 contrast enhancement (no enhancing tumour, no vessels) would give tails of about equal length, above the threshold.
