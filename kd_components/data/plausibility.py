@@ -152,24 +152,21 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
     t2w = values["t2w"]
     correlation = _rank_correlations(values, t2w, ("t1c", "t1n"))
     csf = t2w >= np.quantile(t2w, 1 - _CSF_SHARE)
-    problems = []
-    if min(correlation["t1c"], correlation["t1n"]) > T1_MAX_CORRELATION:  # neither T1 scan falls with "t2w"
-        if t2_swap:  # "t2w" is the FLAIR: say so
-            return [t2_swap]
+    not_t1 = [t1 for t1 in ("t1c", "t1n") if correlation[t1] > T1_MAX_CORRELATION]  # rising with "t2w"
+    if not_t1 and t2_swap:  # a T1 scan compared with a "t2w" that is the FLAIR: the swap is the cause
+        return [t2_swap]
+    if len(not_t1) == 2:
         return [
             f"neither {named['t1c']} nor {named['t1n']} falls where {named['t2w']} rises (rank correlations "
             f"{correlation['t1c']:+.2f}, {correlation['t1n']:+.2f}; T1 scans' are below {T1_MAX_CORRELATION:+.2f} "
             "against a T2 scan): is --t2w another modality, or are both T1 scans?"
         ]
-    for t1 in ("t1c", "t1n"):
-        if correlation[t1] > T1_MAX_CORRELATION:
-            problems.append(
-                f"{named[t1]} does not look T1-weighted: its voxels rise with {named['t2w']}'s (rank correlation "
-                f"{correlation[t1]:+.2f}, a T1 scan's is below {T1_MAX_CORRELATION:+.2f}): is --{t1}, or --t2w, "
-                "another modality?"
-            )
-    if problems and t2_swap:  # a T1 scan compared with a "t2w" that is the FLAIR: the swap is the cause
-        return [t2_swap]
+    problems = [
+        f"{named[t1]} does not look T1-weighted: its voxels rise with {named['t2w']}'s (rank correlation "
+        f"{correlation[t1]:+.2f}, a T1 scan's is below {T1_MAX_CORRELATION:+.2f}): is --{t1}, or --t2w, another "
+        "modality?"
+        for t1 in not_t1
+    ]
     rank = _rank(values["t1n"], np.median(values["t1n"][csf]))  # t1n: on t1c, enhancing tumour may be T2-bright
     if rank > T1_CSF_MAX_RANK and not problems:
         problems.append(
