@@ -49,8 +49,9 @@ __all__ = [
     "use_reference_path",
 ]
 
-#: The stages of one case, in order (``Segmentation.seconds`` plus the write).
-STAGES = ("read", "network", "postprocess", "write")
+#: The stages of one case, in order (``Segmentation.seconds`` plus the write; *check*: the values and plausibility
+#: checks on the preprocessed case).
+STAGES = ("read", "check", "network", "postprocess", "write")
 
 
 def use_reference_path(segmenter: Any) -> None:

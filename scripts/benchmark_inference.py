@@ -329,20 +329,23 @@ def render_segment(students: dict[str, Any], shape: list[int]) -> list[str]:
         "*One case*: a segmenter built once segments and writes the case again and again (medians of the runs "
         "after a warm-up): the latency of a case in a process already running (`--watch`, the Deploy app), without "
         "the start-up. *read*: the four NIfTI files read and preprocessed (orientation, resampling to the "
-        "student's grid, normalisation); *post*: the inversion onto the input's grid, post-processing, the label "
-        "map and volumes; *before*: the same segmenter in float32 on the path before the fast reading and "
-        "inversion (MONAI's `NibabelReader`, `Spacingd` in float64, `Invertd` + `AsDiscreted` over the whole grid; "
-        "`kd_lab/segment_speed.py`; its normalisation and checks are today's, which give the same values faster).",
-        "| student (grid) | engine | path | read (s) | network (s) | post (s) | write (s) | one case (s) | "
+        "student's grid, normalisation); *check*: the values and plausibility checks on the preprocessed case (a "
+        "dash: a run from before this stage was timed on its own; it counted in *one case* only); *post*: the "
+        "inversion onto the input's grid, post-processing, the label map and volumes; *before*: the same "
+        "segmenter in float32 on the path before the fast reading and inversion (MONAI's `NibabelReader`, "
+        "`Spacingd` in float64, `Invertd` + `AsDiscreted` over the whole grid; `kd_lab/segment_speed.py`; its "
+        "normalisation and checks are today's, which give the same values faster).",
+        "| student (grid) | engine | path | read (s) | check (s) | network (s) | post (s) | write (s) | one case (s) | "
         "before / this |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in students.items():
         for path in ("this", "before"):
             r = row[path]
             ratio = f"{row['before']['total_s'] / row['this']['total_s']:.1f}x" if path == "this" else ""
+            check = f"{r['check_s']:.3f}" if "check_s" in r else "—"
             lines.append(
-                f"| {name} | {r['engine']} | {path} | {r['read_s']:.3f} | {r['network_s']:.3f} | "
+                f"| {name} | {r['engine']} | {path} | {r['read_s']:.3f} | {check} | {r['network_s']:.3f} | "
                 f"{r['postprocess_s']:.3f} | {r['write_s']:.3f} | {r['total_s']:.3f} | {ratio} |"
             )
     lines += [

@@ -139,7 +139,10 @@ def test_segment_sections_give_the_ratio_to_the_path_before_and_the_start_up() -
         },
     }
     page = "\n".join(script.render_segment({"2 mm": student}, [4, 240, 240, 155]))
-    assert "| 2 mm | openvino fp32 | this | 0.300 | 0.100 | 0.100 | 0.050 | 0.600 | 3.5x |" in page
+    assert "| 2 mm | openvino fp32 | this | 0.300 | — | 0.100 | 0.100 | 0.050 | 0.600 | 3.5x |" in page  # no check_s
+    student["this"]["check_s"] = 0.05
+    page = "\n".join(script.render_segment({"2 mm": student}, [4, 240, 240, 155]))
+    assert "| 2 mm | openvino fp32 | this | 0.300 | 0.050 | 0.100 | 0.100 | 0.050 | 0.600 | 3.5x |" in page
     assert "| 2 mm | 20 | 21.0 | 0.60 | 13.0 | 9.6 | 9.0 |" in page  # (21.0 - 9.0) / 20 per case in the folder
     assert "| 2 mm | 3 real | 1.0000 / 0.9995 / 1.0000 | 0.9990 | 4 |" in page
     assert script.render_segment({}, [4, 1, 1, 1]) == []

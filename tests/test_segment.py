@@ -208,6 +208,26 @@ def test_engines_agree_with_pytorch_on_a_volume_whose_sides_are_not_multiples_of
     assert torch.allclose(segmenter.logits(image), expected, atol=1e-3)
 
 
+def test_a_case_records_the_seconds_of_its_checks(
+    make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plausibility checks are a stage of their own in a case's seconds (the volume table's ``seconds`` is their
+    sum), not time that no stage counts."""
+    import time
+
+    import kd_components.segment.segmenter as segmenter_module
+
+    def slow_check(*args: object) -> list[str]:
+        time.sleep(0.3)
+        return []
+
+    monkeypatch.setattr(segmenter_module, "plausibility_problems", slow_check)
+    case = case_from_directory(make_case(shape=(40, 40, 30), root=tmp_path / "data"))
+    seconds = _segmenter(student_ckpt, tmp_path, plausibility=True).segment(case).seconds
+    assert list(seconds) == ["read", "check", "network", "postprocess"]
+    assert seconds["check"] >= 0.3
+
+
 def test_crop_runs_fewer_windows_and_pastes_back_exactly(
     make_case: Callable[..., Path], student_ckpt: Path, tmp_path: Path
 ) -> None:

@@ -204,7 +204,7 @@ def _segment_cases(
     table's rows of the cases written. A case that fails is added to ``failed`` and the others go on; once ``stop()``
     is true no further case is begun.
 
-    A row's ``seconds`` are the case's own stages (check and read, network, post-processing, write): what the case
+    A row's ``seconds`` are the case's own stages (read, checks, network, post-processing, write): what the case
     takes alone, without the overlap with its neighbours.
     """
     from concurrent.futures import Future, ThreadPoolExecutor

@@ -318,8 +318,9 @@ class Segmenter:
     def segment_image(self, case_id: str, image: MetaTensor, names: Sequence[str] = MODALITIES) -> Segmentation:
         """Segment one preprocessed case ``(4, H, W, D)`` (:meth:`load` or :meth:`preprocess`); ``names`` are its
         channels' files, for the messages of :class:`CaseFailed`."""
-        seconds: dict[str, float] = {}
+        start = time.perf_counter()
         self.check_values(case_id, image, names, self.plausibility)
+        seconds = {"check": time.perf_counter() - start}
         start = time.perf_counter()
         try:
             full = self.logits(image)
