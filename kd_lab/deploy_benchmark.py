@@ -137,10 +137,10 @@ def render_section(results: dict[str, Any]) -> str:
     lines += [
         "",
         "`brats-kd segment` on the same case and folder in the same run: *one case*, the seconds it records for the "
-        "case in a new process (read, network, postprocess, write); *start-up*, that command's wall time less them; "
-        f"*folder of {cases}: per case*, the folder command's wall time less the start-up, over the cases; *app / "
-        "segment*, the application's per-case seconds over these (the OpenVINO engine's against the brain-crop row, "
-        "TorchScript's against the whole-grid row):",
+        "case in a new process (read, checks, network, postprocess, write); *start-up*, that command's wall time "
+        f"less them; *folder of {cases}: per case*, the folder command's wall time less the start-up, over the "
+        "cases; *app / segment*, the application's per-case seconds over these (the OpenVINO engine's against the "
+        "brain-crop row, TorchScript's against the whole-grid row):",
         "",
         f"| `brats-kd segment` | one case (s) | start-up (s) | folder of {cases}: per case (s) "
         "| app / segment, one case | app / segment, folder |",
