@@ -213,8 +213,6 @@ def test_a_case_records_the_seconds_of_its_checks(
 ) -> None:
     """The plausibility checks are a stage of their own in a case's seconds (the volume table's ``seconds`` is their
     sum), not time that no stage counts."""
-    import time
-
     import kd_components.segment.segmenter as segmenter_module
 
     def slow_check(*args: object) -> list[str]:
