@@ -68,6 +68,38 @@ def test_the_flair_swapped_with_a_t1_scan_is_named_where_the_t1_check_passes() -
         assert len(problems) == 1 and f"are --{t1} and --t2f swapped?" in problems[0], problems
 
 
+@pytest.mark.parametrize(("seed", "index"), [(1, 39), (1, 3)])
+def test_the_flair_swap_is_caught_where_bias_fields_outweigh_the_tissue_contrast(seed: int, index: int) -> None:
+    """Phantoms whose independent bias fields (up to 25 % per scan) outweighed the contrast of grey and white matter:
+    on the raw voxels their FLAIR's lead over a T1 scan was +0.01 to +0.27 as given and the FLAIR swaps passed
+    (healthy phantom 39 of seed 1 both, the non-enhancing 3 the t1c one). Less their local mean, the scans keep their
+    contrast and the swaps are named; the case as given passes."""
+    case = generate_case(index, seed, profile="small", healthy=index % 8 == 7)
+    image = np.stack([case.images[m].astype(np.float32) for m in MODALITIES])
+    assert plausibility_problems(image, case.affine) == []
+    for t1 in ("t1c", "t1n"):
+        problems = plausibility_problems(swapped(image, t1, "t2f"), case.affine)
+        assert len(problems) == 1 and f"are --{t1} and --t2f swapped?" in problems[0], problems
+
+
+def test_a_strong_bias_field_on_one_scan_changes_no_verdict(phantom_data: dict[str, Path]) -> None:
+    """A smooth field from 0.5 to 1.5 across the brain on the FLAIR only (stronger than the phantoms' own): the case
+    still passes, and its FLAIR swaps are still refused, naming the T1 scan's option, as read and as a z-scored
+    tensor without an affine."""
+    image, affine, names = _case(phantom_data)
+    ramp = np.linspace(0.5, 1.5, image.shape[1], dtype=np.float32)[:, None, None]
+    biased = image.copy()
+    biased[MODALITIES.index("t2f")] *= ramp
+    assert plausibility_problems(biased, affine, names) == []
+    brain = np.all(biased != 0, axis=0)
+    zscored = np.where(brain, (biased - biased[:, brain].mean(1)[:, None, None, None]), 0).astype(np.float32)
+    zscored /= biased[:, brain].std(1)[:, None, None, None]
+    for t1 in ("t1c", "t1n"):
+        for volume, grid in ((biased, affine), (zscored, None)):
+            problems = plausibility_problems(swapped(volume, t1, "t2f"), grid, names)
+            assert len(problems) == 1 and f"--{t1}" in problems[0], problems  # the swap, or the FLAIR as no T1
+
+
 def test_a_tumour_bright_on_t2w_and_on_t1c_is_not_refused(phantom_data: dict[str, Path]) -> None:
     """A large enhancing tumour among the brightest t2w voxels is bright on t1c too; the t2w check looks at t1n only
     (a BraTS-size glioma phantom was refused as "t2w does not look T2-weighted")."""

@@ -3,7 +3,8 @@ catch what the file checks cannot: a volume too small or too large to be a brain
 skull, not a brain at all) and a modality given in another's place (``--t1c`` given the FLAIR, one file for two
 modalities), which the network would segment silently and wrongly.
 
-The contrast checks are rank correlations within the brain, so they hold for any intensity scale or bias field:
+The contrast checks are rank statistics within the brain, so they hold for any intensity scale; the FLAIR check
+compares the scans' local contrast, so that a bias field cannot outweigh it:
 
 - t1c and t1n are T1-weighted: their voxels fall where t2w's rise (CSF and oedema bright on T2, dark on T1), a rank
   correlation with t2w below :data:`T1_MAX_CORRELATION`; and the brightest t2w voxels (mostly CSF) are among the
@@ -18,8 +19,11 @@ The contrast checks are rank correlations within the brain, so they hold for any
 - t2f swapped with t1c or t1n: over the whole brain t2f's correlation with t2w ranges from -0.56 (a phantom) to
   +0.55 (a real scan), overlapping the T1 scans' (CSF, bright on t2w, is dark on FLAIR and T1 alike), so the check
   compares the scans with each other on the voxels that are not dark on t1n (white and grey matter, most of the
-  tumour), where a FLAIR rises with t2w and a T1 scan falls: "t2f" must not be less like t2w than a T1 scan by more
-  than :data:`FLAIR_MIN_T2_LEAD`. Swapped, the lead turns its sign.
+  tumour), where a FLAIR rises with t2w and a T1 scan falls: "t2f" must be more like t2w than either T1 scan is (a
+  lead above :data:`FLAIR_MIN_T2_LEAD`). Swapped, the lead turns its sign. Each scan is compared less its local brain
+  mean (:data:`LOCAL_MEAN_SIGMA_MM`): on the raw voxels, independent bias fields of up to 25 % per scan outweighed the
+  contrast of grey and white matter on some phantoms (their FLAIR's lead fell to -0.30 as given, and 15 of 198
+  phantoms' t1c/t2f swaps passed).
 
 Measured, to set the thresholds, on the three real glioma scans of ``../shared/real_dev`` and on phantoms, as read
 and as the bundle preprocesses them (the same to two decimals): T1 correlations -0.31 to -0.80, T1 CSF ranks 0.02 to
@@ -30,17 +34,18 @@ correlation with t2w is -0.57 to +0.26 (the real scans' +0.02 to +0.55).
 The swap checks, on the three real scans, 8 BraTS-size glioma phantoms (as read and resampled to 2 mm) and the main
 job's 40 glioma phantoms (2 mm): the tails' ratio is 3.1-4.2 on the real scans and 1.5-4.5 on the phantoms, and
 0.22-0.67 with t1c and t1n swapped; the CSF rank gap is +0.44 to +0.94, and its negative when t2w and t2f are
-swapped. The FLAIR's lead away from CSF is +0.65 to +0.98 on the real scans (+0.65 to +1.05 at 2 mm) and -0.30 to
-+1.03 on 157 glioma and healthy phantoms (2 mm), whose FLAIR was less like t2w than a real one: more than half of a
-phantom brain's voxels held 2 % CSF or more (the MNI template's partial volume, before the sharper fractions); on
-voxels without CSF their FLAIR's correlation with t2w is positive (+0.35 to +0.82 on four phantoms), as on a real
-scan. ``python scripts/measure_plausibility.py`` counts, per set, the cases that pass as given and those on which
+swapped. The FLAIR's lead away from CSF, in local contrast, is +0.62 to +0.96 on the real scans (+0.60 to +1.05 at
+2 mm) and +0.21 to +1.24 on the 198 phantoms below; with a T1 scan swapped -0.21 to -1.29 (real: -0.60 to -1.16).
+``python scripts/measure_plausibility.py`` counts, per set, the cases that pass as given and those on which
 each swap is caught. On 2026-12-07, with the phantoms' sharper tissue fractions: the three real scans (as read and
 at 2 mm) and 198 phantoms (``small`` seeds 0, 1 and 7, 188 at 2 mm; ``brats`` seed 100, 10 at 1 mm and at 2 mm) all
-pass; t1c/t2w, t1n/t2w and t2w/t2f swaps are caught on every real scan and every phantom; t1c/t1n on every real scan
-and 189 of the 198 phantoms, t1c/t2f on every real scan and 183, t1n/t2f on every real scan and 189 (on the 150
-phantoms without seed 1: 142, 141 and 143; before the sharper fractions 148, 129 and 138, and 36 and 85 for the
-FLAIR swaps before the FLAIR check). On sharper phantoms a T1 scan's correlation with t2w reached -0.07 to -0.10
+pass; t1c/t2w, t1n/t2w, t2w/t2f, t1c/t2f and t1n/t2f swaps are caught on every real scan and every phantom; t1c/t1n
+on every real scan and 189 of the 198 phantoms (on the raw voxels the FLAIR check had caught t1c/t2f on 183 and
+t1n/t2f on 189; before the sharper fractions 129 and 138 of 150, and 36 and 85 before the FLAIR check). The 9
+t1c/t1n misses are phantoms whose t1c shows little enhancement beside their t1n (their tails' ratio as given
+0.85-1.33: a healthy brain, non-enhancing, cystic, patchy and necrotic tumours alike; the real scans' is 3.0-4.2);
+neither the local contrast nor a count of rank jumps told them apart. On sharper phantoms a T1 scan's correlation
+with t2w reached -0.07 to -0.10
 (independent bias fields of up to 25 % per modality can outweigh the tissue contrast), hence
 :data:`T1_MAX_CORRELATION` -0.05: a real FLAIR given as a T1 scan lies at +0.02 to +0.55. A scan without any
 contrast enhancement (no enhancing tumour, no vessels) would give tails of about equal length, above the threshold.
@@ -55,6 +60,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from scipy.stats import rankdata
 
 from kd_components.constants import MODALITIES
@@ -84,10 +90,15 @@ ENHANCEMENT_MIN_TAIL_RATIO = 0.75
 CSF_MIN_T2_RANK_GAP = -0.2
 #: t2f: the least lead of its rank correlation with t2w over each T1 scan's, on the voxels not dark on t1n (above
 #: :data:`_TISSUE_FROM` of the way from its 1st to its 75th percentile: white and grey matter, most of the tumour; not
-#: CSF). There a FLAIR rises with t2w and a T1 scan falls; a FLAIR given as t1c (or t1n) and the T1 scan as t2f turn
-#: the lead's sign.
-FLAIR_MIN_T2_LEAD = -0.4
+#: CSF), each scan less its local brain mean (:data:`LOCAL_MEAN_SIGMA_MM`). There a FLAIR rises with t2w and a T1
+#: scan falls; a FLAIR given as t1c (or t1n) and the T1 scan as t2f turn the lead's sign.
+FLAIR_MIN_T2_LEAD = 0.0
 _TISSUE_FROM = 0.6
+#: The FLAIR check compares the scans' local contrast: each less its mean over the brain around the voxel (a Gaussian of
+#: this sigma in mm, on a grid of about :data:`_LOCAL_MEAN_GRID_MM`), so that a bias field, smooth and different in
+#: every scan, cannot outweigh the contrast of grey and white matter.
+LOCAL_MEAN_SIGMA_MM = 12.0
+_LOCAL_MEAN_GRID_MM = 6.0
 #: Voxels sampled for the rank statistics (deterministic), and the share of voxels taken as CSF: the brightest on
 #: t2w, the darkest on t1n.
 _SAMPLES = 50_000
@@ -129,7 +140,8 @@ def plausibility_problems(
             ]
     if brain.sum() < 1000:  # too few voxels to tell contrasts apart
         return problems
-    return _contrast_problems(data, brain, named)
+    spacing = (1.0, 1.0, 1.0) if affine is None else tuple(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+    return _contrast_problems(data, brain, named, spacing)
 
 
 def _same_image(a: np.ndarray, b: np.ndarray) -> bool:
@@ -141,8 +153,10 @@ def _same_image(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
-def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str]) -> list[str]:
-    """The contrast checks of the module docstring on the ``brain`` voxels of ``data``."""
+def _contrast_problems(
+    data: np.ndarray, brain: np.ndarray, named: dict[str, str], spacing: Sequence[float]
+) -> list[str]:
+    """The contrast checks of the module docstring on the ``brain`` voxels of ``data`` (voxel ``spacing`` in mm)."""
     index = np.flatnonzero(brain)
     if index.size > _SAMPLES:
         index = np.random.default_rng(0).choice(index, _SAMPLES, replace=False)
@@ -174,7 +188,31 @@ def _contrast_problems(data: np.ndarray, brain: np.ndarray, named: dict[str, str
             f"{named['t1n']} (their median is brighter than {rank:.0%} of the brain; CSF's than under "
             f"{T1_CSF_MAX_RANK:.0%}): is --t2w another modality?"
         )
-    return problems or [p for p in (_t1_swap_problem(values, named), t2_swap or _flair_problem(values, named)) if p]
+    if problems:
+        return problems
+    flair = t2_swap or _flair_problem(_local_contrast(data, brain, voxels, spacing), named)
+    return [p for p in (_t1_swap_problem(values, named), flair) if p]
+
+
+def _local_contrast(
+    data: np.ndarray, brain: np.ndarray, voxels: tuple[np.ndarray, ...], spacing: Sequence[float]
+) -> dict[str, np.ndarray]:
+    """Each modality of ``data`` ``(4, H, W, D)`` at ``voxels`` less its local brain mean: the mean over the brain
+    weighted by a Gaussian of :data:`LOCAL_MEAN_SIGMA_MM`, computed on every k-th voxel (about
+    :data:`_LOCAL_MEAN_GRID_MM` apart) and taken at the nearest of them. A bias field multiplies a scan by a smooth
+    factor; less its local mean, a scan keeps the sign of its contrast between neighbouring tissues whatever that
+    factor (and whatever its scale or offset: as read or z-scored)."""
+    step = [max(1, round(_LOCAL_MEAN_GRID_MM / max(float(s), 1e-6))) for s in spacing]
+    coarse = tuple(slice(None, None, k) for k in step)
+    sigma = [LOCAL_MEAN_SIGMA_MM / (float(s) * k) for s, k in zip(spacing, step, strict=True)]
+    inside = brain[coarse]
+    weight = np.maximum(ndimage.gaussian_filter(inside.astype(np.float32), sigma), 1e-6)
+    nearest = tuple(np.minimum((v + k // 2) // k, n - 1) for v, k, n in zip(voxels, step, inside.shape, strict=True))
+    local = {}
+    for c, m in enumerate(MODALITIES):
+        mean = ndimage.gaussian_filter(np.where(inside, data[c][coarse], 0).astype(np.float32), sigma) / weight
+        local[m] = data[c][voxels] - mean[nearest]
+    return local
 
 
 def _rank_correlations(values: dict[str, np.ndarray], reference: np.ndarray, names: Sequence[str]) -> dict[str, float]:
@@ -224,7 +262,7 @@ def _t2_swap_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> st
 
 def _flair_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str | None:
     """t2f and a T1 scan swapped: on tissue, "t2f" less like t2w than that T1 scan by more than
-    :data:`FLAIR_MIN_T2_LEAD` allows, on sampled voxels."""
+    :data:`FLAIR_MIN_T2_LEAD` allows, on sampled voxels less their local brain mean (:func:`_local_contrast`)."""
     t1n = values["t1n"]
     low, high = np.percentile(t1n, (1, 75))
     tissue = t1n >= low + _TISSUE_FROM * (high - low)
@@ -236,7 +274,7 @@ def _flair_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str 
     if correlation["t2f"] - correlation[t1] >= FLAIR_MIN_T2_LEAD:
         return None
     return (
-        f"{named['t2f']} and {named[t1]} look swapped: away from CSF {named['t2f']} is less like "
+        f"{named['t2f']} and {named[t1]} look swapped: away from CSF, in local contrast, {named['t2f']} is less like "
         f"{named['t2w']} than {named[t1]} is (rank correlations {correlation['t2f']:+.2f} and {correlation[t1]:+.2f}); "
         f"a FLAIR rises with a T2 scan there, a T1 scan falls: are --{t1} and --t2f swapped?"
     )
