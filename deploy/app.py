@@ -38,6 +38,7 @@ from brats_operators import (
     OpenVINOSegmentationOperator,
 )
 from holoscan.schedulers import EventBasedScheduler
+from monai.bundle import ConfigParser
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application, Image, IOType
 from monai.deploy.operators.monai_bundle_inference_operator import (
@@ -47,9 +48,11 @@ from monai.deploy.operators.monai_bundle_inference_operator import (
 )
 
 from kd_components.deploy import ExportedModelError, find_model_file, read_exported
+from kd_components.geometry import GEOMETRY_FILE
 from kd_components.io import OutputDirError
 from kd_components.segment import CaseFailed, EngineError
 from kd_components.segment.inputs import open_cases
+from kd_components.segment.segmenter import no_geometry_warning
 
 #: Values of ``BRATS_KD_ENGINE``.
 APP_ENGINES = ("torchscript", "openvino")
@@ -72,6 +75,12 @@ class BratsSegmentationApp(Application):
         exported = read_exported(model_file)  # both configs embedded where the SDK looks, before anything runs
         # the grid the weights were trained on, when exported with models/training_geometry.json (docs/deploy.md)
         configs = ["inference", *(["training_geometry"] if exported.geometry else [])]
+        if not exported.geometry:  # either engine runs the weights at the embedded inference.json's grid
+            bundle = ConfigParser(exported.config)
+            bundle.read_meta(exported.metadata)
+            warning = no_geometry_warning(f"{model_file} has no {GEOMETRY_FILE} embedded", bundle)
+            logging.getLogger(__name__).warning("%s", warning)
+            print(warning, file=sys.stderr)
         context.update({"model": str(model_file)})  # the SDK's model loader takes a file, or a folder per model
         output = Path(context.output_path)
         # one case folder or a folder of them (an output folder inside it is not one), checked before loading

@@ -29,6 +29,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor, load_net_with_metadata
 from monai.transforms import Compose
 
+from kd_components.checkpoints.state import non_finite_tensors
 from kd_components.geometry import GEOMETRY_FILE
 
 __all__ = [
@@ -115,7 +116,8 @@ def read_exported(filepath: str | os.PathLike[str], config_name: str = "inferenc
 
     Raises:
         ExportedModelError: no such file; not a TorchScript archive; ``metadata.json`` or ``config_name`` not
-            embedded; the archive's root is not the file's stem.
+            embedded; the archive's root is not the file's stem; non-finite weights (the SDK's operator would run
+            them and fail later without naming the cause).
     """
     path = Path(filepath)
     if not path.is_file():
@@ -136,6 +138,9 @@ def read_exported(filepath: str | os.PathLike[str], config_name: str = "inferenc
     names = [config_name, *([GEOMETRY_FILE] if GEOMETRY_FILE in extra_files else [])]
     network, metadata, extra = load_net_with_metadata(str(path), map_location="cpu", more_extra_files=names)
     geometry = json.loads(extra[GEOMETRY_FILE]) if GEOMETRY_FILE in names else None
+    nan = non_finite_tensors(network.state_dict())
+    if nan:
+        raise ExportedModelError(f"{path}: holds non-finite weights (a diverged training?): {nan[0]}")
     return ExportedModel(path, network.eval(), dict(metadata), json.loads(extra[config_name]), geometry)
 
 

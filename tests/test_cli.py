@@ -133,3 +133,14 @@ def test_evaluate_with_cases_outside_the_datalist_split_says_so(
     args = [str(tmp_path / "seg"), str(data), "--datalist", str(datalist), "--fold", "0", "--no-progress"]
     assert brats_kd("evaluate", *args, "--cases", "BraTS-GLI-99999-000") == 2
     assert "none of --cases is in the validation split (fold 0)" in capsys.readouterr().err
+    # one case of the split with its reference as prediction, one case outside it: that one was dropped without a
+    # word (exit 0); now it is named and the exit status is 1
+    inside = _validation_ids(datalist)[0]
+    seg = nib.load(data / inside / case_file_name(inside, SEG_SUFFIX))
+    labels = np.asarray(seg.dataobj).astype(np.uint8)
+    nib.save(nib.Nifti1Image(labels, seg.affine), tmp_path / "seg" / f"{inside}.nii.gz")
+    outside = next(e["case_id"] for e in json.loads(datalist.read_text())["training"] if e["fold"] != 0)
+    assert brats_kd("evaluate", *args, "--cases", inside, outside) == 1
+    out, err = capsys.readouterr()
+    assert "BraTS metrics of 1 case(s)" in out
+    assert f"1 of --cases not in the validation split (fold 0) of {datalist}, not scored: {outside}" in err

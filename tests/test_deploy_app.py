@@ -204,12 +204,35 @@ def _renamed_model(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, st
     return deployed["case"], model, str(model)
 
 
+def _resaved_model(deployed: dict[str, Path], model: Path, nan: bool = False, geometry: bool = True) -> Path:
+    """The deployed ``model.ts`` saved again as ``model`` with its embedded configs, a NaN in its first weight
+    (``nan``) and without its embedded training geometry (``geometry=False``)."""
+    extra = {"metadata.json": "", "inference.json": "", "training_geometry.json": ""}
+    network = torch.jit.load(deployed["models"] / "model.ts", _extra_files=extra)
+    if nan:
+        with torch.no_grad():
+            next(iter(network.parameters())).view(-1)[0] = float("nan")
+    if not geometry:
+        del extra["training_geometry.json"]
+    model.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(network, str(model), _extra_files=extra)
+    return model
+
+
+def _nan_weights(deployed: dict[str, Path], tmp: Path) -> tuple[Path, Path, str]:
+    """A model.ts exported by ``monai.bundle ckpt_export`` from a diverged checkpoint (that command does not check
+    the weights): the SDK's operator ran it and failed with ``KeyError: 'pred'`` and a traceback."""
+    model = _resaved_model(deployed, tmp / "nan" / "model.ts", nan=True)
+    return deployed["case"], model, f"{model}: holds non-finite weights"
+
+
 BAD_INPUTS: dict[str, Any] = {
     "missing modality": _missing_modality,
     "not a case folder": _not_a_case,
     "NaN voxels": _nan_voxels,
     "model without embedded configs": _no_embedded_configs,
     "renamed model file": _renamed_model,
+    "NaN weights": _nan_weights,
 }
 
 
@@ -248,3 +271,19 @@ def test_a_scan_in_another_voxel_order_comes_back_on_its_own_grid(
     np.testing.assert_allclose(saved.affine, source.affine, atol=1e-6)
     back = np.flip(np.asarray(saved.dataobj).transpose(0, 2, 1), 0)
     np.testing.assert_array_equal(back, np.asarray(nib.load(torchscript_run / f"{case.name}.nii.gz").dataobj))
+
+
+@pytest.mark.parametrize("engine", ["torchscript", "openvino"])
+def test_a_model_without_its_training_grid_runs_with_a_warning_that_names_the_grid(
+    deployed: dict[str, Path], tmp_path: Path, engine: str
+) -> None:
+    """A model.ts exported without training_geometry.json runs at the embedded inference.json's grid (1 mm) instead
+    of the 2 mm it was trained at: the app ran it without a word (exit 0, a worse label map); now it warns on
+    stderr, naming the file and the grid used, and still segments."""
+    model = _resaved_model(deployed, tmp_path / "nogeo" / "model.ts", geometry=False)
+    result = _run_app(deployed["case"], tmp_path / "out", model, BRATS_KD_ENGINE=engine)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    named = f"{model} has no training_geometry.json embedded"
+    assert any(named in w and "pixdim [1.0, 1.0, 1.0]" in w for w in warnings), result.stderr[-3000:]
+    assert (tmp_path / "out" / f"{deployed['case'].name}.nii.gz").is_file()

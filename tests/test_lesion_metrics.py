@@ -199,16 +199,19 @@ def test_evaluate_command_scores_good_cases_and_names_bad_ones(
     status = main(["evaluate", str(preds), str(data), "-o", str(tmp_path / "out"), "--no-progress"])
     out, err = capsys.readouterr()
     assert status == 1
-    # the good case and the one without a prediction, scored as BraTS scores it (an empty prediction: Dice 0)
-    assert "BraTS metrics of 2 case(s)" in out and "| TC | 0.500 |" in out
+    # the good case, the one without a prediction, scored as BraTS scores it (an empty prediction: Dice 0), and the
+    # ambiguous one scored so too: left out of the means, it raised them above those of a missing prediction
+    assert "BraTS metrics of 3 case(s)" in out and "| TC | 0.333 |" in out
     assert "1 case(s) have no prediction" in err and "BraTS-SYN-00001-000" in err
     assert "BraTS-SYN-00002-000" in err and "shape (10, 20, 20) differs" in err
     assert "BraTS-SYN-00003-000" in err and "unknown label values [5]" in err
     assert "BraTS-SYN-00003-000.nii.gz" in err
     assert "BraTS-SYN-00004-000" in err and "affine differs" in err
     assert "BraTS-SYN-00005-000: ambiguous: 2 predictions" in err and "note:" not in err  # neither file "unmatched"
+    assert "keep one; scored as a missing prediction" in err
     rows = list(csv.DictReader((tmp_path / "out" / "brats_metrics.csv").open()))
-    assert [r["case_id"] for r in rows] == ["BraTS-SYN-00000-000", "BraTS-SYN-00001-000"]
+    assert [r["case_id"] for r in rows] == ["BraTS-SYN-00000-000", "BraTS-SYN-00001-000", "BraTS-SYN-00005-000"]
+    assert float(rows[2]["dice_tc"]) == 0.0 and float(rows[2]["hd95_tc"]) == MISSED_REGION_HD_MM
     assert float(rows[0]["ranking_lesion_dice_tc"]) == 1.0 and float(rows[0]["dice_et"]) == 1.0  # ET empty in both
     assert float(rows[0]["matched_lesion_dice_tc"]) == 1.0
     assert float(rows[1]["dice_tc"]) == 0.0 and float(rows[1]["hd95_tc"]) == MISSED_REGION_HD_MM

@@ -110,6 +110,26 @@ def test_two_runs_into_one_folder_keep_both_cases_in_the_table(
     assert [r["case_id"] for r in json.loads((out / "volumes.json").read_text())] == [second.name]
 
 
+def test_a_label_map_left_without_its_row_gets_one_on_the_next_run(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path
+) -> None:
+    """A run killed (or a disk filled) after a label map was written and before its row: the map stayed, listed by
+    no table, whatever ran next. The next run's table adds it from its voxels; a scan and a text file in the folder
+    are left out."""
+    first, second = (p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    out = tmp_path / "out"
+    assert _segment(str(first), "-o", str(out), "--ckpt", str(weights)) == 0
+    listed = json.loads((out / "volumes.json").read_text())
+    shutil.copy(out / f"{first.name}.nii.gz", out / "orphan.nii.gz")  # as the killed run left it: no row
+    shutil.copy(first / f"{first.name}-t1c.nii.gz", out / "scan.nii.gz")  # a scan of the user's: no label map
+    (out / "notes.nii.gz").write_text("not NIfTI")
+    assert _segment(str(second), "-o", str(out), "--ckpt", str(weights)) == 0
+    rows = {r["case_id"]: r for r in json.loads((out / "volumes.json").read_text())}
+    assert sorted(rows) == sorted([first.name, second.name, "orphan"])
+    volumes = {k: v for k, v in listed[0].items() if k.endswith("_ml")}
+    assert volumes and {k: rows["orphan"][k] for k in volumes} == volumes  # the same map, the same volumes
+
+
 def test_an_output_folder_inside_the_input_folder_is_not_a_problem_on_the_second_run(
     phantom_data: dict[str, Path], weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,19 +191,25 @@ def test_every_engine_refuses_non_finite_weights(
     assert not list(out.glob("*.nii.gz"))
 
 
-@pytest.mark.parametrize("kind", ["teacher", "text"])
+@pytest.mark.parametrize("kind", ["teacher", "text", "torchscript"])
 def test_a_checkpoint_that_is_not_the_students_is_named_in_one_message(
     phantom_data: dict[str, Path], tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from kd_components.networks import build_teacher
+    """The teacher's weights, a text file and an exported model.ts (which gave torch.load's advice to load it with
+    weights_only=False, unsafe and beside the point) as --ckpt: one message naming the file and what it is."""
+    from kd_components.networks import build_student, build_teacher
 
     ckpt = tmp_path / "model.pt"
     if kind == "teacher":
         torch.save(build_teacher("demo").state_dict(), ckpt)
         expected = "does not fit the network StridedSegResNet (is it the other bundle's checkpoint"
-    else:
+    elif kind == "text":
         ckpt.write_text("not weights")
         expected = "as PyTorch weights: not a file torch.save wrote"
+    else:
+        ckpt = tmp_path / "model.ts"
+        torch.jit.save(torch.jit.script(build_student()), str(ckpt))
+        expected = "is a TorchScript archive (an exported model.ts), not the weights a training saves"
     assert _segment(str(phantom_data["data"]), "-o", str(tmp_path / "out"), "--ckpt", str(ckpt)) == 2
     err = capsys.readouterr().err
     assert expected in err and str(ckpt) in err and "Traceback" not in err
@@ -274,3 +300,19 @@ def test_int8_calibration_passes_over_an_invalid_first_case(
     argv += ["--engine", "openvino", "--precision", "int8", "--calibration-cases", "1", "--cache-dir", str(tmp_path)]
     assert main(argv) == 1  # the empty case is named; the other is segmented
     assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1
+
+
+def test_a_truncated_scan_is_named_by_its_file(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A .nii.gz cut short after its header (a copy interrupted): ``cannot be read (EOFError: ...)`` named the case
+    only; now the file too, and the other case is segmented."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom_data["data"], data)
+    first, second = sorted(p for p in data.iterdir() if p.is_dir())
+    scan = first / f"{first.name}-t2f.nii.gz"
+    scan.write_bytes(scan.read_bytes()[: scan.stat().st_size // 2])
+    assert _segment(str(data), "-o", str(tmp_path / "out"), "--ckpt", str(weights)) == 1
+    err = capsys.readouterr().err
+    assert f"{first.name}: {scan}: cannot be read as NIfTI (" in err, err[-2000:]
+    assert (tmp_path / "out" / f"{second.name}.nii.gz").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -80,6 +81,12 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "checkpoint", key:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file (truncated, text, pickled objects) gets one message
+        if _is_torchscript(path):
+            raise CheckpointError(
+                f"the {what} {path} is a TorchScript archive (an exported model.ts), not the weights a training "
+                "saves: give the model.pt of the bundle's models folder (the MONAI Deploy app, deploy/app.py -m, "
+                "runs model.ts)"
+            ) from err
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
             f"cannot read the {what} {path} as PyTorch weights: not a file torch.save wrote, truncated, or holding "
@@ -98,6 +105,15 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "checkpoint", key:
     if all(k.startswith(DDP_PREFIX) for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k[len(DDP_PREFIX) :]: v for k, v in state.items()}
     return state
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (``torch.jit.save``: a zip file with the module's ``code/``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def load_checked(network: nn.Module, state: Mapping[str, torch.Tensor], source: str, hint: str = "") -> nn.Module:

@@ -3,8 +3,9 @@ metrics (per region: global Dice, HD95 and NSD, lesion-wise Dice and HD95, lesio
 
 Prints a table and writes brats_metrics.csv (per case) and brats_summary.csv (per region) atomically. A case that
 cannot be scored (two prediction files for one case, a wrong grid, unknown labels) is named with the file and the
-reason; a case without a prediction is scored as BraTS scores it, as an empty prediction, and named; the exit status
-is then 1.
+reason (two prediction files for one case are also scored as a missing prediction); a case without a prediction is
+scored as BraTS scores it, as an empty prediction, and named; --cases outside the --datalist's split are named and not
+scored; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {what} folder {folder} does not exist or is not a folder", file=sys.stderr)
             return 2
     case_ids = args.cases
+    outside: list[str] = []  # --cases that the datalist's split does not list
     if args.datalist is not None:
         try:
             items = load_datalist_split(args.datalist, args.dataset_dir, args.split, args.fold, check_images=False)
@@ -65,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        outside = [c for c in case_ids or [] if c not in listed]
+        if outside:
+            print(
+                f"warning: {len(outside)} of --cases not in the {args.split} split (fold {args.fold}) of "
+                f"{args.datalist}, not scored: {', '.join(outside[:5])}{' ...' if len(outside) > 5 else ''}",
+                file=sys.stderr,
+            )
         case_ids = [c for c in case_ids if c in listed] if case_ids else listed
     output = args.output or args.predictions
     try:
@@ -100,4 +109,4 @@ def run(args: argparse.Namespace) -> int:
     if not evaluation.scores and not evaluation.problems:
         print(f"error: no labelled case below {args.dataset_dir}", file=sys.stderr)
         return 2
-    return 1 if evaluation.problems or evaluation.missing else 0
+    return 1 if evaluation.problems or evaluation.missing or outside else 0

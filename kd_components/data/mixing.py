@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_components.data.datalist import load_datalist_split
+from kd_components.data.datalist import DatalistError, load_datalist_split
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +230,10 @@ def load_unlabelled_split(
     ``label`` dropped (so that a labelled split can also be used as unlabelled data).
 
     Raises:
-        ValueError: if the split is empty or missing; the message says how to train without unlabelled data.
+        DatalistError: if the split is empty or missing; the message says how to train without unlabelled data.
     """
     try:
         items = load_datalist_split(data_list_file_path, dataset_dir, split, fold)
     except ValueError as err:
-        raise ValueError(f"{err}; to distil on labelled scans only, pass --use_unlabelled false") from err
+        raise DatalistError([f"{err}; to distil on labelled scans only, pass --use_unlabelled false"]) from err
     return [{k: v for k, v in item.items() if k != "label"} for item in items]

@@ -80,7 +80,8 @@ def find_prediction(predictions: Path, case_id: str) -> Path | None:
 
     Raises:
         EvaluationError: more than one file is the case's prediction (``.nii`` and ``.nii.gz``, or two letter
-            cases): which one was meant cannot be told, so none is scored.
+            cases): which one was meant cannot be told, so none is used (:func:`evaluate_folder` scores the case
+            as a missing prediction, as it would score an invalid submission, and names it).
     """
     wanted = {f"{case_id}{ext}".lower() for ext in NIFTI_EXTENSIONS}
     found = [p for p in sorted(predictions.iterdir()) if p.name.lower() in wanted and p.is_file()]
@@ -213,7 +214,13 @@ def evaluate_folder(
     used: set[str] = set()
     for case in progress(sorted(chosen, key=lambda c: c.case_id)):
         try:
-            prediction = find_prediction(predictions, case.case_id)
+            try:
+                prediction = find_prediction(predictions, case.case_id)
+            except EvaluationError as ambiguous:  # no one prediction: scored as a missing one, and named
+                result.problems.append(f"{ambiguous}; scored as a missing prediction")
+                result.scores[case.case_id] = evaluate_missing(case, et_label, regions)
+                used |= {f"{case.case_id}{ext}".lower() for ext in NIFTI_EXTENSIONS}
+                continue
             if prediction is None:  # BraTS scores a missing prediction as an empty one: it counts in every mean
                 result.scores[case.case_id] = evaluate_missing(case, et_label, regions)
                 result.missing.append(case.case_id)

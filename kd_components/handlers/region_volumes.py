@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from ignite.engine import Engine, Events
 from monai.config.type_definitions import NdarrayOrTensor
@@ -113,9 +114,11 @@ def update_volume_table(
     :func:`write_volume_table` writes it) and write both files again; return the table.
 
     A case of ``rows`` replaces its earlier row; an earlier row stays while its label map ``<case_id>.nii.gz`` (or
-    ``.nii``) is still in the folder, so two runs into one folder list the cases of both. The read and the write
-    happen under a lock on ``.<filename>.lock``, so concurrent runs into one folder each add their cases and none is
-    lost. An unreadable earlier table is rebuilt from ``rows`` (and said in the log).
+    ``.nii``) is still in the folder, so two runs into one folder list the cases of both. A label map in the folder
+    without a row (a run killed, or a disk filled, after the map was written and before its row) gets one, from its
+    voxels (:func:`unlisted_label_map_rows`). The read and the write happen under a lock on ``.<filename>.lock``, so
+    concurrent runs into one folder each add their cases and none is lost. An unreadable earlier table is rebuilt
+    from ``rows`` and the label maps (and said in the log).
     """
     folder = Path(output_dir)
     with locked(folder / f".{filename}.lock"):
@@ -135,5 +138,43 @@ def update_volume_table(
             and any((folder / f"{r['case_id']}{ext}").is_file() for ext in (".nii.gz", ".nii"))
         ]
         merged = kept + list(rows)
+        merged += unlisted_label_map_rows(folder, {str(r["case_id"]) for r in merged})
         write_volume_table(merged, folder, filename)
     return merged
+
+
+#: Label-map files :func:`unlisted_label_map_rows` found not to be label maps, by (path, size, mtime): not read again.
+_NOT_LABEL_MAPS: set[tuple[str, int, int]] = set()
+#: The file names of a case's scans and reference (``<case>-t1c.nii.gz``, ``-seg``): never a segment label map.
+_CASE_FILE_SUFFIXES = ("-t1c", "-t1n", "-t2w", "-t2f", "-seg")
+
+
+def unlisted_label_map_rows(folder: Path, listed: set[str], et_label: int = ET_LABEL) -> list[dict[str, Any]]:
+    """Volume rows (``case_id`` and the volumes of :func:`region_volumes_ml`) of the label maps ``<case_id>.nii.gz``
+    (or ``.nii``) in ``folder`` whose case is not in ``listed``: a BraTS label map is a 3-D volume of an integer type
+    with values 0-3 (4: a legacy ET). Other NIfTI files (a user's scans in the folder) are left alone, and not read
+    again while they are unchanged."""
+    rows = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        case_id = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+        if not name.endswith((".nii.gz", ".nii")) or name.startswith(".") or case_id in listed:
+            continue
+        if case_id.lower().endswith(_CASE_FILE_SUFFIXES) or not path.is_file():
+            continue
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key in _NOT_LABEL_MAPS:
+            continue
+        try:
+            image = nib.load(str(path))
+            fits = len(image.shape) == 3 and np.issubdtype(image.get_data_dtype(), np.integer)
+            labels = np.asarray(image.dataobj) if fits else None
+        except Exception:  # a file nibabel cannot read is no label map of this folder's
+            labels = None
+        if labels is None or labels.min() < 0 or labels.max() > max(et_label, 3):
+            _NOT_LABEL_MAPS.add(key)
+            continue
+        logger.warning(f"{path}: a label map without a row in the volume table (a run stopped before it): added")
+        rows.append({"case_id": case_id, **region_volumes_ml(labels, image.affine, et_label)})
+    return rows

@@ -13,7 +13,7 @@ from monai.transforms import LoadImage
 from kd_components.constants import ET_LABEL, MODALITIES, match_case_id
 from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases, validate_case
 from kd_components.niftiio import ParallelNibabelReader
-from kd_components.segment.segmenter import CaseFailed, root_cause
+from kd_components.segment.segmenter import CaseFailed, read_failure
 from kd_components.writers import case_id_from_path
 
 __all__ = [
@@ -208,5 +208,5 @@ def read_case_image(case: BratsCase) -> MetaTensor:
         return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)(
             [str(case.images[m]) for m in MODALITIES]
         )
-    except Exception as err:  # MONAI wraps reader errors; the innermost one names the file
-        raise CaseFailed(f"{case.case_id}: cannot be read ({root_cause(err)})") from err
+    except Exception as err:  # MONAI wraps reader errors
+        raise CaseFailed(read_failure(case, err)) from err

@@ -36,7 +36,7 @@ from kd_components.segment.crop import brain_box
 from kd_components.segment.engines import EngineError, build_engine, resolve_device, resolve_engine
 from kd_components.transforms import all_finite
 
-__all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle"]
+__all__ = ["OUTSIDE_LOGIT", "CaseFailed", "Segmentation", "Segmenter", "default_bundle", "no_geometry_warning"]
 
 #: Logit given to voxels outside the crop (background after the sigmoid and threshold, and finite).
 OUTSIDE_LOGIT = -20.0
@@ -61,6 +61,18 @@ class Segmentation:
     affine: np.ndarray
     volumes: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def no_geometry_warning(why: str, config: ConfigParser) -> str:
+    """The warning for weights without their training grid: ``why`` (which file is missing), then the grid of the
+    bundle ``config`` they run at instead."""
+    return (
+        f"warning: {why}: the grid the weights were trained on is unknown, so they run at the bundle's grid "
+        f"(pixdim {list(config.get_parsed_content('pixdim'))}, orientation "
+        f"{config.get_parsed_content('orientation')}); "
+        f"weights trained at another voxel size segment worse there. Training writes {GEOMETRY_FILE} beside "
+        "model.pt: copy it with the weights (or embed it in model.ts)"
+    )
 
 
 class Segmenter:
@@ -137,15 +149,8 @@ class Segmenter:
 
     def _warn_no_geometry(self, why: str, overrides: dict[str, Any] | None, log: Callable[[str], None]) -> None:
         """Say that the weights' training grid is unknown, and which grid they run at (unless set by the caller)."""
-        if "pixdim" in (overrides or {}):
-            return
-        log(
-            f"warning: {why}: the grid the weights were trained on is unknown, so they run at the bundle's grid "
-            f"(pixdim {list(self.config.get_parsed_content('pixdim'))}, orientation "
-            f"{self.config.get_parsed_content('orientation')}); "
-            f"weights trained at another voxel size segment worse there. Training writes {GEOMETRY_FILE} beside "
-            "model.pt: copy it with the weights (or embed it in model.ts)"
-        )
+        if "pixdim" not in (overrides or {}):
+            log(no_geometry_warning(why, self.config))
 
     @classmethod
     def from_exported(
@@ -260,8 +265,8 @@ class Segmenter:
         item = {"image": [str(case.images[m]) for m in MODALITIES], "case_id": case.case_id}
         try:
             return self.preprocessing(item)["image"]
-        except Exception as err:  # MONAI wraps reader errors; the message names the transform and the file
-            raise CaseFailed(f"{case.case_id}: cannot be read ({root_cause(err)})") from err
+        except Exception as err:  # MONAI wraps reader errors
+            raise CaseFailed(read_failure(case, err)) from err
 
     def box_logits(self, image: torch.Tensor) -> tuple[tuple[slice, ...], torch.Tensor]:
         """The box the sliding window runs over (the brain's bounding box with ``crop``, else the whole grid) and
@@ -378,6 +383,24 @@ def calibration_patches(
             patches.append(region[(slice(None), *window)][None].contiguous())
         used += 1
     return patches
+
+
+def read_failure(case: BratsCase, err: BaseException) -> str:
+    """Why a case's files could not be read, in one line that names the file: MONAI's ``LoadImage`` passes over a
+    reader's error (``<file>: cannot be read as NIfTI (...)``, :class:`~kd_components.niftiio.ParallelNibabelReader`)
+    to try its other readers, whose error names no file; so each of the case's files is read again here (on failure
+    only) and the first that cannot be read is named. Else the innermost exception (:func:`root_cause`)."""
+    from kd_components.niftiio import read_nifti, voxels
+
+    for modality in MODALITIES:
+        path = case.images.get(modality)
+        if path is None:
+            continue
+        try:
+            voxels(read_nifti(path))
+        except Exception as file_err:  # what nibabel or the decompression raise for a broken file
+            return f"{case.case_id}: {path}: cannot be read as NIfTI ({type(file_err).__name__}: {file_err})"
+    return f"{case.case_id}: cannot be read ({root_cause(err)})"
 
 
 def root_cause(err: BaseException) -> str:
