@@ -23,7 +23,7 @@ from monai.deploy.core import Fragment, Image, Operator, OperatorSpec
 from kd_components.constants import ET_LABEL, MODALITIES
 from kd_components.data.brats import BratsCase
 from kd_components.handlers.region_volumes import region_volumes_ml
-from kd_components.io import check_output_dir, save_nifti_atomic
+from kd_components.io import LABEL_MAP_DESCRIPTION, check_output_dir, save_nifti_atomic
 from kd_components.segment import CaseFailed, EngineError, Segmentation, Segmenter
 from kd_components.segment.inputs import CaseBatch, read_case_image
 from kd_components.segment.report import write_case_report
@@ -198,7 +198,8 @@ class OpenVINOSegmentationOperator(Operator):
 
 class LabelMapWriterOperator(Operator):
     """Sink: ``pred`` -> ``<output_folder>/<case_id>.nii.gz``, uint8 BraTS labels on the input's grid and affine,
-    written atomically (an interrupted run leaves no partial file)."""
+    marked as a brats-kd label map in the header (a user's file of that name is never replaced: the app's
+    ``open_cases`` leaves its case out), written atomically (an interrupted run leaves no partial file)."""
 
     def __init__(self, fragment: Fragment, *args: Any, output_folder: Path, **kwargs: Any) -> None:
         self.output_folder = check_output_dir(output_folder)
@@ -210,7 +211,7 @@ class LabelMapWriterOperator(Operator):
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
         labels, affine, meta = label_map_of(op_input.receive("pred"))
         path = self.output_folder / f"{meta['case_id']}.nii.gz"
-        save_nifti_atomic(labels, affine, path, dtype=np.uint8)
+        save_nifti_atomic(labels, affine, path, dtype=np.uint8, description=LABEL_MAP_DESCRIPTION)
         logger.info(f"{meta['case_id']}: label map {path}")
 
 

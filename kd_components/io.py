@@ -116,18 +116,25 @@ def save_json_atomic(data: Any, path: str | os.PathLike[str], indent: int = 2) -
 
 
 def save_nifti_atomic(
-    array: np.ndarray, affine: np.ndarray, path: str | os.PathLike[str], dtype: np.dtype | type | None = None
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    dtype: np.dtype | type | None = None,
+    description: str | None = None,
 ) -> None:
     """Write a 3D ``array`` (H, W, D) with ``affine`` (4, 4) to a NIfTI file atomically.
 
     ``dtype`` sets the on-disk data type (default: the array's). The header's q- and s-form
-    both carry ``affine`` so every reader (nibabel, ITK, MONAI's LoadImage) agrees on it.
+    both carry ``affine`` so every reader (nibabel, ITK, MONAI's LoadImage) agrees on it;
+    ``description`` goes into its ``descrip`` field (at most 79 characters).
     """
     data = np.asarray(array if dtype is None else array.astype(dtype))
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_data_dtype(data.dtype)
+    if description is not None:
+        img.header["descrip"] = description.encode()[:79]
     with atomic_path(path) as tmp:
         if tmp.name.lower().endswith(".gz"):  # ISA-L's gzip where installed: the same format, several times faster
             from kd_components.niftiio import gzip_compress
@@ -135,6 +142,22 @@ def save_nifti_atomic(
             tmp.write_bytes(gzip_compress(img.to_bytes()))
         else:
             nib.save(img, tmp)
+
+
+#: The ``descrip`` of the label maps ``brats-kd segment`` and the Deploy app write: what tells them from a user's files
+#: in an output folder (another segmentation, a reference), which they never overwrite nor list as their own.
+LABEL_MAP_DESCRIPTION = "brats-kd label map"
+
+
+def is_brats_kd_label_map(path: str | os.PathLike[str]) -> bool:
+    """Whether the NIfTI file ``path`` is a label map ``brats-kd segment`` or the Deploy app wrote
+    (:data:`LABEL_MAP_DESCRIPTION` in its header; only the header is read). ``False`` for a file that is not NIfTI or
+    cannot be read."""
+    try:
+        descrip = nib.load(str(path)).header["descrip"]
+    except Exception:  # nibabel raises many types for what is no NIfTI file
+        return False
+    return bytes(np.asarray(descrip).tobytes()).rstrip(b"\x00").decode(errors="replace") == LABEL_MAP_DESCRIPTION
 
 
 def save_figure_atomic(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:

@@ -287,3 +287,18 @@ def test_a_model_without_its_training_grid_runs_with_a_warning_that_names_the_gr
     named = f"{model} has no training_geometry.json embedded"
     assert any(named in w and "pixdim [1.0, 1.0, 1.0]" in w for w in warnings), result.stderr[-3000:]
     assert (tmp_path / "out" / f"{deployed['case'].name}.nii.gz").is_file()
+
+
+def test_a_file_of_the_users_named_like_the_label_map_is_kept(deployed: dict[str, Path], tmp_path: Path) -> None:
+    """A copy of the case's reference kept in the output folder as ``<case>.nii.gz``: the app replaced it with its
+    label map. Now the case is refused, naming the file, which is kept byte for byte."""
+    case, output = deployed["case"], tmp_path / "out"
+    output.mkdir()
+    mine = output / f"{case.name}.nii.gz"
+    shutil.copy(case / case_file_name(case.name, "seg"), mine)
+    before = mine.read_bytes()
+    result = _run_app(case, output, deployed["models"])
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{mine} exists and is not a label map brats-kd wrote" in errors[0], result.stderr
+    assert mine.read_bytes() == before

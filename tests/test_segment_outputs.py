@@ -114,20 +114,43 @@ def test_a_label_map_left_without_its_row_gets_one_on_the_next_run(
     phantom_data: dict[str, Path], weights: Path, tmp_path: Path
 ) -> None:
     """A run killed (or a disk filled) after a label map was written and before its row: the map stayed, listed by
-    no table, whatever ran next. The next run's table adds it from its voxels; a scan and a text file in the folder
-    are left out."""
+    no table, whatever ran next. The next run's table adds it from its voxels (segment marks its label maps in the
+    header); a scan, a user's label map and a text file in the folder are left out."""
     first, second = (p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
     out = tmp_path / "out"
     assert _segment(str(first), "-o", str(out), "--ckpt", str(weights)) == 0
     listed = json.loads((out / "volumes.json").read_text())
     shutil.copy(out / f"{first.name}.nii.gz", out / "orphan.nii.gz")  # as the killed run left it: no row
     shutil.copy(first / f"{first.name}-t1c.nii.gz", out / "scan.nii.gz")  # a scan of the user's: no label map
+    shutil.copy(first / f"{first.name}-seg.nii.gz", out / "reference.nii.gz")  # a label map segment did not write
     (out / "notes.nii.gz").write_text("not NIfTI")
     assert _segment(str(second), "-o", str(out), "--ckpt", str(weights)) == 0
     rows = {r["case_id"]: r for r in json.loads((out / "volumes.json").read_text())}
     assert sorted(rows) == sorted([first.name, second.name, "orphan"])
     volumes = {k: v for k, v in listed[0].items() if k.endswith("_ml")}
     assert volumes and {k: rows["orphan"][k] for k in volumes} == volumes  # the same map, the same volumes
+
+
+def test_a_file_of_the_users_named_like_a_label_map_is_never_overwritten(
+    phantom_data: dict[str, Path], weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy of a case's reference segmentation kept in -o as ``<case_id>.nii.gz``: segment replaced it with its
+    label map, exit 0. Now that case is refused and named, the file kept byte for byte, the other case segmented;
+    a label map segment wrote itself is still replaced by a second run."""
+    first, second = (p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir())
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / f"{first.name}.nii.gz"
+    shutil.copy(first / f"{first.name}-seg.nii.gz", mine)
+    before = mine.read_bytes()
+    assert _segment(str(phantom_data["data"]), "-o", str(out), "--ckpt", str(weights)) == 1
+    err = capsys.readouterr().err
+    assert f"{first.name}: {mine} exists and is not a label map brats-kd wrote" in err
+    assert mine.read_bytes() == before
+    assert [r["case_id"] for r in json.loads((out / "volumes.json").read_text())] == [second.name]
+    written = (out / f"{second.name}.nii.gz").stat().st_mtime_ns
+    assert _segment(str(second), "-o", str(out), "--ckpt", str(weights)) == 0
+    assert (out / f"{second.name}.nii.gz").stat().st_mtime_ns != written
 
 
 def test_an_output_folder_inside_the_input_folder_is_not_a_problem_on_the_second_run(

@@ -275,9 +275,10 @@ def _segment_cases(
 
 def _output_problems(cases: list[BratsCase], output: Path) -> list[tuple[BratsCase, str | None]]:
     """Each case with the reason its label map ``output/<case_id>.nii.gz`` must not be written, or ``None``: a case
-    id that is no plain file name, or a path that is one of this run's input files (four files in the output
-    folder named ``t1c.nii.gz`` ... would have been overwritten)."""
-    from kd_components.segment.inputs import case_id_problem
+    id that is no plain file name, a path that is one of this run's input files (four files in the output folder
+    named ``t1c.nii.gz`` ... would have been overwritten), or a file there that segment did not write (a user's
+    segmentation or reference: only segment's own label maps, marked in their headers, are replaced)."""
+    from kd_components.segment.inputs import case_id_problem, foreign_output_problem
 
     inputs = {
         path.resolve()
@@ -291,6 +292,8 @@ def _output_problems(cases: list[BratsCase], output: Path) -> list[tuple[BratsCa
         target = output / f"{case.case_id}.nii.gz"
         if problem is None and target.resolve() in inputs:
             problem = f"its label map {target} would overwrite an input file: choose another -o or --case-id"
+        elif problem is None:
+            problem = foreign_output_problem(target)
         checked.append((case, problem))
     return checked
 

@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.config.type_definitions import NdarrayOrTensor
 
 from kd_components.constants import ET_LABEL, NETC_LABEL, SNFH_LABEL
-from kd_components.io import atomic_path, locked, save_json_atomic
+from kd_components.io import atomic_path, is_brats_kd_label_map, locked, save_json_atomic
 from kd_components.writers import case_id_of
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ def update_volume_table(
 
     A case of ``rows`` replaces its earlier row; an earlier row stays while its label map ``<case_id>.nii.gz`` (or
     ``.nii``) is still in the folder, so two runs into one folder list the cases of both. A label map in the folder
-    without a row (a run killed, or a disk filled, after the map was written and before its row) gets one, from its
-    voxels (:func:`unlisted_label_map_rows`). The read and the write happen under a lock on ``.<filename>.lock``, so
-    concurrent runs into one folder each add their cases and none is lost. An unreadable earlier table is rebuilt
-    from ``rows`` and the label maps (and said in the log).
+    that segment wrote without a row (a run killed, or a disk filled, after the map was written and before its row)
+    gets one, from its voxels (:func:`unlisted_label_map_rows`). The read and the write happen under a lock on
+    ``.<filename>.lock``, so concurrent runs into one folder each add their cases and none is lost. An unreadable
+    earlier table is rebuilt from ``rows`` and the label maps (and said in the log).
     """
     folder = Path(output_dir)
     with locked(folder / f".{filename}.lock"):
@@ -143,38 +143,16 @@ def update_volume_table(
     return merged
 
 
-#: Label-map files :func:`unlisted_label_map_rows` found not to be label maps, by (path, size, mtime): not read again.
-_NOT_LABEL_MAPS: set[tuple[str, int, int]] = set()
-#: The file names of a case's scans and reference (``<case>-t1c.nii.gz``, ``-seg``): never a segment label map.
-_CASE_FILE_SUFFIXES = ("-t1c", "-t1n", "-t2w", "-t2f", "-seg")
-
-
 def unlisted_label_map_rows(folder: Path, listed: set[str], et_label: int = ET_LABEL) -> list[dict[str, Any]]:
     """Volume rows (``case_id`` and the volumes of :func:`region_volumes_ml`) of the label maps ``<case_id>.nii.gz``
-    (or ``.nii``) in ``folder`` whose case is not in ``listed``: a BraTS label map is a 3-D volume of an integer type
-    with values 0-3 (4: a legacy ET). Other NIfTI files (a user's scans in the folder) are left alone, and not read
-    again while they are unchanged."""
+    in ``folder`` that ``brats-kd segment`` wrote (:func:`~kd_components.io.is_brats_kd_label_map`: its mark in the
+    header) and whose case is not in ``listed``. Other NIfTI files (a user's scans or segmentations) are left out."""
     rows = []
-    for path in sorted(folder.iterdir()):
-        name = path.name
-        case_id = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
-        if not name.endswith((".nii.gz", ".nii")) or name.startswith(".") or case_id in listed:
+    for path in sorted(folder.glob("*.nii.gz")):
+        case_id = path.name[: -len(".nii.gz")]
+        if case_id in listed or path.name.startswith(".") or not is_brats_kd_label_map(path):
             continue
-        if case_id.lower().endswith(_CASE_FILE_SUFFIXES) or not path.is_file():
-            continue
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        if key in _NOT_LABEL_MAPS:
-            continue
-        try:
-            image = nib.load(str(path))
-            fits = len(image.shape) == 3 and np.issubdtype(image.get_data_dtype(), np.integer)
-            labels = np.asarray(image.dataobj) if fits else None
-        except Exception:  # a file nibabel cannot read is no label map of this folder's
-            labels = None
-        if labels is None or labels.min() < 0 or labels.max() > max(et_label, 3):
-            _NOT_LABEL_MAPS.add(key)
-            continue
+        image = nib.load(str(path))
         logger.warning(f"{path}: a label map without a row in the volume table (a run stopped before it): added")
-        rows.append({"case_id": case_id, **region_volumes_ml(labels, image.affine, et_label)})
+        rows.append({"case_id": case_id, **region_volumes_ml(np.asarray(image.dataobj), image.affine, et_label)})
     return rows

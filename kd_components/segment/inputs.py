@@ -12,6 +12,7 @@ from monai.transforms import LoadImage
 
 from kd_components.constants import ET_LABEL, MODALITIES, match_case_id
 from kd_components.data.brats import BratsCase, CaseProblem, case_from_directory, find_cases, validate_case
+from kd_components.io import is_brats_kd_label_map
 from kd_components.niftiio import ParallelNibabelReader
 from kd_components.segment.segmenter import CaseFailed, read_failure
 from kd_components.writers import case_id_from_path
@@ -177,7 +178,8 @@ def open_cases(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str
     """The cases of ``folder``, one case folder or a folder of case folders, each checked as :func:`open_case`
     checks one (:func:`header_problems`); a case with problems is left out and its problems listed, so that the
     others are still segmented. ``output_dir``: where it lies inside ``folder``, it is not named as a folder that
-    is not a case (the label maps of an earlier run), as in :func:`resolve_inputs`.
+    is not a case (the label maps of an earlier run), as in :func:`resolve_inputs`, and a case whose label map there
+    would replace a file no brats-kd run wrote is left out (:func:`foreign_output_problem`).
 
     Raises:
         CaseFailed: ``folder`` holds no case that can be segmented (one case with a problem, or none at all):
@@ -187,6 +189,8 @@ def open_cases(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str
     batch = CaseBatch(problems=[str(p) for p in found.problems])
     for case in found.cases:
         problems = header_problems(case)
+        foreign = None if output_dir is None else foreign_output_problem(Path(output_dir) / f"{case.case_id}.nii.gz")
+        problems += [f"{case.case_id}: {foreign}"] if foreign else []
         if problems:
             batch.problems.append("\n".join(problems))
         else:
@@ -194,6 +198,17 @@ def open_cases(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str
     if not batch.cases:
         raise CaseFailed("\n".join(batch.problems) or f"{folder}: holds no BraTS case folder")
     return batch
+
+
+def foreign_output_problem(target: Path) -> str | None:
+    """Why the label map ``target`` must not be written: a file there that no brats-kd run wrote (a user's
+    segmentation or reference; :func:`~kd_components.io.is_brats_kd_label_map`), which is kept; else ``None``."""
+    if target.exists() and not is_brats_kd_label_map(target):
+        return (
+            f"{target} exists and is not a label map brats-kd wrote (a file of yours?): it is kept; move it, or "
+            "choose another -o"
+        )
+    return None
 
 
 def read_case_image(case: BratsCase) -> MetaTensor:

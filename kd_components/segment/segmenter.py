@@ -31,7 +31,7 @@ from kd_components.deploy import ExportedModelError, filter_compose, read_export
 from kd_components.export import load_network
 from kd_components.geometry import GEOMETRY_FILE, read_training_geometry
 from kd_components.handlers.region_volumes import region_volumes_ml
-from kd_components.io import save_nifti_atomic
+from kd_components.io import LABEL_MAP_DESCRIPTION, save_nifti_atomic
 from kd_components.segment.crop import brain_box
 from kd_components.segment.engines import EngineError, build_engine, resolve_device, resolve_engine
 from kd_components.transforms import all_finite
@@ -345,9 +345,12 @@ class Segmenter:
         return Segmentation(case_id, labels, affine, volumes, seconds)
 
     def write(self, segmentation: Segmentation, output_dir: str | os.PathLike[str]) -> Path:
-        """Write ``<output_dir>/<case_id>.nii.gz`` (uint8, the input's affine) atomically; return its path."""
+        """Write ``<output_dir>/<case_id>.nii.gz`` (uint8, the input's affine, :data:`LABEL_MAP_DESCRIPTION` in its
+        header) atomically; return its path."""
         path = Path(output_dir) / f"{segmentation.case_id}.nii.gz"
-        save_nifti_atomic(segmentation.labels, segmentation.affine, path, dtype=np.uint8)
+        save_nifti_atomic(
+            segmentation.labels, segmentation.affine, path, dtype=np.uint8, description=LABEL_MAP_DESCRIPTION
+        )
         return path
 
 
