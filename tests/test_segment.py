@@ -25,7 +25,7 @@ from kd_components.data.brats import case_from_directory
 from kd_components.geometry import write_training_geometry
 from kd_components.handlers.metrics import label_map_dice
 from kd_components.handlers.region_volumes import region_volumes_ml
-from kd_components.io import save_nifti_atomic
+from kd_components.io import LABEL_MAP_DESCRIPTION, save_nifti_atomic
 from kd_components.networks.student import build_student
 from kd_components.segment import (
     CaseFailed,
@@ -373,7 +373,8 @@ def test_open_cases_takes_a_folder_of_cases_and_leaves_out_what_is_wrong(
     assert [c.case_id for c in open_cases(one).cases] == ["BraTS-GLI-00001-000"]
     output = root / "out"
     output.mkdir()
-    (output / "BraTS-GLI-00001-000.nii.gz").write_bytes((one / case_file_name(one.name, "t1c")).read_bytes())
+    earlier = output / "BraTS-GLI-00001-000.nii.gz"  # the label map of an earlier run, as a brats-kd run marks it
+    save_nifti_atomic(np.zeros((20, 18, 16)), np.eye(4), earlier, dtype=np.uint8, description=LABEL_MAP_DESCRIPTION)
     assert open_cases(root, output_dir=output).problems == []  # one case, and the earlier run's output
     assert "out: not taken as a case" in open_cases(root).problems[0]  # an output folder elsewhere: named
     incomplete = make_case("BraTS-GLI-00002-000", shape=(20, 18, 16), root=root)
@@ -387,6 +388,11 @@ def test_open_cases_takes_a_folder_of_cases_and_leaves_out_what_is_wrong(
     (tmp_path / "notes").mkdir()
     with pytest.raises(CaseFailed, match="holds no BraTS case folder"):
         open_cases(tmp_path / "notes")
+    # a file there that no brats-kd run wrote (a copy of a scan of the user's) is kept: its case is left out
+    earlier.write_bytes((one / case_file_name(one.name, "t1c")).read_bytes())
+    batch = open_cases(root, output_dir=output)
+    assert [c.case_id for c in batch.cases] == ["BraTS-GLI-00003-000"]
+    assert any(f"{earlier} exists and is not a label map brats-kd wrote" in p for p in batch.problems)
 
 
 def test_check_values_refuses_a_constant_scan_as_read_and_as_normalised() -> None:
