@@ -31,8 +31,9 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
 
 
 def user_error(error: BaseException) -> BaseException | None:
-    """The first of ``error`` and the exceptions it was raised from (``__cause__``, else ``__context__``) that is
-    one of :data:`USER_ERRORS`; ``None`` when none is."""
+    """The first of ``error`` and the exceptions it was raised from (``raise ... from``: ``__cause__``, as MONAI
+    wraps a component's error) that is one of :data:`USER_ERRORS`; ``None`` when none is. An exception raised while
+    another was handled (``__context__`` only) is not followed: that may be a bug, which keeps its traceback."""
     types = tuple(
         getattr(sys.modules[module], name)
         for module, name in USER_ERRORS
@@ -44,7 +45,7 @@ def user_error(error: BaseException) -> BaseException | None:
         if types and isinstance(current, types):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 

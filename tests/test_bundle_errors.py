@@ -23,6 +23,13 @@ def test_the_user_error_is_found_below_the_wrappers_and_a_bug_is_not_one() -> No
     except RuntimeError as wrapped:
         assert isinstance(user_error(wrapped), BundleSettingError)
     assert user_error(RuntimeError("a bug")) is None
+    try:
+        try:
+            raise BundleSettingError("a setting")
+        except BundleSettingError:
+            raise KeyError("a bug while handling it")  # noqa: B904 (its context only, not its cause)
+    except KeyError as bug:
+        assert user_error(bug) is None
     assert user_error(ValueError("a plain ValueError is not one of ours")) is None
 
 
