@@ -81,7 +81,7 @@ def test_four_files_written_into_their_own_folder_keep_the_inputs(
     assert {k: _digest(scans)[k] for k in before} == before
 
 
-@pytest.mark.parametrize("case_id", ["../../x", "sub/dir", "..", ".hidden"])
+@pytest.mark.parametrize("case_id", ["../../x", "sub/dir", "..", ".hidden", "BraTS-GLI-00001-000.nii.gz"])
 def test_a_case_id_that_is_no_plain_name_is_refused(
     phantom_data: dict[str, Path], weights: Path, tmp_path: Path, case_id: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -339,3 +339,13 @@ def test_a_truncated_scan_is_named_by_its_file(
     err = capsys.readouterr().err
     assert f"{first.name}: {scan}: cannot be read as NIfTI (" in err, err[-2000:]
     assert (tmp_path / "out" / f"{second.name}.nii.gz").is_file()
+
+
+def test_a_checkpoint_path_that_is_no_file_says_so(
+    phantom_data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--ckpt /dev/null`` (or a folder) was said not to exist."""
+    case = str(next(p for p in sorted(phantom_data["data"].iterdir()) if p.is_dir()))
+    for ckpt in ("/dev/null", str(tmp_path)):
+        assert _segment(case, "-o", str(tmp_path / "out"), "--ckpt", ckpt) == 2
+        assert f"checkpoint {ckpt} is not a file (a folder or a device)" in capsys.readouterr().err

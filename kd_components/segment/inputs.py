@@ -40,7 +40,7 @@ class SegmentInputs:
 def case_id_problem(case_id: str) -> str | None:
     """Why ``case_id`` cannot name an output file ``<case_id>.nii.gz`` inside the output folder, or ``None``: a path
     separator (it would write outside the folder or make folders), ``.``/``..``, a leading dot (a hidden file),
-    an empty name or a control character."""
+    an empty name, a control character or a NIfTI extension (``<id>.nii.gz.nii.gz``)."""
     if not case_id or case_id in (".", ".."):
         return f"case id {case_id!r} cannot name an output file: give --case-id a plain name"
     if "/" in case_id or "\\" in case_id or os.sep in case_id:
@@ -49,6 +49,9 @@ def case_id_problem(case_id: str) -> str | None:
         return f"case id {case_id!r} starts with a dot: its label map would be a hidden file"
     if any(ord(c) < 32 for c in case_id):
         return f"case id {case_id!r} holds a control character"
+    if case_id.lower().endswith((".nii.gz", ".nii")):  # the label map would be <case_id>.nii.gz.nii.gz
+        stem = case_id[: -len(".nii.gz")] if case_id.lower().endswith(".gz") else case_id[: -len(".nii")]
+        return f"case id {case_id!r} ends in a NIfTI extension: give the case's name ({stem!r}); -o gets {stem}.nii.gz"
     return None
 
 

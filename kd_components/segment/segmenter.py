@@ -120,6 +120,8 @@ class Segmenter:
         if not config_file.is_file():
             raise FileNotFoundError(f"{self.bundle} is not a bundle folder: {config_file} does not exist")
         self.ckpt = Path(ckpt) if ckpt is not None else self.bundle / "models" / "model.pt"
+        if self.ckpt.exists() and not self.ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint {self.ckpt} is not a file (a folder or a device): pass the model.pt")
         if not self.ckpt.is_file():
             raise FileNotFoundError(
                 f"checkpoint {self.ckpt} does not exist: train the bundle first (make demo) or pass --ckpt"
