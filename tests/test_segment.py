@@ -439,3 +439,25 @@ def test_case_report_has_the_volumes_and_slices_through_the_tumour(tmp_path: Pat
         assert picture.height > PANEL_HEIGHT
     assert greenish(paths["slices"]) > 100  # the oedema is drawn over the slices (and in the legend's swatch)
     assert greenish(tmp_path / "BraTS-GLI-00002-000-slices.png") < greenish(paths["slices"]) / 10  # the swatch only
+
+
+def test_watch_keeps_a_file_of_the_users_where_a_label_map_would_go(
+    make_case: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A case whose ``<case_id>.nii.gz`` in -o is a file of the user's was taken as done, without a word; now it is
+    reported once, and neither segmented nor overwritten. A label map a brats-kd run wrote still means done."""
+    from kd_components.segment.watch import FolderWatch
+
+    case = make_case("BraTS-GLI-00001-000", shape=(20, 18, 16), root=tmp_path / "inbox")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / f"{case.name}.nii.gz"
+    mine.write_bytes((case / case_file_name(case.name, "t1c")).read_bytes())
+    watch = FolderWatch([tmp_path / "inbox"], out)
+    assert watch.poll() == ([], [])  # seen once: not yet settled
+    ready, problems = watch.poll()
+    assert ready == [] and len(problems) == 1 and f"{mine} exists and is not a label map brats-kd wrote" in problems[0]
+    assert watch.poll() == ([], [])  # reported once
+    save_nifti_atomic(np.zeros((20, 18, 16)), np.eye(4), mine, dtype=np.uint8, description=LABEL_MAP_DESCRIPTION)
+    fresh = FolderWatch([tmp_path / "inbox"], out)
+    assert fresh.poll() == ([], []) and fresh.poll() == ([], [])  # done by an earlier run: nothing to do

@@ -6,7 +6,8 @@ engine) for every scan. ``brats-kd segment IN -o OUT --watch`` keeps the process
 - a case is taken once all its files have kept their size and modification time over one polling interval (a
   folder still being copied is left until it is complete);
 - a case whose label map is already in ``OUT`` is not segmented again (a restarted watch goes on where it
-  stopped); a case that failed is tried again only when one of its files changes;
+  stopped); a file there that no brats-kd run wrote is kept and reported once; a case that failed is tried again
+  only when one of its files changes;
 - a folder that is not a case, or a case with a missing or broken file, is reported once it has stayed so for
   one interval.
 """
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kd_components.data.brats import BratsCase
-from kd_components.segment.inputs import resolve_inputs
+from kd_components.segment.inputs import foreign_output_problem, resolve_inputs
 
 __all__ = ["FolderWatch"]
 
@@ -70,7 +71,10 @@ class FolderWatch:
                 self._reported.update(f"{key}:{p}" for p in case.problems)
                 continue
             self._tried[key] = signature
-            if not (self.output / f"{key}.nii.gz").exists():
+            foreign = foreign_output_problem(self.output / f"{key}.nii.gz")
+            if foreign is not None:  # a file of the user's where its label map would go: kept, and said once
+                problems.append(f"{key}: {foreign}")
+            elif not (self.output / f"{key}.nii.gz").exists():
                 ready.append(case)
         for problem in found.problems:
             text = str(problem)
