@@ -157,7 +157,7 @@ def is_brats_kd_label_map(path: str | os.PathLike[str]) -> bool:
         descrip = nib.load(str(path)).header["descrip"]
     except Exception:  # nibabel raises many types for what is no NIfTI file
         return False
-    return bytes(np.asarray(descrip).tobytes()).rstrip(b"\x00").decode(errors="replace") == LABEL_MAP_DESCRIPTION
+    return np.asarray(descrip).item() == LABEL_MAP_DESCRIPTION.encode()  # S80: trailing NULs dropped
 
 
 def save_figure_atomic(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:

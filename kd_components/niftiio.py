@@ -31,7 +31,15 @@ try:  # ISA-L: a dependency of the project; Python's gzip is the fallback on a p
 except ImportError:  # pragma: no cover - exercised only where isal is missing
     _fast_gzip = None
 
-__all__ = ["FAST_GZIP", "ParallelNibabelReader", "gzip_compress", "gzip_decompress", "read_nifti", "voxels"]
+__all__ = [
+    "FAST_GZIP",
+    "ParallelNibabelReader",
+    "gzip_compress",
+    "gzip_decompress",
+    "read_nifti",
+    "unreadable_nifti",
+    "voxels",
+]
 
 #: Whether ISA-L's gzip is used (else Python's).
 FAST_GZIP = _fast_gzip is not None
@@ -49,6 +57,12 @@ def gzip_compress(data: bytes, level: int = WRITE_LEVEL) -> bytes:
     if _fast_gzip is not None:
         return _fast_gzip.compress(data, compresslevel=min(level, 3))
     return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def unreadable_nifti(path: str | os.PathLike[str], err: BaseException) -> str:
+    """The one-line reason that the file ``path`` cannot be used, naming it: ``<path>: cannot be read as NIfTI
+    (<error type>: <message>)``."""
+    return f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err})"
 
 
 def read_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -109,13 +123,13 @@ class ParallelNibabelReader(NibabelReader):
         try:
             return correct_nifti_header_if_necessary(read_nifti(name))
         except Exception as err:  # name the file: a message about one of several files must say which
-            raise ValueError(f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
+            raise ValueError(unreadable_nifti(name, err)) from err
 
     def _voxels(self, img: Any, name: str | os.PathLike[str], out: np.ndarray | None) -> np.ndarray:
         try:
             return voxels(img, self.dtype, out)
         except Exception as err:
-            raise ValueError(f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err})") from err
+            raise ValueError(unreadable_nifti(name, err)) from err
 
     def read(self, data: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], **kwargs: Any) -> Any:
         """The images of ``data`` (one file or a list), their voxels already in memory.

@@ -395,7 +395,7 @@ def read_failure(case: BratsCase, err: BaseException) -> str:
     reader's error (``<file>: cannot be read as NIfTI (...)``, :class:`~kd_components.niftiio.ParallelNibabelReader`)
     to try its other readers, whose error names no file; so each of the case's files is read again here (on failure
     only) and the first that cannot be read is named. Else the innermost exception (:func:`root_cause`)."""
-    from kd_components.niftiio import read_nifti, voxels
+    from kd_components.niftiio import read_nifti, unreadable_nifti, voxels
 
     for modality in MODALITIES:
         path = case.images.get(modality)
@@ -404,7 +404,7 @@ def read_failure(case: BratsCase, err: BaseException) -> str:
         try:
             voxels(read_nifti(path))
         except Exception as file_err:  # what nibabel or the decompression raise for a broken file
-            return f"{case.case_id}: {path}: cannot be read as NIfTI ({type(file_err).__name__}: {file_err})"
+            return f"{case.case_id}: {unreadable_nifti(path, file_err)}"
     return f"{case.case_id}: cannot be read ({root_cause(err)})"
 
 
