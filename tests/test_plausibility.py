@@ -43,6 +43,9 @@ def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
     [
         ("t1c", "t2f", "does not look", 0),  # --t1c given the FLAIR (and --t2f the t1c)
         ("t2w", "t1n", "or --t2w, another modality?", 0),
+        # flagged as "t1n rises with t2w": the T2 scan given as t1c, which falls where both rise, is named too
+        ("t1c", "t2w", "are --t1c and --t2w swapped?)", 0),
+        ("t1n", "t2w", "are --t1n and --t2w swapped?)", 0),
         # enhancement below t1n, not above; not on phantom 0, with little enhancement (a non-enhancing tumour, few
         # vessels): the tails of its t1c - t1n are of about equal length (1.2:1), too close to tell a swap
         ("t1c", "t1n", "are --t1c and --t1n swapped?", 1),

@@ -178,7 +178,7 @@ def _contrast_problems(
     problems = [
         f"{named[t1]} does not look T1-weighted: its voxels rise with {named['t2w']}'s (rank correlation "
         f"{correlation[t1]:+.2f}, a T1 scan's is below {T1_MAX_CORRELATION:+.2f}): is --{t1}, or --t2w, another "
-        "modality?"
+        f"modality?{_t2w_swap_hint(values, t1, named) if len(not_t1) == 1 else ''}"
         for t1 in not_t1
     ]
     rank = _rank(values["t1n"], np.median(values["t1n"][csf]))  # t1n: on t1c, enhancing tumour may be T2-bright
@@ -231,6 +231,20 @@ def _robust_z(values: np.ndarray) -> np.ndarray:
     """``values`` centred on their median and scaled by their interquartile range."""
     low, median, high = np.percentile(values, (25, 50, 75))
     return (values - median) / max(float(high - low), 1e-12)
+
+
+def _t2w_swap_hint(values: dict[str, np.ndarray], t1: str, named: dict[str, str]) -> str:
+    """Where "t2w" rises with the T1 scan ``t1`` and the other T1 scan falls where both rise, "t2w" may be a T1 scan
+    and the other the T2 scan: the swap to suggest beside ``t1`` being another modality (on the three real scans of
+    ``../shared/real_dev`` and phantoms, a t1c/t2w swap is flagged as "t1n rises with t2w"); else ``""``."""
+    other = "t1n" if t1 == "t1c" else "t1c"
+    correlation = _rank_correlations(values, values[t1], (other,))[other]
+    if correlation > T1_MAX_CORRELATION:
+        return ""
+    return (
+        f" ({named[other]} falls where both rise, rank correlation {correlation:+.2f} with {named[t1]}: if "
+        f"{named['t2w']} is a T1 scan, are --{other} and --t2w swapped?)"
+    )
 
 
 def _t1_swap_problem(values: dict[str, np.ndarray], named: dict[str, str]) -> str | None:
