@@ -206,6 +206,7 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset_dir": (_text, "a path (a string)"),
     "amp": (_flag, "true or false"),
     "cpu_bf16": (lambda v: v == "auto" or _flag(v), "'auto', true or false"),
+    "channels_last": (lambda v: v == "auto" or _flag(v), "'auto', true or false"),
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),
     "teacher_ckpt": (_text, "a path (a string)"),
     "teacher_config": (_text, "the name of a teacher configuration (a string)"),

@@ -44,6 +44,7 @@ from kd_components.losses import (
     TaskTerm,
     build_feature_kd_loss,
 )
+from kd_components.memory_layout import to_layout, use_channels_last
 from kd_components.networks import build_student, build_teacher, trainable_parameters
 from kd_components.networks.student import feature_pairs
 from kd_lab.measure import cpu_description, time_runs
@@ -63,9 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _teacher_step(size: int, batch: int, bf16: bool):
+def _teacher_step(size: int, batch: int, bf16: bool, channels_last: bool):
     torch.manual_seed(0)
-    network = build_teacher("demo", img_size=(size,) * 3)
+    network = to_layout(build_teacher("demo", img_size=(size,) * 3), channels_last)
     optimizer = torch.optim.AdamW(trainable_parameters(network), lr=1e-3)
     loss = DiceCELoss(sigmoid=True)
     inferer = AutocastInferer(SimpleInferer(), enabled=bf16)
@@ -80,10 +81,12 @@ def _teacher_step(size: int, batch: int, bf16: bool):
     return step
 
 
-def _student_step(size: int, batch: int, bf16: bool):
+def _student_step(size: int, batch: int, bf16: bool, channels_last: bool):
     torch.manual_seed(0)
     teacher = build_teacher("demo", img_size=(size,) * 3).eval().requires_grad_(False)
     student = build_student()
+    for network in (teacher, student):
+        to_layout(network, channels_last)
     feature = build_feature_kd_loss(student, teacher, feature_pairs(student), probe_size=(size,) * 3)
     terms = {
         "task": TaskTerm(DiceCELoss(sigmoid=True)),
@@ -122,7 +125,7 @@ def _allocator_child(setting: str, size: int, batch: int, repeats: int) -> dict[
     """One process's student + KD steps under ``setting``: median seconds, system seconds and minor faults per step."""
     if setting == "tuned" and not tune_malloc():
         raise SystemExit("tune_malloc() did not apply here (not glibc, or BRATS_KD_MALLOC=default)")
-    step = _student_step(size, batch, cpu_bf16_supported())
+    step = _student_step(size, batch, cpu_bf16_supported(), use_channels_last("auto", "cpu"))
     step()
     before = resource.getrusage(resource.RUSAGE_SELF)
     times = [time_runs(step, 1)[0] for _ in range(repeats)]
@@ -164,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_allocator_child(args.child, args.size, args.batch, args.repeats)))
         return 0
     load_before = os.getloadavg()
-    variants = [(name, bf16) for name in ("teacher (demo)", "student + KD") for bf16 in (False, True)]
     builders = {"teacher (demo)": _teacher_step, "student + KD": _student_step}
-    steps = {(n, b): builders[n](args.size, args.batch, b) for n, b in variants}
+    variants = [(n, b, cl) for n in builders for cl in (False, True) for b in (False, True)]
+    steps = {(n, b, cl): builders[n](args.size, args.batch, b, cl) for n, b, cl in variants}
     for step in steps.values():  # warm-up of every variant first
         step()
-    times: dict[tuple[str, bool], list[float]] = {key: [] for key in steps}
+    times: dict[tuple[str, bool, bool], list[float]] = {key: [] for key in steps}
     for _ in range(args.repeats):
         for key, step in steps.items():
             times[key].append(time_runs(step, 1)[0])
@@ -184,14 +187,23 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
         "",
         f"One step at batch {args.batch} x {args.size}^3 (the demo's 2 x 2 patches): median of {args.repeats} "
-        "steps after a warm-up, the four variants interleaved.",
+        f"steps after a warm-up, the {len(steps)} variants interleaved. *Layout*: the networks' weights stored "
+        "channels-first (PyTorch's default) or channels-last (`torch.channels_last_3d`, what the bundles' "
+        "`channels_last: auto` does on a CPU, `kd_components.memory_layout`); *speed-up* is float32 over bf16 in "
+        "one layout, *channels-last* the channels-first time over the channels-last one in one precision.",
         "",
-        "| network | float32 (s) | bf16 autocast (s) | speed-up |",
-        "|---|---:|---:|---:|",
+        "| network | layout | float32 (s) | bf16 autocast (s) | speed-up | channels-last, float32 "
+        "| channels-last, bf16 |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in builders:
-        fp32, bf16 = medians[(name, False)], medians[(name, True)]
-        lines.append(f"| {name} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x |")
+        for cl in (False, True):
+            fp32, bf16 = medians[(name, False, cl)], medians[(name, True, cl)]
+            gains = " | ".join(
+                f"{medians[(name, b, False)] / medians[(name, b, True)]:.2f}x" if cl else "" for b in (False, True)
+            )
+            layout = "channels-last" if cl else "channels-first"
+            lines.append(f"| {name} | {layout} | {fp32:.2f} | {bf16:.2f} | {fp32 / bf16:.2f}x | {gains} |")
     if args.allocator_rounds > 0:
         lines += [
             "",

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from kd_components.checkpoints.state import CheckpointError, load_checked, read_state_dict
+from kd_components.memory_layout import to_layout
 
 __all__ = ["TeacherCheckpointError", "freeze", "load_frozen_teacher"]
 
@@ -28,7 +29,10 @@ def freeze(network: nn.Module) -> nn.Module:
 
 
 def load_frozen_teacher(
-    network: nn.Module, ckpt_path: str | os.PathLike[str], device: str | torch.device | None = None
+    network: nn.Module,
+    ckpt_path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
 ) -> nn.Module:
     """
     Load the teacher's trained weights strictly, then freeze it and put it in eval mode.
@@ -47,6 +51,7 @@ def load_frozen_teacher(
         network: the teacher, built with the same definition as the checkpoint (e.g. ``build_teacher("demo")``).
         ckpt_path: the checkpoint file.
         device: device to move the teacher to; ``None`` leaves it where it is.
+        channels_last: store its weights channels-last (:mod:`kd_components.memory_layout`), as the student's are.
 
     Returns:
         ``network`` itself, loaded, on ``device``, with ``requires_grad=False`` and in eval mode.
@@ -68,4 +73,5 @@ def load_frozen_teacher(
         raise TeacherCheckpointError(str(err)) from err
     if device is not None:
         network.to(device)
+    to_layout(network, channels_last)
     return freeze(network)
