@@ -96,6 +96,11 @@ def _flag(value: Any) -> bool:
     return True
 
 
+def _auto_or_flag(value: Any) -> bool:
+    """``"auto"`` (resolved per device by the bundle) or a flag."""
+    return value == "auto" or _flag(value)
+
+
 def _text(value: Any) -> bool:
     return isinstance(value, str)
 
@@ -205,8 +210,8 @@ SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "dataset_dir": (_text, "a path (a string)"),
     "amp": (_flag, "true or false"),
-    "cpu_bf16": (lambda v: v == "auto" or _flag(v), "'auto', true or false"),
-    "channels_last": (lambda v: v == "auto" or _flag(v), "'auto', true or false"),
+    "cpu_bf16": (_auto_or_flag, "'auto', true or false"),
+    "channels_last": (_auto_or_flag, "'auto', true or false"),
     "resume_from": (_text, "a path, 'latest' or '' (a string)"),
     "teacher_ckpt": (_text, "a path (a string)"),
     "teacher_config": (_text, "the name of a teacher configuration (a string)"),

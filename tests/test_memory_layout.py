@@ -48,7 +48,8 @@ def test_a_channels_last_network_computes_what_the_default_one_does() -> None:
     back = build_student()
     back.load_state_dict(converted.state_dict())
     torch.testing.assert_close(back(x), outputs[0], rtol=1e-4, atol=1e-4)
-    assert to_layout(default, False) is default and not weights[0].is_contiguous()
+    assert to_layout(default, False) is default  # false: the same module, untouched
+    assert not weights[0].is_contiguous()  # the converted kernels are not channels-first any more
 
 
 def test_the_frozen_teacher_is_loaded_in_the_layout_asked_for(tmp_path) -> None:
