@@ -10,7 +10,9 @@ For one case (four images ``(X, Y, Z)`` in ``[t1c, t1n, t2w, t2f]`` order, its B
    intensity, each divided by the median of the white matter (normal-appearing WM) of that modality, so that
    scanners' scales cancel;
 4. **texture**: the local standard deviation in a 3 x 3 x 3 mm window (3 voxels at 1 mm; :func:`window_voxels`
-   scales it for other voxel sizes), its median over each class's voxels, divided by the same WM median.
+   scales it for other voxel sizes), its median over each class's voxels, divided by the same WM median;
+5. **t1c's enhancing normal structures** (vessels, dura; :func:`normal_enhancement`): the upper tail of t1c away from
+   the tumour, against t1n's.
 
 Phantoms (:func:`kd_components.data.phantoms.generate_case` with ``profile="brats"``, 1 mm) go through exactly the same
 function, so the two columns of :func:`render_calibration_section` compare like with like. Each case also keeps an
@@ -49,6 +51,7 @@ __all__ = [
     "load_real_case",
     "local_std",
     "measure_case",
+    "normal_enhancement",
     "phantom_case",
     "pool_cases",
     "render_calibration_section",
@@ -82,6 +85,7 @@ class CaseCalibration:
         centres: the k-means centres of t1n (raw intensities), CSF, GM, WM.
         samples: modality -> class -> ``(2, n)`` float32: the normalised intensity and local deviation of an
             evenly spaced sample of the class's voxels (for pooling; not written to JSON).
+        enhancement: :func:`normal_enhancement`'s numbers.
     """
 
     case_id: str
@@ -89,10 +93,16 @@ class CaseCalibration:
     wm_median: dict[str, float]
     centres: list[float]
     samples: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    enhancement: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """The case's numbers as plain JSON (no samples)."""
-        return {"stats": self.stats, "wm_median": self.wm_median, "t1n_kmeans_centres": self.centres}
+        return {
+            "stats": self.stats,
+            "wm_median": self.wm_median,
+            "t1n_kmeans_centres": self.centres,
+            "enhancement": self.enhancement,
+        }
 
 
 def brain_mask(images: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -132,6 +142,12 @@ def kmeans_1d(values: np.ndarray, k: int = 3, iterations: int = 100) -> np.ndarr
     return np.sort(centres)
 
 
+def _ball(radius: int) -> np.ndarray:
+    """A ball of ``radius`` voxels (``(2r+1,) * 3`` bool)."""
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2) <= radius**2
+
+
 def class_masks(
     images: Mapping[str, np.ndarray], seg: np.ndarray, tumour_margin: int = 3
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -144,11 +160,7 @@ def class_masks(
     brain = brain_mask(images)
     tumour = np.asarray(seg) > 0
     if tumour.any() and tumour_margin > 0:
-        radius = np.arange(-tumour_margin, tumour_margin + 1)
-        ball = (
-            radius[:, None, None] ** 2 + radius[None, :, None] ** 2 + radius[None, None, :] ** 2
-        ) <= tumour_margin**2
-        near = ndimage.binary_dilation(tumour, structure=ball)
+        near = ndimage.binary_dilation(tumour, structure=_ball(tumour_margin))
     else:
         near = tumour
     normal = brain & ~near
@@ -175,6 +187,45 @@ def local_std(image: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), win
     mean = ndimage.uniform_filter(values, size=size, mode="nearest")
     mean_sq = ndimage.uniform_filter(values * values, size=size, mode="nearest")
     return np.sqrt(np.clip(mean_sq - mean * mean, 0.0, None)).astype(np.float32)
+
+
+#: :func:`normal_enhancement`: the margin around the tumour (mm) and the depth of the brain's edge (mm).
+ENHANCEMENT_TUMOUR_MARGIN_MM = 5.0
+ENHANCEMENT_EDGE_MM = 3.0
+
+
+def normal_enhancement(
+    images: Mapping[str, np.ndarray], seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> dict[str, float]:
+    """How bright t1c's enhancing normal structures (vessels, dural remnants at the brain's edge) are: on the brain's
+    voxels farther than :data:`ENHANCEMENT_TUMOUR_MARGIN_MM` from any tumour label, t1c and t1n each divided by
+    their median there, and
+
+    - ``upper`` / ``lower``: the 99.9th percentile of ``t1c - t1n`` and minus its 0.1th (contrast raises vessels
+      and dura on t1c, so the upper tail is the longer one);
+    - ``edge``: t1c's 99.9th percentile within :data:`ENHANCEMENT_EDGE_MM` of the brain's edge (the dura);
+    - ``inner_lead``: t1c's 99.9th percentile deeper than that, minus t1n's (vessels in sulci).
+
+    ``images``: modality -> ``(X, Y, Z)``; ``seg``: the BraTS label map ``(X, Y, Z)``; ``spacing``: voxel size (mm),
+    which turns the distances into voxels (by the finest axis).
+    """
+    step = float(min(spacing))
+    brain = brain_mask(images)
+    tumour = np.asarray(seg) > 0
+    if tumour.any():
+        tumour = ndimage.binary_dilation(tumour, structure=_ball(max(1, round(ENHANCEMENT_TUMOUR_MARGIN_MM / step))))
+    normal = brain & ~tumour
+    edge = brain & ~ndimage.binary_erosion(brain, iterations=max(1, round(ENHANCEMENT_EDGE_MM / step)))
+    t1c, t1n = (np.asarray(images[m], dtype=np.float32) for m in ("t1c", "t1n"))
+    t1c, t1n = t1c / np.median(t1c[normal]), t1n / np.median(t1n[normal])
+    difference = (t1c - t1n)[normal]
+    inner = normal & ~edge
+    return {
+        "upper": float(np.percentile(difference, 99.9)),
+        "lower": float(-np.percentile(difference, 0.1)),
+        "edge": float(np.percentile(t1c[normal & edge], 99.9)),
+        "inner_lead": float(np.percentile(t1c[inner], 99.9) - np.percentile(t1n[inner], 99.9)),
+    }
 
 
 def _sample(values: np.ndarray, count: int) -> np.ndarray:
@@ -228,7 +279,8 @@ def measure_case(
                 "voxels": int(mask.sum()),
             }
             samples[modality][name] = np.stack([_sample(values, pool_sample), _sample(deviation, pool_sample)])
-    return CaseCalibration(case_id, stats, wm_median, [float(c) for c in centres], samples)
+    enhancement = normal_enhancement(images, seg, spacing)
+    return CaseCalibration(case_id, stats, wm_median, [float(c) for c in centres], samples, enhancement)
 
 
 def pool_cases(cases: Sequence[CaseCalibration]) -> dict[str, dict[str, dict[str, float]]]:
@@ -371,7 +423,34 @@ def render_calibration_section(
             cells += [_texture(real_pooled), _texture(phantom_pooled)]
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
+    parts.append(_render_enhancement(real["cases"], synthetic["cases"]))
     return "\n\n".join(parts)
+
+
+def _render_enhancement(real: Mapping[str, Mapping], phantoms: Mapping[str, Mapping]) -> str:
+    """The table of :func:`normal_enhancement`: a row per real case, then the phantoms' mean [lowest, highest]."""
+    keys = ("upper", "lower", "edge", "inner_lead")
+    lines = [
+        "**t1c's enhancing normal structures** (vessels, dura; `normal_enhancement`): on the brain more than "
+        f"{ENHANCEMENT_TUMOUR_MARGIN_MM:g} mm from the tumour, t1c and t1n each over their median there. *t1c - t1n "
+        "upper / lower*: its 99.9th percentile and minus its 0.1th; *edge*: t1c's 99.9th percentile within "
+        f"{ENHANCEMENT_EDGE_MM:g} mm of the brain's edge; *inner lead*: t1c's 99.9th percentile deeper than that "
+        "minus t1n's.",
+        "",
+        "| case | t1c - t1n upper | lower | edge | inner lead |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for case_id, case in real.items():
+        values = case.get("enhancement") or {}
+        lines.append(f"| {case_id} | " + " | ".join(f"{values[k]:.2f}" if k in values else "—" for k in keys) + " |")
+    measured = [case["enhancement"] for case in phantoms.values() if case.get("enhancement")]
+    if measured:
+        cells = []
+        for k in keys:
+            column = np.array([m[k] for m in measured])
+            cells.append(f"{column.mean():.2f} [{column.min():.2f}, {column.max():.2f}]")
+        lines.append(f"| phantoms, mean [lowest, highest] of {len(measured)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def save_calibration(result: Mapping[str, object], path: str | os.PathLike[str]) -> Path:

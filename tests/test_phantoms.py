@@ -502,20 +502,30 @@ def test_normal_anatomy_varies_between_cases() -> None:
     assert max(csf) > 1.3 * min(csf) and max(gm) > 1.15 * min(gm)  # sulcal widening, cortical thickness
 
 
-def test_phantom_intensities_fall_in_the_real_scans_ranges() -> None:
+@pytest.fixture(scope="module")
+def calibration_phantoms() -> list[PhantomCase]:
+    """Six phantoms of seed 100 (2 mm), measured against the real scans' calibration."""
+    return [generate_case(index, 100, "small") for index in range(6)]
+
+
+def _recorded_real_cases() -> dict[str, dict]:
+    """The real scans' calibration per case, as ``scripts/measure_real_scans.py --calibration`` recorded it."""
+    import json
+
+    return json.loads((REPO_ROOT / "docs" / "real_scans_calibration.json").read_text())["real"]["cases"]
+
+
+def test_phantom_intensities_fall_in_the_real_scans_ranges(calibration_phantoms: list[PhantomCase]) -> None:
     """Measured as on real scans (``kd_lab.calibration``: k-means tissue classes, values over the white-matter
     median), every tumour class and grey matter of six phantoms has its pooled median inside the range of the real
     scans' per-case medians recorded in docs/real_scans_calibration.json, widened by 20 % (three real cases span
     little of the variety of real gliomas; the phantoms are 2 mm here, the real scans 1 mm). Not CSF: the
     phantoms' CSF is purer than the real scans' partial-volume mixture (docs/real_scans.md, section 3.5)."""
-    import json
-
     from kd_lab.calibration import measure_case, pool_cases
 
-    recorded = json.loads((REPO_ROOT / "docs" / "real_scans_calibration.json").read_text())["real"]["cases"]
+    recorded = _recorded_real_cases()
     measured = []
-    for index in range(6):
-        case = generate_case(index, 100, "small")
+    for case in calibration_phantoms:
         images = {m: case.images[m].astype(np.float32) for m in MODALITIES}
         measured.append(measure_case(case.case_id, images, case.seg, (2.0, 2.0, 2.0), tumour_margin=2))
     pooled = pool_cases(measured)
@@ -528,3 +538,20 @@ def test_phantom_intensities_fall_in_the_real_scans_ranges() -> None:
             if not low <= value <= high:
                 outside.append(f"{modality} {name}: {value:.2f} not in [{low:.2f}, {high:.2f}]")
     assert not outside, outside
+
+
+def test_t1c_shows_vessels_and_dura_as_bright_as_real_scans_do(calibration_phantoms: list[PhantomCase]) -> None:
+    """t1c's enhancing normal structures (``kd_lab.calibration.normal_enhancement``): over the six phantoms, the
+    upper tail of ``t1c - t1n`` away from the tumour and t1c's brightest voxels at the brain's edge lie in the range
+    of the real scans recorded in docs/real_scans_calibration.json, widened by 20 %, and t1c's brightest voxels
+    inside the brain are above t1n's, as on every real scan. With vessels and dura half as bright (the generator
+    before its calibration) t1c's brightest inner voxels were below t1n's."""
+    from kd_lab.calibration import normal_enhancement
+
+    real = [case["enhancement"] for case in _recorded_real_cases().values()]
+    assert all(entry["inner_lead"] > 0 for entry in real)
+    measured = [normal_enhancement(case.images, case.seg, (2.0, 2.0, 2.0)) for case in calibration_phantoms]
+    for key in ("upper", "edge"):
+        low, high = min(e[key] for e in real) / 1.2, max(e[key] for e in real) * 1.2
+        assert low <= np.mean([m[key] for m in measured]) <= high, (key, measured)
+    assert np.mean([m["inner_lead"] for m in measured]) > 0, measured

@@ -46,8 +46,9 @@ def test_a_phantom_is_plausible(phantom_data: dict[str, Path]) -> None:
         # flagged as "t1n rises with t2w": the T2 scan given as t1c, which falls where both rise, is named too
         ("t1c", "t2w", "are --t1c and --t2w swapped?)", 0),
         ("t1n", "t2w", "are --t1n and --t2w swapped?)", 0),
-        # enhancement below t1n, not above; not on phantom 0, with little enhancement (a non-enhancing tumour, few
-        # vessels): the tails of its t1c - t1n are of about equal length (1.2:1), too close to tell a swap
+        # enhancement below t1n, not above: both phantoms have non-enhancing tumours, so the vessels and dura of t1c
+        # tell the swap (phantom 0's tails were 1.2:1 before they were made as bright as on real scans)
+        ("t1c", "t1n", "are --t1c and --t1n swapped?", 0),
         ("t1c", "t1n", "are --t1c and --t1n swapped?", 1),
         ("t2w", "t2f", "are --t2w and --t2f swapped?", 0),  # CSF suppressed on "t2w", bright on "t2f"
     ],

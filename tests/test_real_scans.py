@@ -20,6 +20,7 @@ from kd_lab.calibration import (
     kmeans_1d,
     local_std,
     measure_case,
+    normal_enhancement,
     pool_cases,
     render_calibration_section,
     window_voxels,
@@ -340,6 +341,36 @@ def test_a_case_without_et_and_the_calibration_tables() -> None:
     assert text.count("| class | no-et | full | real, pooled | phantoms, pooled |") == len(MODALITIES)
     et_t1c = next(line for line in text.splitlines()[text.splitlines().index("**t1c**") :] if line.startswith("| ET"))
     assert et_t1c.startswith("| ET | — | 2.20 [2.20, 2.20] |")
+    enhancement = text.split("**t1c's enhancing normal structures**")[1].splitlines()
+    assert [line.split(" |")[0] for line in enhancement if line.startswith("| ")][1:] == ["| no-et", "| full"]
+    result["phantoms"]["cases"] = {"p": full.as_dict(), "q": no_et.as_dict()}
+    rendered = render_calibration_section(result, "command")
+    assert "| phantoms, mean [lowest, highest] of 2 | " in rendered
+
+
+def test_normal_enhancement_measures_vessels_and_dura_away_from_the_tumour() -> None:
+    """A box brain at 100 on t1c and t1n (all four images), with 1 % of its inner voxels at 250 on t1c (vessels),
+    half of its edge at 300 on t1c (dura) and a tumour at 1000 on t1c: vessels and dura are measured, the tumour
+    and its 5 mm margin are not, and a scanner's scale cancels."""
+    shape = (40, 40, 40)
+    brain = np.zeros(shape, bool)
+    brain[4:-4, 4:-4, 4:-4] = True
+    t1n = np.where(brain, 100.0, 0.0).astype(np.float32)
+    t1c = t1n.copy()
+    inner = brain.copy()
+    inner[:8], inner[-8:], inner[:, :8], inner[:, -8:], inner[:, :, :8], inner[:, :, -8:] = (False,) * 6
+    vessels = inner & (np.arange(t1c.size).reshape(shape) % 100 == 0)
+    t1c[vessels] = 250.0
+    t1c[4:-4, 4, 4:-4] = 300.0  # the dura along one face of the brain
+    seg = np.zeros(shape, np.uint8)
+    seg[18:22, 18:22, 18:22] = ET_LABEL
+    t1c[seg > 0] = 1000.0
+    images = {"t1c": t1c, "t1n": t1n, "t2w": t1n, "t2f": t1n}
+    for scale in (1.0, 7.5):
+        measured = normal_enhancement({m: v * scale for m, v in images.items()}, seg, (1.0, 1.0, 1.0))
+        assert measured == pytest.approx({"upper": 2.0, "lower": 0.0, "edge": 3.0, "inner_lead": 1.5})
+    # at 2 mm the same distances are fewer voxels: the tumour's margin still hides the tumour
+    assert normal_enhancement(images, seg, (2.0, 2.0, 2.0))["upper"] == pytest.approx(2.0)
 
 
 if __name__ == "__main__":

@@ -25,33 +25,33 @@ compares the scans' local contrast, so that a bias field cannot outweigh it:
   contrast of grey and white matter on some phantoms (their FLAIR's lead fell to -0.30 as given, and 15 of 198
   phantoms' t1c/t2f swaps passed).
 
-Measured, to set the thresholds, on the three real glioma scans of ``../shared/real_dev`` and on phantoms, as read
-and as the bundle preprocesses them (the same to two decimals): T1 correlations -0.31 to -0.80, T1 CSF ranks 0.02 to
-0.09; the brains 1,018-1,602 mL (real, skull-stripped) and 1,576-2,094 mL (phantoms). 32 phantoms of the main job
-(tumour, healthy and unseen-seed) and the three real scans pass. Over the whole brain the phantoms' t2f's rank
-correlation with t2w is -0.57 to +0.26 (the real scans' +0.02 to +0.55).
+Measured, to set the thresholds, on the three real glioma scans of ``../shared/real_dev`` and on phantoms, as read and
+as the bundle preprocesses them (the same to two decimals): T1 correlations -0.31 to -0.80, T1 CSF ranks 0.02 to 0.09;
+the brains 1,018-1,602 mL (real, skull-stripped) and 1,576-2,094 mL (phantoms). 32 phantoms of the main job (tumour,
+healthy and unseen-seed) and the three real scans pass. Over the whole brain the phantoms' t2f's rank correlation with
+t2w is -0.57 to +0.26 (the real scans' +0.02 to +0.55).
 
 The swap checks, on the three real scans, 8 BraTS-size glioma phantoms (as read and resampled to 2 mm) and the main
 job's 40 glioma phantoms (2 mm): the tails' ratio is 3.1-4.2 on the real scans and 1.5-4.5 on the phantoms, and
-0.22-0.67 with t1c and t1n swapped; the CSF rank gap is +0.44 to +0.94, and its negative when t2w and t2f are
-swapped. The FLAIR's lead away from CSF, in local contrast, is +0.62 to +0.96 on the real scans (+0.60 to +1.05 at
-2 mm) and +0.21 to +1.24 on the 198 phantoms below; with a T1 scan swapped -0.21 to -1.29 (real: -0.60 to -1.16).
-``python scripts/measure_plausibility.py`` counts, per set, the cases that pass as given and those on which
-each swap is caught. On 2026-12-07, with the phantoms' sharper tissue fractions: the three real scans (as read and
-at 2 mm) and 198 phantoms (``small`` seeds 0, 1 and 7, 188 at 2 mm; ``brats`` seed 100, 10 at 1 mm and at 2 mm) all
-pass; t1c/t2w, t1n/t2w, t2w/t2f, t1c/t2f and t1n/t2f swaps are caught on every real scan and every phantom; t1c/t1n
-on every real scan and 189 of the 198 phantoms (on the raw voxels the FLAIR check had caught t1c/t2f on 183 and
-t1n/t2f on 189; before the sharper fractions 129 and 138 of 150, and 36 and 85 before the FLAIR check). The 9
-t1c/t1n misses are phantoms whose t1c shows little enhancement beside their t1n (their tails' ratio as given
-0.85-1.33: a healthy brain, non-enhancing, cystic, patchy and necrotic tumours alike; the real scans' is 3.0-4.2);
-neither the local contrast nor a count of rank jumps told them apart. On sharper phantoms a T1 scan's correlation
-with t2w reached -0.07 to -0.10
-(independent bias fields of up to 25 % per modality can outweigh the tissue contrast), hence
-:data:`T1_MAX_CORRELATION` -0.05: a real FLAIR given as a T1 scan lies at +0.02 to +0.55. A scan without any
-contrast enhancement (no enhancing tumour, no vessels) would give tails of about equal length, above the threshold.
-Each threshold leaves a margin; a user whose scans are right but fail one (an unusual sequence, a brain after a
-large resection) turns the checks off (``brats-kd segment --no-plausibility-check``, the bundle setting
-``plausibility_check: false``).
+0.22-0.67 with t1c and t1n swapped; the CSF rank gap is +0.44 to +0.94, and its negative when t2w and t2f are swapped.
+The FLAIR's lead away from CSF, in local contrast, is +0.62 to +0.96 on the real scans (+0.60 to +1.05 at 2 mm) and
++0.21 to +1.24 on the 198 phantoms below; with a T1 scan swapped -0.21 to -1.29 (real: -0.60 to -1.16). ``python
+scripts/measure_plausibility.py`` counts, per set, the cases that pass as given and those on which each swap is caught.
+On 2026-12-07, with the phantoms' sharper tissue fractions: the three real scans (as read and at 2 mm) and 198 phantoms
+(``small`` seeds 0, 1 and 7, 188 at 2 mm; ``brats`` seed 100, 10 at 1 mm and at 2 mm) all pass; t1c/t2w, t1n/t2w,
+t2w/t2f, t1c/t2f and t1n/t2f swaps are caught on every real scan and every phantom; t1c/t1n on every real scan and 197
+of the 198 phantoms since the phantoms' vessels and dura are as bright on t1c as on the real scans
+(``contrast.VESSEL_GAIN``; on the raw voxels the FLAIR check had caught t1c/t2f on 183 and t1n/t2f on 189; before the
+sharper fractions 129 and 138 of 150, and 36 and 85 before the FLAIR check). Before, with fainter vessels, 9 phantoms'
+t1c/t1n swaps passed: their t1c showed little enhancement beside their t1n (their tails' ratio as given 0.85-1.33: a
+healthy brain, non-enhancing, cystic, patchy and necrotic tumours alike; the real scans' is 3.0-4.2), and neither the
+local contrast nor a count of rank jumps told them apart. On sharper phantoms a T1 scan's correlation with t2w reached
+-0.07 to -0.10 (independent bias fields of up to 25 % per modality can outweigh the tissue contrast), hence
+:data:`T1_MAX_CORRELATION` -0.05: a real FLAIR given as a T1 scan lies at +0.02 to +0.55. A scan without any contrast
+enhancement (no enhancing tumour, no vessels) would give tails of about equal length, above the threshold. Each
+threshold leaves a margin; a user whose scans are right but fail one (an unusual sequence, a brain after a large
+resection) turns the checks off (``brats-kd segment --no-plausibility-check``, the bundle setting ``plausibility_check:
+false``).
 """
 
 from __future__ import annotations

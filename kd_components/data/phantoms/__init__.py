@@ -61,10 +61,11 @@ Contrasts (SynthSeg-like randomisation around priors fitted to real scans; ``con
     beyond what the tissue fractions explain; T2-weighted ones get the inverse of it.
     Oedema fades by up to 25 % towards its outer edge; each lesion class has its own heterogeneous texture
     (4-20 %, cyst fluid 1-5 %) and soft, partial-volume edges (0.4-1.2 mm). t1c also has enhancing normal
-    structures (vessels in sulci, dural remnants along parts of the brain's edge), so ET is not simply "the bright
-    voxels of t1c". Each modality then gets a random gamma (0.8-1.25), a blur (0.3-0.9 mm, and in 40 % of scans
-    2-5 mm thick slices along one axis, mostly the axial one), a smooth multiplicative bias field (up to 25 %), a
-    random global scale (white matter at about 300-1000) and Rician noise.
+    structures (vessels in sulci, dural remnants along parts of the brain's edge), as bright as on the real scans
+    (``contrast.VESSEL_GAIN``, ``contrast.DURA_GAIN``), so ET is not simply "the bright voxels of t1c". Each
+    modality then gets a random gamma (0.8-1.25), a blur (0.3-0.9 mm, and in 40 % of scans 2-5 mm thick slices
+    along one axis, mostly the axial one), a smooth multiplicative bias field (up to 25 %), a random global scale
+    (white matter at about 300-1000) and Rician noise.
 
 Modules
     ``grid`` (output grids), ``atlas`` (the MNI template), ``anatomy`` (pose, normal variation,

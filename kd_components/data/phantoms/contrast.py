@@ -101,17 +101,29 @@ def _keep_orderings(contrast: dict[str, dict[str, float]]) -> dict[str, dict[str
     return contrast
 
 
+#: Peak gains of t1c's enhancing normal structures over white matter (before the per-case factor 0.8-1.3 and the
+#: scanner's blur): vessels in sulci and near the cortex, dural remnants along the brain's edge. Fitted to the three
+#: real scans of ``../shared/real_dev`` with ``kd_lab.calibration.normal_enhancement`` (the upper tail of t1c away
+#: from the tumour, against t1n's; docs/real_scans.md, sections 3.7 and 7, have the numbers): with gains of 1 the
+#: phantoms' vessels and dura were fainter than the real scans' (the 99.9th percentile of ``t1c - t1n`` 1.10 on
+#: average against 1.55-1.81) and t1c's brightest voxels inside the brain were below t1n's (real: above), so on the
+#: phantoms little that is bright on t1c was not tumour.
+VESSEL_GAIN = 2.0
+DURA_GAIN = 1.6
+
+
 def _normal_enhancement(rng: np.random.Generator, anatomy: _Anatomy, spacing_mm: float) -> np.ndarray:
-    """Enhancing normal structures of t1c (X, Y, Z) float32 in [0, 1]: vessels and dura.
+    """Enhancing normal structures of t1c (X, Y, Z) float32 in [0, :data:`VESSEL_GAIN` + :data:`DURA_GAIN`]: vessels
+    and dura, in units of white matter.
 
     Vessels are small bright spots in sulci and near the cortex; dural remnants are bright
     patches along parts of the brain's edge, as skull stripping leaves them in real scans.
     """
     field = _smooth_noise(rng, anatomy.brain.shape, spacing_mm, 2.0)
-    vessels = np.clip(field - 2.4, 0.0, None) * 1.5 * (anatomy.csf + 0.5 * anatomy.gm)
+    vessels = np.minimum(np.clip(field - 2.4, 0.0, None) * 1.5 * (anatomy.csf + 0.5 * anatomy.gm), 1.0)
     edge = anatomy.brain & ~ndimage.binary_erosion(anatomy.brain, iterations=max(1, round(2.0 / spacing_mm)))
     patches = np.clip(_smooth_noise(rng, anatomy.brain.shape, spacing_mm, 15.0) - 0.8, 0.0, 1.0)
-    return np.minimum(vessels + edge * patches, 1.0).astype(np.float32)
+    return (VESSEL_GAIN * vessels + DURA_GAIN * edge * patches).astype(np.float32)
 
 
 #: Amplitude range of a lesion class's texture where it differs from the default (0.04, 0.2).
