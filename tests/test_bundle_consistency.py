@@ -35,6 +35,10 @@ BUNDLE_SPECIFIC: dict[str, dict[str, tuple[str, str]]] = {
         "imports": (OWN, "each bundle imports what its expressions use"),
         "network_def": (OWN, "the network each bundle trains"),
         "loss": (OWN, "the teacher trains on task_loss; the student on DistillationLoss over loss_terms"),
+        "task_loss#batch": (
+            OWN,
+            "the teacher's Dice over the batch, the student's per patch (measured: docs/real_scans.md section 3.8)",
+        ),
         "train#handlers": (OWN, "the teacher's adds BranchDiagnostics (test_teacher_handlers_add_only_diagnostics)"),
         **{
             key: (OWN, "the teacher's fusion scale logits have a learning rate of their own (parameter_groups)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
 from monai.data import load_net_with_metadata
 
 from kd_components.constants import MODALITIES, REGIONS
@@ -49,6 +49,25 @@ def test_workflow_properties_are_complete(
         **TEACHER_BUNDLE_TINY,
     )
     assert workflow.check_properties() in (None, [])
+
+
+def test_the_task_loss_penalises_enhancing_tumour_in_a_patch_without_it() -> None:
+    """The teacher's Dice term is a Dice over the batch (nnU-Net's batch Dice). Per patch, with no smoothing of the
+    numerator, a patch without ET scores ET Dice 0 whatever is predicted there, so ET predicted in it cost nothing
+    in the Dice term (its gradient is 0) and the teacher labelled non-enhancing cores ET. Over the batch, a false ET
+    in one patch lowers the batch's ET Dice."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    loss = parser.get_parsed_content("task_loss")
+    label = torch.zeros(2, len(REGIONS), 8, 8, 8)
+    label[0, :, 2:6, 2:6, 2:6] = 1  # patch 0: TC, WT and ET; patch 1: no tumour
+    logits = torch.where(label > 0, 6.0, -6.0)
+    false_et = logits.clone()
+    false_et[1, REGIONS.index("ET"), 2:6, 2:6, 2:6] = 6.0
+    assert loss.dice(false_et, label) > loss.dice(logits, label) + 0.05
+    logits.requires_grad_(True)
+    loss.dice(logits, label).backward()
+    assert logits.grad[1, REGIONS.index("ET")].abs().sum() > 0
 
 
 def test_train_infer_evaluate_on_phantoms(phantom_data: dict[str, Path]) -> None:
